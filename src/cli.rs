@@ -1,0 +1,828 @@
+//! Command-line interface: raw arguments are parsed here, validated into library calls, and
+//! results printed (one JSON document on stdout with `--json`; progress and logs on stderr).
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use sisa::data::csv::{self, Columns, Need};
+use sisa::ensemble::Ensemble;
+use sisa::model::{ModelSpec, OptimizerKind};
+use sisa::plan::ShardBy;
+use sisa::run::{Aggregation, Run};
+use sisa::train::{self, TrainOptions};
+use sisa::unlearn::{self, Ledger, Options};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Exact machine unlearning with SISA training.
+#[derive(Parser, Debug)]
+#[command(name = "sisa", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train on the bundled digits, unlearn three users, verify, and report.
+    Quickstart(QuickstartArgs),
+    /// Train a new run: shard, slice, train every shard, publish version 1.
+    Train(TrainArgs),
+    /// Show the published version and every shard's rows, users, stages and model digest.
+    Status(StatusArgs),
+    /// Accuracy of the ensemble on the held-out rows or on --data.
+    Eval(EvalArgs),
+    /// Predict the rows of a CSV file.
+    Predict(PredictArgs),
+    /// Forget users: erase their rows and retrain only the affected shards.
+    Unlearn(UnlearnArgs),
+    /// Retrain shards from scratch and check the published models are bitwise identical.
+    Verify(VerifyArgs),
+    /// Complete interrupted requests and bring the run in line with its ledger; nothing else.
+    Recover(RunArgs),
+    /// Inspect the deletion ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LedgerCommand {
+    /// Check the hash chain: any edited, removed, reordered or truncated entry is named.
+    Verify(LedgerArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Worker threads for training shards side by side. Default: all cores.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No progress bars.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl Common {
+    fn threads(&self) -> Result<usize> {
+        match self.threads {
+            Some(0) => bail!("--threads must be at least 1"),
+            Some(n) => Ok(n),
+            None => Ok(train::default_threads()),
+        }
+    }
+    fn options(&self) -> Result<Options> {
+        Ok(Options {
+            threads: self.threads()?,
+            progress: !self.quiet,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// The deletion ledger. Default: RUN/ledger.jsonl.
+    #[arg(long)]
+    ledger: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct LedgerArgs {
+    /// The run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// The deletion ledger. Default: RUN/ledger.jsonl.
+    #[arg(long)]
+    ledger: Option<PathBuf>,
+    /// Print a JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct QuickstartArgs {
+    /// Where to put the demo run (replaced if it is an earlier quickstart run).
+    #[arg(long, default_value = "runs/quickstart")]
+    out: PathBuf,
+    /// Directory holding digits/train.csv and digits/test.csv. Default: the bundled datasets.
+    #[arg(long)]
+    datasets: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// Training CSV (optionally gzipped) with a header, a user id column and a label column.
+    #[arg(long)]
+    data: PathBuf,
+    /// Held-out CSV with the same columns.
+    #[arg(long)]
+    test: Option<PathBuf>,
+    /// Model preset (models/*.toml).
+    #[arg(long)]
+    model: PathBuf,
+    /// Number of shards S. Default: 10.
+    #[arg(long, default_value_t = 10)]
+    shards: usize,
+    /// Number of slices R per shard. Default: 5.
+    #[arg(long, default_value_t = 5)]
+    slices: usize,
+    /// Epochs of unsliced training; each stage trains SISA's recalibrated share. Default: the preset's.
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Seed of every random choice. Default: 7.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Run directory to create; must not exist (or be empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// Rows per step. Default: the preset's.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Learning rate. Default: the preset's.
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Optimizer. Default: the preset's.
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerKind>,
+    /// Shard by user (default; one user's rows share a shard) or by row (the paper's rule).
+    #[arg(long, value_enum, default_value = "user")]
+    shard_by: ShardBy,
+    /// Name of the user id column. Default: user_id.
+    #[arg(long, default_value = "user_id")]
+    user_column: String,
+    /// Name of the label column. Default: label.
+    #[arg(long, default_value = "label")]
+    label_column: String,
+    /// Number of classes, when the data does not show every class. Default: largest label + 1.
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Default aggregation saved in the run. Default: mean.
+    #[arg(long, value_enum, default_value = "mean")]
+    aggregate: Aggregation,
+    /// Print a JSON document.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Print a JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Labelled CSV to evaluate on. Default: the run's held-out rows.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Aggregation. Default: the run's (mean unless set at train time).
+    #[arg(long, value_enum)]
+    aggregate: Option<Aggregation>,
+    /// Print a JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct PredictArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// CSV of rows to predict: the run's feature columns (user id and label columns are ignored).
+    #[arg(long)]
+    data: PathBuf,
+    /// Aggregation. Default: the run's.
+    #[arg(long, value_enum)]
+    aggregate: Option<Aggregation>,
+    /// Print a JSON document (with class probabilities).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct UnlearnArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// A user id to forget; repeat for more.
+    #[arg(long = "user")]
+    users: Vec<String>,
+    /// A file of user ids, one per line ('#' starts a comment).
+    #[arg(long)]
+    users_file: Option<PathBuf>,
+    /// Print the plan and its cost; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print a JSON document (the plan, or the receipt).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Verify only this shard; repeat for more. Default: every shard.
+    #[arg(long)]
+    shard: Vec<usize>,
+    /// Print a JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Run the parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Quickstart(a) => quickstart(a),
+        Command::Train(a) => cmd_train(a),
+        Command::Status(a) => cmd_status(a),
+        Command::Eval(a) => cmd_eval(a),
+        Command::Predict(a) => cmd_predict(a),
+        Command::Unlearn(a) => cmd_unlearn(a),
+        Command::Verify(a) => cmd_verify(a),
+        Command::Recover(a) => cmd_recover(a),
+        Command::Ledger {
+            command: LedgerCommand::Verify(a),
+        } => cmd_ledger_verify(a),
+    }
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values serialize")
+    );
+}
+
+/// Open a run: lock, replay the ledger, report any recovery on stderr.
+fn open(args: &RunArgs) -> Result<(Run, Ledger, unlearn::RunLock)> {
+    let (run, ledger, lock, report) =
+        unlearn::open(&args.run, args.ledger.as_deref(), &args.common.options()?)?;
+    if !report.completed.is_empty() {
+        eprintln!(
+            "sisa: completed interrupted or rolled-back requests {:?}",
+            report.completed
+        );
+    }
+    if !report.removed_files.is_empty() {
+        eprintln!(
+            "sisa: removed {} file(s) the published version does not reference",
+            report.removed_files.len()
+        );
+    }
+    Ok((run, ledger, lock))
+}
+
+fn train_options(a: &TrainArgs) -> Result<TrainOptions> {
+    let mut model = ModelSpec::load(&a.model)?;
+    if let Some(e) = a.epochs {
+        model.epochs = e;
+    }
+    if let Some(b) = a.batch_size {
+        model.batch_size = b;
+    }
+    if let Some(lr) = a.lr {
+        model.lr = lr;
+    }
+    if let Some(o) = a.optimizer {
+        model.optimizer = o;
+    }
+    model
+        .validate()
+        .map_err(|e| anyhow!("invalid configuration: {e}"))?;
+    Ok(TrainOptions {
+        data: a.data.clone(),
+        test: a.test.clone(),
+        model,
+        shards: a.shards,
+        slices: a.slices,
+        seed: a.seed,
+        shard_by: a.shard_by,
+        out: a.out.clone(),
+        columns: Columns {
+            user: a.user_column.clone(),
+            label: a.label_column.clone(),
+        },
+        classes: a.classes,
+        threads: a.common.threads()?,
+        progress: !a.common.quiet,
+        aggregation: a.aggregate,
+    })
+}
+
+fn cmd_train(a: TrainArgs) -> Result<i32> {
+    let opts = train_options(&a)?;
+    let summary = train::train_run(&opts)?;
+    let run = &summary.run;
+    let rows: u64 = run.manifest.shards.iter().map(|s| s.data.rows).sum();
+    if a.json {
+        print_json(&json!({
+            "run": run.dir.root(),
+            "version": run.manifest.version,
+            "shards": run.config.shards,
+            "slices": run.config.slices,
+            "stage_epochs": run.config.stage_epochs,
+            "rows": rows,
+            "test_rows": run.manifest.test.as_ref().map(|t| t.rows),
+            "rows_epochs": summary.rows_epochs,
+            "seconds": summary.seconds,
+        }));
+    } else {
+        println!(
+            "trained {} shards x {} slices on {rows} rows ({} rows x epochs) in {:.2}s; published version 1 at {}",
+            run.config.shards,
+            run.config.slices,
+            summary.rows_epochs,
+            summary.seconds,
+            run.dir.root().display()
+        );
+    }
+    Ok(0)
+}
+
+fn status_json(run: &Run, ledger: &Ledger) -> serde_json::Value {
+    json!({
+        "run": run.config.name,
+        "version": run.manifest.version,
+        "applied_request": run.manifest.applied_request,
+        "requests": ledger.requests().len(),
+        "model": run.config.model.name,
+        "slices": run.config.slices,
+        "stage_epochs": run.config.stage_epochs,
+        "classes": run.config.classes,
+        "features": run.config.features.len(),
+        "test_rows": run.manifest.test.as_ref().map(|t| t.rows),
+        "shards": run.manifest.shards.iter().map(|s| json!({
+            "shard": s.shard,
+            "rows": s.data.rows,
+            "users": s.data.users,
+            "stages": s.stages.len(),
+            "slice_rows": s.slice_rows,
+            "lineage": s.stages.last().map(|x| x.lineage.to_hex()),
+            "model_digest": s.model_digest,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn cmd_status(a: StatusArgs) -> Result<i32> {
+    let (run, ledger, _lock) = open(&a.run)?;
+    if a.json {
+        print_json(&status_json(&run, &ledger));
+        return Ok(0);
+    }
+    let c = &run.config;
+    println!(
+        "run {}: version {}, {} shards x {} slices, model {} ({} features, {} classes), {} deletion request(s)",
+        c.name,
+        run.manifest.version,
+        c.shards,
+        c.slices,
+        c.model.name,
+        c.features.len(),
+        c.classes,
+        ledger.requests().len()
+    );
+    println!(
+        "{:>5} {:>8} {:>6} {:>6}  model digest",
+        "shard", "rows", "users", "stages"
+    );
+    for s in &run.manifest.shards {
+        println!(
+            "{:>5} {:>8} {:>6} {:>6}  {}",
+            s.shard,
+            s.data.rows,
+            s.data.users,
+            s.stages.len(),
+            s.model_digest
+        );
+    }
+    if let Some(t) = &run.manifest.test {
+        println!("held-out: {} rows, {} users", t.rows, t.users);
+    }
+    Ok(0)
+}
+
+/// Features and labels to evaluate on: `--data` or the run's held-out rows.
+fn eval_rows(run: &Run, data: Option<&Path>) -> Result<(Vec<f32>, Vec<u32>)> {
+    match data {
+        Some(p) => {
+            let cols = Columns {
+                user: run.config.user_column.clone(),
+                label: run.config.label_column.clone(),
+            };
+            let t = csv::read_csv(p, &cols, Need::Optional, Need::Required)?;
+            t.check_features(&run.config.features, "run")?;
+            let labels = t.labels.clone().expect("label column is required");
+            if let Some(i) = labels
+                .iter()
+                .position(|&l| l as usize >= run.config.classes)
+            {
+                return Err(sisa::Error::input(
+                    p,
+                    Some(t.lines[i]),
+                    Some(&run.config.label_column),
+                    format!(
+                        "label {} is not a class of this run (0..{})",
+                        labels[i],
+                        run.config.classes - 1
+                    ),
+                )
+                .into());
+            }
+            Ok((t.x, labels))
+        }
+        None => match run.test_rows()? {
+            Some(rows) if !rows.is_empty() => Ok((rows.x, rows.labels)),
+            Some(_) => bail!("the run's held-out set is empty; pass --data FILE"),
+            None => bail!("the run has no held-out rows (train without --test); pass --data FILE"),
+        },
+    }
+}
+
+fn cmd_eval(a: EvalArgs) -> Result<i32> {
+    let (run, _ledger, lock) = open(&a.run)?;
+    let ensemble = Ensemble::load(&run)?;
+    drop(lock);
+    let (x, y) = eval_rows(&run, a.data.as_deref())?;
+    let agg = a.aggregate.unwrap_or(run.config.aggregation);
+    let ev = ensemble.evaluate(&x, &y, agg);
+    if a.json {
+        print_json(&serde_json::to_value(&ev)?);
+    } else {
+        println!(
+            "version {}: accuracy {:.4} ({}) on {} rows",
+            ev.version, ev.accuracy, ev.aggregate, ev.rows
+        );
+        for s in &ev.per_shard {
+            println!("  shard {:>3}: {:.4}", s.shard, s.accuracy);
+        }
+    }
+    Ok(0)
+}
+
+fn cmd_predict(a: PredictArgs) -> Result<i32> {
+    let (run, _ledger, lock) = open(&a.run)?;
+    let ensemble = Ensemble::load(&run)?;
+    drop(lock);
+    let cols = Columns {
+        user: run.config.user_column.clone(),
+        label: run.config.label_column.clone(),
+    };
+    let t = csv::read_csv(&a.data, &cols, Need::Optional, Need::Optional)?;
+    t.check_features(&run.config.features, "run")?;
+    let agg = a.aggregate.unwrap_or(run.config.aggregation);
+    let pred = ensemble.predict(&t.x, t.len(), agg);
+    let c = run.config.classes;
+    if a.json {
+        let rows: Vec<_> = pred
+            .labels
+            .iter()
+            .zip(pred.probs.chunks(c))
+            .zip(&t.lines)
+            .map(|((l, p), line)| json!({"line": line, "label": l, "probabilities": p}))
+            .collect();
+        print_json(
+            &json!({"version": ensemble.version, "aggregate": agg.name(), "predictions": rows}),
+        );
+    } else {
+        println!("line,label,confidence");
+        for ((l, p), line) in pred.labels.iter().zip(pred.probs.chunks(c)).zip(&t.lines) {
+            println!("{line},{l},{:.6}", p[*l as usize]);
+        }
+    }
+    Ok(0)
+}
+
+fn cmd_unlearn(a: UnlearnArgs) -> Result<i32> {
+    let mut ids = a.users.clone();
+    if let Some(f) = &a.users_file {
+        ids.extend(csv::read_user_list(f)?);
+    }
+    let opts = a.run.common.options()?;
+    let (mut run, mut ledger, _lock) = open(&a.run)?;
+    let (shards, test) = unlearn::load_rows(&run)?;
+    let keys = unlearn::resolve_users(&run, &ledger, &ids, &shards, test.as_ref())?;
+    if a.dry_run {
+        let plan = unlearn::plan_unlearning(&run, &keys, &shards, test.as_ref());
+        if a.json {
+            let mut v = serde_json::to_value(&plan)?;
+            v["dry_run"] = json!(true);
+            v["fraction"] = json!(plan.fraction());
+            print_json(&v);
+        } else {
+            println!(
+                "dry run: {} user(s), {} training and {} held-out rows; {} of {} shards retrain",
+                keys.len(),
+                plan.train_rows_removed,
+                plan.test_rows_removed,
+                plan.shards.len(),
+                run.config.shards
+            );
+            for s in &plan.shards {
+                println!(
+                    "  shard {:>3}: {} row(s), retrain stages {}..{} ({} rows x epochs)",
+                    s.shard,
+                    s.rows_removed,
+                    s.first_stage,
+                    run.config.slices,
+                    s.retrain_rows_epochs
+                );
+            }
+            println!(
+                "cost: {} rows x epochs, {:.1}% of a full retrain ({}); nothing was changed",
+                plan.retrain_rows_epochs,
+                100.0 * plan.fraction(),
+                plan.full_retrain_rows_epochs
+            );
+        }
+        return Ok(0);
+    }
+    drop((shards, test));
+    let started = Instant::now();
+    let request = unlearn::accept(&mut ledger, keys)?;
+    eprintln!(
+        "sisa: request {request} accepted and recorded in {}",
+        ledger.path().display()
+    );
+    let receipt = unlearn::complete(&mut run, &mut ledger, request, &opts)?;
+    let receipt_path = run.dir.path(sisa::run::RunFile::Receipt(request));
+    if a.json {
+        let mut v = serde_json::to_value(&receipt)?;
+        v["receipt_file"] = json!(receipt_path);
+        print_json(&v);
+    } else {
+        let retrained: Vec<_> = receipt
+            .shards
+            .iter()
+            .filter(|s| s.stages_retrained > 0)
+            .collect();
+        println!(
+            "request {request}: forgot {} user(s), {} training and {} held-out rows; retrained {} shard(s) in {:.2}s",
+            receipt.user_keys.len(),
+            receipt.train_rows_removed,
+            receipt.test_rows_removed,
+            retrained.len(),
+            started.elapsed().as_secs_f64()
+        );
+        println!(
+            "cost: {} rows x epochs, {:.1}% of a full retrain ({}); published version {}",
+            receipt.cost.retrained_rows_epochs,
+            100.0 * receipt.cost.fraction,
+            receipt.cost.full_retrain_rows_epochs,
+            receipt.ensemble_version
+        );
+        println!("receipt: {}", receipt_path.display());
+    }
+    Ok(0)
+}
+
+fn cmd_verify(a: VerifyArgs) -> Result<i32> {
+    let (run, _ledger, _lock) = open(&a.run)?;
+    let shards = (!a.shard.is_empty()).then_some(a.shard.as_slice());
+    let verdicts =
+        sisa::verify::verify(&run, shards, a.run.common.threads()?, !a.run.common.quiet)?;
+    let ok = verdicts.iter().all(|v| v.identical);
+    if a.json {
+        print_json(&json!({"version": run.manifest.version, "identical": ok, "shards": verdicts}));
+    } else {
+        for v in &verdicts {
+            println!(
+                "shard {:>3}: {} ({}/{} stages match) {}",
+                v.shard,
+                if v.identical {
+                    "identical"
+                } else {
+                    "DIFFERENT"
+                },
+                v.stages_matching,
+                v.stages,
+                v.retrained
+            );
+        }
+        println!(
+            "{}: version {} {} a from-scratch retrain on the current data",
+            if ok { "verified" } else { "FAILED" },
+            run.manifest.version,
+            if ok {
+                "is bitwise identical to"
+            } else {
+                "differs from"
+            }
+        );
+    }
+    Ok(if ok { 0 } else { 3 })
+}
+
+fn cmd_recover(a: RunArgs) -> Result<i32> {
+    let (run, ledger, _lock) = open(&a)?;
+    println!(
+        "run {} is at version {} with {} request(s) applied; nothing is pending",
+        run.dir.root().display(),
+        run.manifest.version,
+        ledger.requests().len()
+    );
+    Ok(0)
+}
+
+fn cmd_ledger_verify(a: LedgerArgs) -> Result<i32> {
+    let path = unlearn::ledger_path(&a.run, a.ledger.as_deref());
+    let ledger = Ledger::open(&path)?;
+    let done = ledger
+        .requests()
+        .iter()
+        .filter(|&&r| ledger.is_done(r))
+        .count();
+    if a.json {
+        print_json(&json!({
+            "ledger": path,
+            "entries": ledger.entries().len(),
+            "requests": ledger.requests().len(),
+            "done": done,
+            "head": ledger.head(),
+            "valid": true,
+        }));
+    } else {
+        println!(
+            "ledger {}: {} entries, {} request(s) ({} done), chain intact, head {}",
+            path.display(),
+            ledger.entries().len(),
+            ledger.requests().len(),
+            done,
+            ledger.head()
+        );
+    }
+    Ok(0)
+}
+
+/// Find a bundled file: relative to the working directory, then to the source tree.
+fn bundled(rel: &str) -> Option<PathBuf> {
+    let here = PathBuf::from(rel);
+    if here.exists() {
+        return Some(here);
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    src.exists().then_some(src)
+}
+
+fn quickstart(a: QuickstartArgs) -> Result<i32> {
+    let datasets = match &a.datasets {
+        Some(d) => d.clone(),
+        None => bundled("datasets").ok_or_else(|| {
+            anyhow!("cannot find the bundled datasets/ folder; pass --datasets DIR")
+        })?,
+    };
+    let model = bundled("models/mlp.toml").ok_or_else(|| anyhow!("cannot find models/mlp.toml"))?;
+    let train_csv = datasets.join("digits/train.csv");
+    let test_csv = datasets.join("digits/test.csv");
+    if a.out.exists() {
+        if a.out.join("run.json").exists() && a.out.join("CURRENT").exists() {
+            std::fs::remove_dir_all(&a.out).with_context(|| {
+                format!("removing the earlier quickstart run {}", a.out.display())
+            })?;
+        } else {
+            bail!(
+                "{} exists and is not a sisa run; choose another --out",
+                a.out.display()
+            );
+        }
+    }
+    let quiet = a.common.quiet;
+    let say = |s: String| {
+        if !quiet {
+            eprintln!("{s}");
+        }
+    };
+    let (shards, slices, seed) = (5, 4, 7);
+    say(format!(
+        "1/5 train: {} with {} (S={shards}, R={slices})",
+        train_csv.display(),
+        model.display()
+    ));
+    let targs = TrainArgs {
+        data: train_csv.clone(),
+        test: Some(test_csv),
+        model,
+        shards,
+        slices,
+        epochs: None,
+        seed,
+        out: a.out.clone(),
+        batch_size: None,
+        lr: None,
+        optimizer: None,
+        shard_by: ShardBy::User,
+        user_column: "user_id".into(),
+        label_column: "label".into(),
+        classes: None,
+        aggregate: Aggregation::Mean,
+        json: false,
+        common: a.common.clone(),
+    };
+    let summary = train::train_run(&train_options(&targs)?)?;
+    let mut run = summary.run;
+    let mut ledger = Ledger::open(&unlearn::ledger_path(&a.out, None))?;
+    let agg = Aggregation::Mean;
+    let (x, y) = eval_rows(&run, None)?;
+    let before = Ensemble::load(&run)?.evaluate(&x, &y, agg);
+    say(format!(
+        "2/5 eval: accuracy {:.4} on {} held-out rows",
+        before.accuracy, before.rows
+    ));
+
+    // Three users in three different shards: the first user (in file order) of shards 0, 1, 2.
+    let table = csv::read_csv(
+        &train_csv,
+        &Columns::default(),
+        Need::Required,
+        Need::Required,
+    )?;
+    let mut chosen: Vec<(usize, String)> = Vec::new();
+    for id in table.user_ids.as_ref().expect("required column") {
+        let k = sisa::plan::shard_of_user(seed, id, shards);
+        if !chosen.iter().any(|(s, u)| *s == k || u == id) && k < 3 {
+            chosen.push((k, id.clone()));
+        }
+    }
+    chosen.sort();
+    let ids: Vec<String> = chosen.iter().map(|(_, u)| u.clone()).collect();
+    say(format!(
+        "3/5 unlearn: users {} (shards 0, 1, 2)",
+        ids.join(", ")
+    ));
+    let (shard_rows, test_rows) = unlearn::load_rows(&run)?;
+    let keys = unlearn::resolve_users(&run, &ledger, &ids, &shard_rows, test_rows.as_ref())?;
+    let started = Instant::now();
+    let request = unlearn::accept(&mut ledger, keys)?;
+    let receipt = unlearn::complete(&mut run, &mut ledger, request, &a.common.options()?)?;
+    let unlearn_seconds = started.elapsed().as_secs_f64();
+
+    say("4/5 verify: retraining every shard from scratch on the remaining data".into());
+    let verdicts = sisa::verify::verify(&run, None, a.common.threads()?, !quiet)?;
+    let identical = verdicts.iter().all(|v| v.identical);
+
+    let (x, y) = eval_rows(&run, None)?;
+    let after = Ensemble::load(&run)?.evaluate(&x, &y, agg);
+    say(format!(
+        "5/5 eval: accuracy {:.4} on {} held-out rows",
+        after.accuracy, after.rows
+    ));
+
+    println!("sisa quickstart: digits (1,797 images 8x8, 10 classes), MLP, S={shards} shards, R={slices} slices");
+    println!("  run directory           {}", a.out.display());
+    println!(
+        "  training                {:.2}s, {} rows x epochs",
+        summary.seconds, summary.rows_epochs
+    );
+    println!(
+        "  accuracy before         {:.4} (version {})",
+        before.accuracy, before.version
+    );
+    println!(
+        "  unlearned               {} users, {} training + {} held-out rows, request {request}",
+        receipt.user_keys.len(),
+        receipt.train_rows_removed,
+        receipt.test_rows_removed
+    );
+    for s in &receipt.shards {
+        println!(
+            "    shard {}: {} row(s) removed, {} of {slices} stages retrained",
+            s.shard, s.rows_removed, s.stages_retrained
+        );
+    }
+    println!(
+        "  unlearning cost         {} rows x epochs = {:.1}% of a full retrain ({}), {:.2}s",
+        receipt.cost.retrained_rows_epochs,
+        100.0 * receipt.cost.fraction,
+        receipt.cost.full_retrain_rows_epochs,
+        unlearn_seconds
+    );
+    println!(
+        "  accuracy after          {:.4} (version {})",
+        after.accuracy, after.version
+    );
+    println!(
+        "  verify                  {}",
+        if identical {
+            "every shard is bitwise identical to a from-scratch retrain without the users"
+        } else {
+            "FAILED: a shard differs from a from-scratch retrain"
+        }
+    );
+    println!(
+        "  receipt                 {}",
+        run.dir.path(sisa::run::RunFile::Receipt(request)).display()
+    );
+    Ok(if identical { 0 } else { 3 })
+}

@@ -1,0 +1,391 @@
+//! CSV ingest: a header, a user id column, an integer label column, numeric features.
+//!
+//! Files may be gzipped (detected by their magic bytes, whatever their name). Every problem is
+//! reported with the file, the 1-based line and the column: ragged rows, values that are not
+//! finite numbers, labels that are not non-negative integers, duplicate or missing columns,
+//! empty files.
+
+use crate::error::{Error, IoContext, Result};
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Largest class label accepted; keeps a typo from allocating a huge output layer.
+pub const MAX_LABEL: u32 = 65_535;
+
+/// Names of the special columns. Defaults: `user_id` and `label`.
+#[derive(Clone, Debug)]
+pub struct Columns {
+    /// Column holding the owning user's id.
+    pub user: String,
+    /// Column holding the integer class label.
+    pub label: String,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Columns {
+            user: "user_id".into(),
+            label: "label".into(),
+        }
+    }
+}
+
+/// What a caller needs from a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// The column must be present.
+    Required,
+    /// The column is used when present.
+    Optional,
+}
+
+/// A parsed CSV file.
+#[derive(Clone, Debug)]
+pub struct Table {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Feature column names, in file order.
+    pub feature_names: Vec<String>,
+    /// User id of each row, when the file has a user column.
+    pub user_ids: Option<Vec<String>>,
+    /// Label of each row, when the file has a label column.
+    pub labels: Option<Vec<u32>>,
+    /// Features, row-major.
+    pub x: Vec<f32>,
+    /// 1-based line number of each row, for later messages.
+    pub lines: Vec<u64>,
+}
+
+impl Table {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// True when the file has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Number of features.
+    pub fn dim(&self) -> usize {
+        self.feature_names.len()
+    }
+
+    /// Features of row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        let d = self.dim();
+        &self.x[i * d..(i + 1) * d]
+    }
+
+    /// Refuse unless this file's features are exactly `expected`, in order.
+    pub fn check_features(&self, expected: &[String], what: &str) -> Result<()> {
+        if self.feature_names == expected {
+            return Ok(());
+        }
+        let message = match self
+            .feature_names
+            .iter()
+            .zip(expected)
+            .position(|(a, b)| a != b)
+        {
+            Some(i) => format!(
+                "feature column {} is '{}' but the {what} has '{}' there",
+                i + 1,
+                self.feature_names[i],
+                expected[i]
+            ),
+            None => format!(
+                "{} feature columns, but the {what} has {}",
+                self.feature_names.len(),
+                expected.len()
+            ),
+        };
+        Err(Error::input(&self.path, Some(1), None, message))
+    }
+}
+
+/// Open a file, transparently gunzipping it when it starts with the gzip magic.
+pub fn open_maybe_gz(path: &Path) -> Result<Box<dyn Read>> {
+    let mut file = std::fs::File::open(path).at(path)?;
+    let mut magic = [0u8; 2];
+    let mut got = 0;
+    while got < 2 {
+        let n = file.read(&mut magic[got..]).at(path)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    let head = std::io::Cursor::new(magic[..got].to_vec());
+    let chained = head.chain(file);
+    if got == 2 && magic == [0x1f, 0x8b] {
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(chained)))
+    } else {
+        Ok(Box::new(chained))
+    }
+}
+
+fn parse_label(raw: &str) -> std::result::Result<u32, String> {
+    let t = raw.trim();
+    if let Ok(v) = t.parse::<i64>() {
+        if v < 0 {
+            return Err(format!("label {t} is negative"));
+        }
+        if v > MAX_LABEL as i64 {
+            return Err(format!("label {t} is larger than {MAX_LABEL}"));
+        }
+        return Ok(v as u32);
+    }
+    match t.parse::<f64>() {
+        Ok(v) if v.is_finite() && v.fract() == 0.0 && v >= 0.0 && v <= MAX_LABEL as f64 => {
+            Ok(v as u32)
+        }
+        Ok(v) if v.is_finite() && v < 0.0 => Err(format!("label {t} is negative")),
+        Ok(v) if v.is_finite() && v.fract() == 0.0 => {
+            Err(format!("label {t} is larger than {MAX_LABEL}"))
+        }
+        _ => Err(format!("label '{t}' is not a non-negative integer")),
+    }
+}
+
+fn parse_feature(raw: &str) -> std::result::Result<f32, String> {
+    let t = raw.trim();
+    match t.parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err(format!("value '{t}' is not finite")),
+        Err(_) if t.is_empty() => Err("empty value".to_string()),
+        Err(_) => Err(format!("value '{t}' is not a number")),
+    }
+}
+
+/// Read a CSV file. `user` and `label` say whether those columns must be present.
+pub fn read_csv(path: &Path, columns: &Columns, user: Need, label: Need) -> Result<Table> {
+    let reader = open_maybe_gz(path)?;
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(reader);
+    let mut records = csv.records();
+    let map_csv = |e: csv::Error| {
+        let line = e.position().map(|p| p.line());
+        Error::input(path, line, None, format!("unreadable CSV: {e}"))
+    };
+    let header = match records.next() {
+        None => return Err(Error::input(path, None, None, "empty file: no header line")),
+        Some(r) => r.map_err(map_csv)?,
+    };
+    let names: Vec<String> = header.iter().map(|h| h.trim().to_string()).collect();
+    let mut seen = HashSet::new();
+    for name in &names {
+        if name.is_empty() {
+            return Err(Error::input(path, Some(1), None, "a header field is empty"));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(Error::input(
+                path,
+                Some(1),
+                Some(name),
+                "duplicate column name",
+            ));
+        }
+    }
+    let find = |name: &str, need: Need, role: &str| -> Result<Option<usize>> {
+        match names.iter().position(|n| n == name) {
+            Some(i) => Ok(Some(i)),
+            None if need == Need::Required => Err(Error::input(
+                path,
+                Some(1),
+                Some(name),
+                format!("no {role} column named '{name}' in the header"),
+            )),
+            None => Ok(None),
+        }
+    };
+    let user_col = find(&columns.user, user, "user id")?;
+    let label_col = find(&columns.label, label, "label")?;
+    let feature_cols: Vec<usize> = (0..names.len())
+        .filter(|&i| Some(i) != user_col && Some(i) != label_col)
+        .collect();
+    if feature_cols.is_empty() {
+        return Err(Error::input(path, Some(1), None, "no feature columns"));
+    }
+    let mut table = Table {
+        path: path.to_path_buf(),
+        feature_names: feature_cols.iter().map(|&i| names[i].clone()).collect(),
+        user_ids: user_col.map(|_| Vec::new()),
+        labels: label_col.map(|_| Vec::new()),
+        x: Vec::new(),
+        lines: Vec::new(),
+    };
+    for record in records {
+        let record = record.map_err(map_csv)?;
+        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        if record.len() == 1 && record.get(0).is_some_and(|f| f.trim().is_empty()) {
+            continue; // a blank line
+        }
+        if record.len() != names.len() {
+            return Err(Error::input(
+                path,
+                Some(line),
+                None,
+                format!(
+                    "expected {} fields as in the header, found {}",
+                    names.len(),
+                    record.len()
+                ),
+            ));
+        }
+        for &c in &feature_cols {
+            let v = parse_feature(&record[c])
+                .map_err(|m| Error::input(path, Some(line), Some(&names[c]), m))?;
+            table.x.push(v);
+        }
+        if let (Some(c), Some(ids)) = (user_col, table.user_ids.as_mut()) {
+            let id = record[c].trim();
+            if id.is_empty() {
+                return Err(Error::input(
+                    path,
+                    Some(line),
+                    Some(&names[c]),
+                    "empty user id",
+                ));
+            }
+            ids.push(id.to_string());
+        }
+        if let (Some(c), Some(labels)) = (label_col, table.labels.as_mut()) {
+            let l = parse_label(&record[c])
+                .map_err(|m| Error::input(path, Some(line), Some(&names[c]), m))?;
+            labels.push(l);
+        }
+        table.lines.push(line);
+    }
+    if table.is_empty() {
+        return Err(Error::input(
+            path,
+            None,
+            None,
+            "no data rows after the header",
+        ));
+    }
+    Ok(table)
+}
+
+/// Read user ids, one per line; blank lines and lines starting with '#' are skipped.
+pub fn read_user_list(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn err(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "in.csv", text);
+        read_csv(&p, &Columns::default(), Need::Required, Need::Required)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn reads_plain_and_gzipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "user_id,a,label,b\nu1,1.5,2,3\nu2,-1,0,4e2\n";
+        let p = write(&dir, "a.csv", text);
+        let t = read_csv(&p, &Columns::default(), Need::Required, Need::Required).unwrap();
+        assert_eq!(t.feature_names, ["a", "b"]);
+        assert_eq!(t.x, [1.5, 3.0, -1.0, 400.0]);
+        assert_eq!(t.labels.as_deref(), Some(&[2, 0][..]));
+        assert_eq!(
+            t.user_ids.as_deref(),
+            Some(&["u1".to_string(), "u2".to_string()][..])
+        );
+        assert_eq!(t.lines, [2, 3]);
+        let gz = dir.path().join("a.csv.gz");
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).unwrap(),
+            flate2::Compression::default(),
+        );
+        enc.write_all(text.as_bytes()).unwrap();
+        enc.finish().unwrap();
+        let t2 = read_csv(&gz, &Columns::default(), Need::Required, Need::Required).unwrap();
+        assert_eq!(t2.x, t.x);
+    }
+
+    #[test]
+    fn bad_input_names_the_place() {
+        let cases = [
+            ("", "empty file"),
+            ("user_id,label,a\n", "no data rows"),
+            (
+                "user_id,label,a,a\nu,1,2,3\n",
+                "column 'a': duplicate column name",
+            ),
+            ("user_id,label,a\nu,1,2\nu,1\n", "line 3: expected 3 fields"),
+            (
+                "user_id,label,a\nu,1,x\n",
+                "line 2, column 'a': value 'x' is not a number",
+            ),
+            (
+                "user_id,label,a\nu,1,nan\n",
+                "line 2, column 'a': value 'nan' is not finite",
+            ),
+            (
+                "user_id,label,a\nu,1,inf\n",
+                "line 2, column 'a': value 'inf' is not finite",
+            ),
+            (
+                "user_id,label,a\nu,1,1e39\n",
+                "line 2, column 'a': value '1e39' is not finite",
+            ),
+            (
+                "user_id,label,a\nu,-1,2\n",
+                "line 2, column 'label': label -1 is negative",
+            ),
+            (
+                "user_id,label,a\nu,1.5,2\n",
+                "line 2, column 'label': label '1.5' is not",
+            ),
+            (
+                "user_id,label,a\n,1,2\n",
+                "line 2, column 'user_id': empty user id",
+            ),
+            (
+                "user,label,a\nu,1,2\n",
+                "line 1, column 'user_id': no user id column",
+            ),
+            ("user_id,label\nu,1\n", "line 1: no feature columns"),
+        ];
+        for (text, want) in cases {
+            let got = err(text);
+            assert!(got.contains("in.csv"), "{got}");
+            assert!(
+                got.contains(want),
+                "for {text:?}: got {got:?}, want {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn labels_accept_integral_decimals() {
+        assert_eq!(parse_label("3"), Ok(3));
+        assert_eq!(parse_label("3.0"), Ok(3));
+        assert!(parse_label("70000").is_err());
+        assert!(parse_label("abc").is_err());
+    }
+}

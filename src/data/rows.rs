@@ -1,0 +1,324 @@
+//! The row store: the rows of one shard (or of the held-out set) in one checksummed file.
+//!
+//! A file holds, column by column, each row's user key, its position among its user's rows,
+//! its tag, its label and its features, sorted by tag, followed by the SHA-256 of everything
+//! before it. Reading checks the magic, the version, the exact size and the digest before a
+//! single value is used. Rows are removed by writing a new file without them: there is no
+//! deleted flag.
+
+use crate::data::keys::UserKey;
+use crate::error::{Error, Result};
+use crate::plan;
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::path::Path;
+
+const MAGIC: &[u8; 8] = b"SISAROWS";
+const VERSION: u32 = 1;
+const HEADER: usize = 8 + 4 + 4 + 8;
+/// Largest feature count a row file may declare.
+pub const MAX_FEATURES: usize = 1 << 22;
+
+/// Rows with their identity, label and features, in tag order once [`Rows::sort`] has run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rows {
+    /// Number of features per row.
+    pub dim: usize,
+    /// Owning user of each row.
+    pub keys: Vec<UserKey>,
+    /// Position of each row among its user's rows.
+    pub seqs: Vec<u32>,
+    /// Each row's tag (see [`plan::row_tag`]).
+    pub tags: Vec<u64>,
+    /// Class label of each row.
+    pub labels: Vec<u32>,
+    /// Features, row-major, `len() * dim` values.
+    pub x: Vec<f32>,
+}
+
+/// Where each row of a shard falls among the slices, and what each slice holds.
+#[derive(Clone, Debug)]
+pub struct SliceIndex {
+    /// Slice (0-based) of each row.
+    pub slice_of_row: Vec<u32>,
+    /// Rows per slice.
+    pub counts: Vec<u64>,
+    /// Digest of each slice's rows (tag, label, features, in tag order).
+    pub digests: Vec<[u8; 32]>,
+}
+
+impl Rows {
+    /// No rows, `dim` features each.
+    pub fn new(dim: usize) -> Rows {
+        Rows {
+            dim,
+            keys: Vec::new(),
+            seqs: Vec::new(),
+            tags: Vec::new(),
+            labels: Vec::new(),
+            x: Vec::new(),
+        }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Features of row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.x[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Append one row.
+    pub fn push(&mut self, key: UserKey, seq: u32, tag: u64, label: u32, features: &[f32]) {
+        debug_assert_eq!(features.len(), self.dim);
+        self.keys.push(key);
+        self.seqs.push(seq);
+        self.tags.push(tag);
+        self.labels.push(label);
+        self.x.extend_from_slice(features);
+    }
+
+    /// Append row `i` of `other`.
+    pub fn push_from(&mut self, other: &Rows, i: usize) {
+        self.push(
+            other.keys[i],
+            other.seqs[i],
+            other.tags[i],
+            other.labels[i],
+            other.row(i),
+        );
+    }
+
+    /// Put rows in tag order, the canonical order of every row file.
+    pub fn sort(&mut self) {
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.sort_by_key(|&i| self.tags[i]);
+        let mut out = Rows::new(self.dim);
+        for i in order {
+            out.push_from(self, i);
+        }
+        *self = out;
+    }
+
+    /// The first tag that occurs twice, if any (two rows with one identity).
+    pub fn duplicate_tag(&self) -> Option<u64> {
+        self.tags.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+    }
+
+    /// Number of distinct users.
+    pub fn users(&self) -> usize {
+        self.keys.iter().collect::<HashSet<_>>().len()
+    }
+
+    /// These rows without the rows of `users`; order is kept.
+    pub fn without(&self, users: &HashSet<UserKey>) -> Rows {
+        let mut out = Rows::new(self.dim);
+        for i in 0..self.len() {
+            if !users.contains(&self.keys[i]) {
+                out.push_from(self, i);
+            }
+        }
+        out
+    }
+
+    /// Number of rows owned by `users`.
+    pub fn count_of(&self, users: &HashSet<UserKey>) -> usize {
+        self.keys.iter().filter(|k| users.contains(k)).count()
+    }
+
+    /// Assign rows to `slices` slices and digest each slice.
+    pub fn slice_index(&self, seed: u64, slices: usize) -> SliceIndex {
+        let mut hashers: Vec<Sha256> = (0..slices).map(|_| Sha256::new()).collect();
+        let mut counts = vec![0u64; slices];
+        let mut slice_of_row = Vec::with_capacity(self.len());
+        for i in 0..self.len() {
+            let s = plan::slice_of(seed, self.tags[i], slices);
+            slice_of_row.push(s as u32);
+            counts[s] += 1;
+            let h = &mut hashers[s];
+            h.update(self.tags[i].to_le_bytes());
+            h.update(self.labels[i].to_le_bytes());
+            for v in self.row(i) {
+                h.update(v.to_le_bytes());
+            }
+        }
+        let digests = hashers.into_iter().map(|h| h.finalize().into()).collect();
+        SliceIndex {
+            slice_of_row,
+            counts,
+            digests,
+        }
+    }
+
+    /// The file form: header, columns, SHA-256 trailer.
+    pub fn encode(&self) -> Vec<u8> {
+        let n = self.len();
+        let mut out = Vec::with_capacity(HEADER + n * (48 + 4 * self.dim) + 32);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(self.dim as u32).to_le_bytes());
+        out.extend_from_slice(&(n as u64).to_le_bytes());
+        for k in &self.keys {
+            out.extend_from_slice(&k.0);
+        }
+        for s in &self.seqs {
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+        for t in &self.tags {
+            out.extend_from_slice(&t.to_le_bytes());
+        }
+        for l in &self.labels {
+            out.extend_from_slice(&l.to_le_bytes());
+        }
+        for v in &self.x {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        let digest = Sha256::digest(&out);
+        out.extend_from_slice(&digest);
+        out
+    }
+
+    /// The digest that [`Rows::encode`] writes as its trailer.
+    pub fn digest_of_encoded(bytes: &[u8]) -> [u8; 32] {
+        bytes[bytes.len() - 32..]
+            .try_into()
+            .expect("encoded rows end with a 32-byte digest")
+    }
+
+    /// Parse and check a row file read from `path`.
+    pub fn decode(path: &Path, bytes: &[u8]) -> Result<Rows> {
+        let bad = |m: String| Error::corrupt(path, m);
+        if bytes.len() < HEADER + 32 || &bytes[..8] != MAGIC {
+            return Err(bad("not a sisa row file (bad magic or too short)".into()));
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+        let version = u32_at(8);
+        if version != VERSION {
+            return Err(bad(format!(
+                "row file version {version}, expected {VERSION}"
+            )));
+        }
+        let dim = u32_at(12) as usize;
+        let n = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+        if dim == 0 || dim > MAX_FEATURES {
+            return Err(bad(format!("feature count {dim} out of range")));
+        }
+        let expected = (n as u128) * (48 + 4 * dim as u128) + (HEADER + 32) as u128;
+        if expected != bytes.len() as u128 {
+            return Err(bad(format!(
+                "size {} bytes does not match {n} rows of {dim} features",
+                bytes.len()
+            )));
+        }
+        let body = &bytes[..bytes.len() - 32];
+        if Sha256::digest(body).as_slice() != &bytes[bytes.len() - 32..] {
+            return Err(bad(
+                "digest mismatch: the file was modified or damaged".into()
+            ));
+        }
+        let n = n as usize;
+        let mut o = HEADER;
+        let mut take = |len: usize| {
+            let s = &bytes[o..o + len];
+            o += len;
+            s
+        };
+        let keys = take(n * 32)
+            .chunks_exact(32)
+            .map(|c| UserKey(c.try_into().expect("32 bytes")))
+            .collect();
+        let seqs = take(n * 4)
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4")))
+            .collect();
+        let tags = take(n * 8)
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8")))
+            .collect();
+        let labels = take(n * 4)
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4")))
+            .collect();
+        let x = take(n * dim * 4)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+            .collect();
+        Ok(Rows {
+            dim,
+            keys,
+            seqs,
+            tags,
+            labels,
+            x,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Rows {
+        let mut r = Rows::new(3);
+        for i in 0..10u32 {
+            let key = UserKey([(i % 4) as u8; 32]);
+            r.push(
+                key,
+                i / 4,
+                plan::row_tag(1, &format!("u{}", i % 4), i / 4),
+                i % 3,
+                &[i as f32, 1.5, -2.0],
+            );
+        }
+        r.sort();
+        r
+    }
+
+    #[test]
+    fn round_trip_and_digest() {
+        let r = sample();
+        let bytes = r.encode();
+        assert_eq!(Rows::decode(Path::new("x"), &bytes).unwrap(), r);
+        assert_eq!(
+            Rows::digest_of_encoded(&bytes),
+            *<&[u8; 32]>::try_from(&Sha256::digest(&bytes[..bytes.len() - 32])[..]).unwrap()
+        );
+    }
+
+    #[test]
+    fn every_flipped_byte_is_caught() {
+        let bytes = sample().encode();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            let err = Rows::decode(Path::new("shard-0.rows"), &b).unwrap_err();
+            assert!(err.to_string().contains("shard-0.rows"), "{err}");
+        }
+        for cut in [0, 10, bytes.len() - 1] {
+            assert!(Rows::decode(Path::new("x"), &bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn removing_users_keeps_other_slices() {
+        let r = sample();
+        let before = r.slice_index(9, 3);
+        let gone: HashSet<UserKey> = [UserKey([1; 32])].into();
+        let after_rows = r.without(&gone);
+        assert_eq!(after_rows.len(), r.len() - r.count_of(&gone));
+        let after = after_rows.slice_index(9, 3);
+        // Slices that held none of user 1's rows keep their digest.
+        for s in 0..3 {
+            let held = (0..r.len())
+                .any(|i| r.keys[i] == UserKey([1; 32]) && before.slice_of_row[i] == s as u32);
+            assert_eq!(before.digests[s] == after.digests[s], !held, "slice {s}");
+        }
+    }
+}

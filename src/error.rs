@@ -1,0 +1,150 @@
+//! One error type for the library, with the context a user needs to fix the problem.
+//!
+//! Every variant names where the problem is: a file, a line, a column, a shard, a stage or a
+//! request. The binary prints the message and exits non-zero; nothing on disk has changed when
+//! one of these is returned before a run is published.
+
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong in `sisa`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An operating-system I/O error on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory the operation was on.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+
+    /// A CSV or IDX input file that cannot be used, with the place of the problem.
+    #[error("{path}{}{}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default(), column.as_ref().map(|c| format!(", column '{c}'")).unwrap_or_default())]
+    Input {
+        /// The input file.
+        path: PathBuf,
+        /// 1-based line number, when the problem is on one line.
+        line: Option<u64>,
+        /// The column (header name), when the problem is in one column.
+        column: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A file of the run that fails a check on read (magic, version, size, digest).
+    #[error("{path}: corrupt: {message}")]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Which check failed.
+        message: String,
+    },
+
+    /// A model preset or a flag that makes no sense.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// A run directory that cannot be opened or used as asked.
+    #[error("run {path}: {message}")]
+    Run {
+        /// The run directory.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// An unlearning request that cannot be carried out (unknown user, empty request).
+    #[error("request: {0}")]
+    Request(String),
+
+    /// A checkpoint whose lineage does not match the data it would continue from.
+    #[error("shard {shard}, stage {stage}: {message}")]
+    Lineage {
+        /// The shard.
+        shard: usize,
+        /// The stage (1-based).
+        stage: usize,
+        /// What did not match.
+        message: String,
+    },
+
+    /// Training diverged (a non-finite loss or weight).
+    #[error(
+        "shard {shard}, stage {stage}: training diverged ({message}); lower the learning rate"
+    )]
+    Diverged {
+        /// The shard.
+        shard: usize,
+        /// The stage (1-based).
+        stage: usize,
+        /// What was seen.
+        message: String,
+    },
+
+    /// The ledger of deletion requests is damaged or does not chain.
+    #[error("ledger {path}, line {line}: {message}")]
+    Ledger {
+        /// The ledger file.
+        path: PathBuf,
+        /// 1-based line number of the bad entry.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    /// A corrupt run file at `path`.
+    pub fn corrupt(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
+        Error::Corrupt {
+            path: path.as_ref().to_path_buf(),
+            message: message.into(),
+        }
+    }
+
+    /// A bad input file, optionally with line and column.
+    pub fn input(
+        path: impl AsRef<Path>,
+        line: Option<u64>,
+        column: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::Input {
+            path: path.as_ref().to_path_buf(),
+            line,
+            column: column.map(str::to_string),
+            message: message.into(),
+        }
+    }
+
+    /// A problem with the run directory at `path`.
+    pub fn run(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
+        Error::Run {
+            path: path.as_ref().to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Attach a path to an `std::io::Result`.
+pub(crate) trait IoContext<T> {
+    /// Turn an I/O error into [`Error::Io`] naming `path`.
+    fn at(self, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: &Path) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

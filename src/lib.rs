@@ -1,0 +1,32 @@
+//! `sisa`: exact machine unlearning with SISA training (Sharded, Isolated, Sliced, Aggregated;
+//! Bourtoule et al., IEEE S&P 2021).
+//!
+//! The training data is split into isolated shards by user, each with its own model and a
+//! checkpoint after every slice; forgetting a user retrains only that user's shard, from the
+//! last checkpoint that never saw them, and the result is bitwise identical to training from
+//! scratch without the user.
+//!
+//! - [`error`]: one error type that names the file, line, column, shard or request at fault.
+//! - [`data`]: CSV ingest with validation, the checksummed row store, HMAC user keys.
+//! - [`plan`]: pure functions for shard and slice assignment, stage epochs and lineage hashes.
+//! - [`model`]: model presets and the dense networks they describe, with hand-derived gradients.
+//! - [`train`]: deterministic, seeded, shard-parallel training with our own optimizers.
+//! - [`checkpoint`]: safetensors checkpoints named and checked by lineage.
+//! - [`run`]: the run directory: layout, `run.json`, manifests, durable atomic writes.
+//! - [`ensemble`]: aggregation of shard models by posterior mean or majority vote.
+//! - [`unlearn`]: the hash-chained ledger, planning, execution, receipts and recovery.
+//! - [`verify`]: the certificate: retrain from scratch and compare bitwise with what is published.
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod data;
+pub mod ensemble;
+pub mod error;
+pub mod model;
+pub mod plan;
+pub mod run;
+pub mod train;
+pub mod unlearn;
+pub mod verify;
+
+pub use error::{Error, Result};

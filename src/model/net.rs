@@ -1,0 +1,442 @@
+//! Dense networks (multi-layer perceptron, logistic regression) with hand-derived gradients.
+//!
+//! Forward and backward passes run on `matrixmultiply`'s single-threaded SGEMM with buffers
+//! allocated once per shard, so a training step allocates nothing and its result depends only
+//! on its inputs: the same rows in the same order give the same bits, on any number of threads.
+
+use crate::model::spec::Activation;
+use crate::train::rng::SplitMix64;
+
+/// Standardized inputs are clipped to this many standard deviations, so that a feature that
+/// barely varied in the slice the statistics came from cannot blow up later inputs.
+pub const CLIP: f32 = 6.0;
+
+/// Per-feature standardization: `clamp((x - mean) · scale, -clip, clip)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Norm {
+    /// Mean of each feature.
+    pub mean: Vec<f32>,
+    /// Reciprocal standard deviation of each feature (1 for constant features).
+    pub scale: Vec<f32>,
+    /// Clip bound; infinite when standardization is off.
+    pub clip: f32,
+}
+
+impl Norm {
+    /// The identity transform.
+    pub fn identity(dim: usize) -> Norm {
+        Norm {
+            mean: vec![0.0; dim],
+            scale: vec![1.0; dim],
+            clip: f32::INFINITY,
+        }
+    }
+
+    /// Statistics of rows `rows` of `x` (row-major, `dim` wide), summed in row order in f64.
+    pub fn fit(x: &[f32], dim: usize, rows: impl Iterator<Item = usize> + Clone) -> Norm {
+        let mut n = 0f64;
+        let mut sum = vec![0f64; dim];
+        for i in rows.clone() {
+            n += 1.0;
+            for (s, v) in sum.iter_mut().zip(&x[i * dim..(i + 1) * dim]) {
+                *s += *v as f64;
+            }
+        }
+        if n == 0.0 {
+            return Norm {
+                clip: CLIP,
+                ..Norm::identity(dim)
+            };
+        }
+        let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+        let mut var = vec![0f64; dim];
+        for i in rows {
+            for ((q, v), m) in var.iter_mut().zip(&x[i * dim..(i + 1) * dim]).zip(&mean) {
+                let d = *v as f64 - m;
+                *q += d * d;
+            }
+        }
+        let scale = var
+            .iter()
+            .zip(&mean)
+            .map(|(q, m)| {
+                let sd = (q / n).sqrt();
+                if sd > 1e-6 * (1.0 + m.abs()) {
+                    (1.0 / sd) as f32
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        Norm {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            scale,
+            clip: CLIP,
+        }
+    }
+
+    /// Standardize one row into `out`.
+    #[inline]
+    pub fn apply(&self, row: &[f32], out: &mut [f32]) {
+        for (((o, v), m), s) in out.iter_mut().zip(row).zip(&self.mean).zip(&self.scale) {
+            *o = ((v - m) * s).clamp(-self.clip, self.clip);
+        }
+    }
+}
+
+/// One fully connected layer: `y = x · w + b`, `w` row-major `[inputs, outputs]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dense {
+    /// Input width.
+    pub inputs: usize,
+    /// Output width.
+    pub outputs: usize,
+    /// Weights, `inputs × outputs`, row-major.
+    pub w: Vec<f32>,
+    /// Biases, `outputs`.
+    pub b: Vec<f32>,
+}
+
+/// A model: standardization, dense layers, softmax output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Network {
+    /// Input standardization.
+    pub norm: Norm,
+    /// Layers from input to output.
+    pub layers: Vec<Dense>,
+    /// Nonlinearity after every layer but the last.
+    pub activation: Activation,
+}
+
+/// `c = a · b + beta · c` with explicit strides; `a` is m×k, `b` is k×n, `c` is m×n row-major.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn sgemm(
+    (m, k, n): (usize, usize, usize),
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    beta: f32,
+    c: &mut [f32],
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The strides address exactly the given slices: the largest index touched is checked here.
+    assert!(k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len());
+    assert!(k == 0 || (k - 1) * rsb + (n - 1) * csb < b.len());
+    assert!(m * n <= c.len());
+    // SAFETY: the asserts above keep every access of the kernel inside the three slices.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+impl Network {
+    /// A freshly initialised network: Glorot-uniform weights (He-uniform before ReLU), zero
+    /// biases, drawn from a generator seeded with `seed`.
+    pub fn init(dims: &[usize], activation: Activation, norm: Norm, seed: u64) -> Network {
+        let mut rng = SplitMix64::new(seed);
+        let last = dims.len() - 2;
+        let layers = dims
+            .windows(2)
+            .enumerate()
+            .map(|(l, w)| {
+                let (i, o) = (w[0], w[1]);
+                let bound = if l < last && activation == Activation::Relu {
+                    (6.0 / i as f32).sqrt()
+                } else {
+                    (6.0 / (i + o) as f32).sqrt()
+                };
+                let w = (0..i * o).map(|_| bound * rng.next_symmetric()).collect();
+                Dense {
+                    inputs: i,
+                    outputs: o,
+                    w,
+                    b: vec![0.0; o],
+                }
+            })
+            .collect();
+        Network {
+            norm,
+            layers,
+            activation,
+        }
+    }
+
+    /// Number of input features.
+    pub fn inputs(&self) -> usize {
+        self.layers[0].inputs
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.layers
+            .last()
+            .expect("a network has at least one layer")
+            .outputs
+    }
+
+    /// Number of trainable parameters.
+    pub fn parameters(&self) -> usize {
+        self.layers.iter().map(|l| l.w.len() + l.b.len()).sum()
+    }
+
+    /// Class probabilities for `n` raw (unstandardized) rows, `n × classes` row-major.
+    pub fn predict_proba(&self, x: &[f32], n: usize) -> Vec<f32> {
+        const CHUNK: usize = 256;
+        let d = self.inputs();
+        let c = self.classes();
+        let mut ws = Workspace::new(self, CHUNK.min(n.max(1)));
+        let mut xb = vec![0f32; CHUNK.min(n.max(1)) * d];
+        let mut out = Vec::with_capacity(n * c);
+        for start in (0..n).step_by(CHUNK) {
+            let b = CHUNK.min(n - start);
+            for r in 0..b {
+                let i = start + r;
+                self.norm
+                    .apply(&x[i * d..(i + 1) * d], &mut xb[r * d..(r + 1) * d]);
+            }
+            self.forward(&mut ws, &xb[..b * d], b);
+            out.extend_from_slice(&ws.acts.last().expect("at least one layer")[..b * c]);
+        }
+        out
+    }
+
+    /// Forward pass over a standardized batch of `b` rows; probabilities land in the last
+    /// activation buffer.
+    fn forward(&self, ws: &mut Workspace, x: &[f32], b: usize) {
+        let last = self.layers.len() - 1;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (before, rest) = ws.acts.split_at_mut(l);
+            let out = &mut rest[0][..b * layer.outputs];
+            let input = if l == 0 {
+                x
+            } else {
+                &before[l - 1][..b * layer.inputs]
+            };
+            for row in out.chunks_exact_mut(layer.outputs) {
+                row.copy_from_slice(&layer.b);
+            }
+            sgemm(
+                (b, layer.inputs, layer.outputs),
+                input,
+                (layer.inputs, 1),
+                &layer.w,
+                (layer.outputs, 1),
+                1.0,
+                out,
+            );
+            if l < last {
+                match self.activation {
+                    Activation::Tanh => out.iter_mut().for_each(|v| *v = v.tanh()),
+                    Activation::Relu => out.iter_mut().for_each(|v| *v = v.max(0.0)),
+                }
+            } else {
+                for row in out.chunks_exact_mut(layer.outputs) {
+                    softmax_in_place(row);
+                }
+            }
+        }
+    }
+
+    /// One forward and backward pass over a standardized batch of `b` rows with labels `y`.
+    /// Gradients of the mean cross-entropy land in `ws.grad_w` / `ws.grad_b`; returns the summed
+    /// loss of the batch.
+    pub fn gradients(&self, ws: &mut Workspace, x: &[f32], y: &[u32], b: usize) -> f64 {
+        self.forward(ws, x, b);
+        let c = self.classes();
+        let probs = &ws.acts[self.layers.len() - 1];
+        let mut loss = 0f64;
+        let delta = &mut ws.delta[..b * c];
+        let inv_b = 1.0 / b as f32;
+        for r in 0..b {
+            let p = &probs[r * c..(r + 1) * c];
+            let yr = y[r] as usize;
+            loss -= (p[yr].max(1e-30) as f64).ln();
+            let d = &mut delta[r * c..(r + 1) * c];
+            for (dv, pv) in d.iter_mut().zip(p) {
+                *dv = pv * inv_b;
+            }
+            d[yr] -= inv_b;
+        }
+        for l in (0..self.layers.len()).rev() {
+            let layer = &self.layers[l];
+            let input = if l == 0 {
+                x
+            } else {
+                &ws.acts[l - 1][..b * layer.inputs]
+            };
+            let delta = &ws.delta[..b * layer.outputs];
+            // grad_w = inputᵀ · delta
+            sgemm(
+                (layer.inputs, b, layer.outputs),
+                input,
+                (1, layer.inputs),
+                delta,
+                (layer.outputs, 1),
+                0.0,
+                &mut ws.grad_w[l],
+            );
+            let gb = &mut ws.grad_b[l];
+            gb.copy_from_slice(&delta[..layer.outputs]);
+            for row in delta.chunks_exact(layer.outputs).skip(1) {
+                for (g, v) in gb.iter_mut().zip(row) {
+                    *g += v;
+                }
+            }
+            if l > 0 {
+                // delta_prev = (delta · wᵀ) ⊙ act'(a_prev)
+                let prev = &mut ws.delta_prev[..b * layer.inputs];
+                sgemm(
+                    (b, layer.outputs, layer.inputs),
+                    delta,
+                    (layer.outputs, 1),
+                    &layer.w,
+                    (1, layer.outputs),
+                    0.0,
+                    prev,
+                );
+                let a_prev = &ws.acts[l - 1][..b * layer.inputs];
+                match self.activation {
+                    Activation::Tanh => {
+                        for (g, a) in prev.iter_mut().zip(a_prev) {
+                            *g *= 1.0 - a * a;
+                        }
+                    }
+                    Activation::Relu => {
+                        for (g, a) in prev.iter_mut().zip(a_prev) {
+                            if *a <= 0.0 {
+                                *g = 0.0;
+                            }
+                        }
+                    }
+                }
+                std::mem::swap(&mut ws.delta, &mut ws.delta_prev);
+            }
+        }
+        loss
+    }
+}
+
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Buffers for one shard's training, sized once for the largest batch.
+#[derive(Clone, Debug)]
+pub struct Workspace {
+    acts: Vec<Vec<f32>>,
+    delta: Vec<f32>,
+    delta_prev: Vec<f32>,
+    /// Weight gradients per layer, same layout as [`Dense::w`].
+    pub grad_w: Vec<Vec<f32>>,
+    /// Bias gradients per layer.
+    pub grad_b: Vec<Vec<f32>>,
+}
+
+impl Workspace {
+    /// Buffers for batches of up to `batch` rows through `net`.
+    pub fn new(net: &Network, batch: usize) -> Workspace {
+        let widest = net
+            .layers
+            .iter()
+            .map(|l| l.outputs.max(l.inputs))
+            .max()
+            .unwrap_or(1);
+        Workspace {
+            acts: net
+                .layers
+                .iter()
+                .map(|l| vec![0.0; batch * l.outputs])
+                .collect(),
+            delta: vec![0.0; batch * widest],
+            delta_prev: vec![0.0; batch * widest],
+            grad_w: net.layers.iter().map(|l| vec![0.0; l.w.len()]).collect(),
+            grad_b: net.layers.iter().map(|l| vec![0.0; l.b.len()]).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loss_of(net: &Network, x: &[f32], y: &[u32], b: usize) -> f64 {
+        let mut ws = Workspace::new(net, b);
+        net.gradients(&mut ws, x, y, b) / b as f64
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        for act in [Activation::Tanh, Activation::Relu] {
+            let net = Network::init(&[5, 7, 4, 3], act, Norm::identity(5), 11);
+            let mut rng = SplitMix64::new(3);
+            let b = 6;
+            let x: Vec<f32> = (0..b * 5).map(|_| rng.next_symmetric()).collect();
+            let y: Vec<u32> = (0..b as u32).map(|i| i % 3).collect();
+            let mut ws = Workspace::new(&net, b);
+            net.gradients(&mut ws, &x, &y, b);
+            for l in 0..net.layers.len() {
+                for j in [0, net.layers[l].w.len() / 2, net.layers[l].w.len() - 1] {
+                    let h = 1e-2f32;
+                    let mut plus = net.clone();
+                    plus.layers[l].w[j] += h;
+                    let mut minus = net.clone();
+                    minus.layers[l].w[j] -= h;
+                    let numeric =
+                        (loss_of(&plus, &x, &y, b) - loss_of(&minus, &x, &y, b)) / (2.0 * h as f64);
+                    let analytic = ws.grad_w[l][j] as f64;
+                    assert!(
+                        (numeric - analytic).abs() < 2e-3 + 2e-2 * numeric.abs(),
+                        "{act:?} layer {l} w[{j}]: {numeric} vs {analytic}"
+                    );
+                }
+                let mut plus = net.clone();
+                plus.layers[l].b[0] += 1e-2;
+                let mut minus = net.clone();
+                minus.layers[l].b[0] -= 1e-2;
+                let numeric = (loss_of(&plus, &x, &y, b) - loss_of(&minus, &x, &y, b)) / 2e-2;
+                assert!((numeric - ws.grad_b[l][0] as f64).abs() < 2e-3 + 2e-2 * numeric.abs());
+            }
+        }
+    }
+
+    #[test]
+    fn probabilities_sum_to_one_and_norm_clips() {
+        let norm = Norm::fit(&[0.0, 10.0, 2.0, 10.0, 4.0, 10.0], 2, 0..3);
+        assert_eq!(norm.mean, [2.0, 10.0]);
+        assert_eq!(norm.scale[1], 1.0, "a constant feature keeps scale 1");
+        let mut out = [0.0; 2];
+        norm.apply(&[1000.0, 10.0], &mut out);
+        assert_eq!(out, [CLIP, 0.0]);
+        let net = Network::init(&[2, 3], Activation::Tanh, norm, 1);
+        let p = net.predict_proba(&[1.0, 2.0, 3.0, 4.0], 2);
+        for row in p.chunks(3) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+    }
+}

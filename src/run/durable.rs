@@ -1,0 +1,220 @@
+//! Durable file operations: every write is temp file, fsync, rename, fsync of the directory.
+//!
+//! An fsync or rename error is returned at once and never retried: after a failed fsync the
+//! page cache may already have dropped the data, so the operation is abandoned and the run
+//! recovers on its next start. With the `failpoints` feature, `SISA_FAILPOINT=<name>` makes the
+//! process abort at the named point, so crash tests can stop the real binary at every step.
+
+use crate::error::{Error, IoContext, Result};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+/// Abort the process here when `SISA_FAILPOINT` names this point (only with the `failpoints`
+/// feature; otherwise does nothing). `SISA_FAILPOINT=name:n` aborts at the n-th hit (1-based).
+/// Every point that is passed is appended to the file named by `SISA_FAILPOINT_LOG`, so a test
+/// can list the points an operation goes through.
+#[inline]
+pub fn failpoint(name: &str) {
+    #[cfg(feature = "failpoints")]
+    failpoints::hit(name);
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
+/// Like [`failpoint`], but returns an injected I/O error instead of aborting when
+/// `SISA_FAILPOINT=error:<name>`.
+#[inline]
+pub fn failpoint_error(name: &str, path: &Path) -> Result<()> {
+    #[cfg(feature = "failpoints")]
+    if failpoints::error_requested(name) {
+        return Err(Error::io(
+            path,
+            std::io::Error::other(format!("injected failure at {name}")),
+        ));
+    }
+    let _ = (name, path);
+    Ok(())
+}
+
+#[cfg(feature = "failpoints")]
+mod failpoints {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    static HITS: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
+    static TOTAL: AtomicU64 = AtomicU64::new(0);
+
+    fn count(name: &str) -> u64 {
+        let mut hits = HITS.lock().unwrap_or_else(|p| p.into_inner());
+        match hits.iter_mut().find(|(n, _)| n == name) {
+            Some((_, c)) => {
+                *c += 1;
+                *c
+            }
+            None => {
+                hits.push((name.to_string(), 1));
+                1
+            }
+        }
+    }
+
+    pub fn hit(name: &str) {
+        let n = count(name);
+        TOTAL.fetch_add(1, Ordering::Relaxed);
+        if let Ok(log) = std::env::var("SISA_FAILPOINT_LOG") {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+            {
+                // The log is a test aid; a failure to write it must not change behaviour.
+                let _ = writeln!(f, "{name}:{n}");
+            }
+        }
+        if let Ok(spec) = std::env::var("SISA_FAILPOINT") {
+            let (want, nth) = match spec.rsplit_once(':') {
+                Some((w, k)) if k.parse::<u64>().is_ok() => (w.to_string(), k.parse().unwrap_or(1)),
+                _ => (spec.clone(), 1),
+            };
+            if want == name && n == nth {
+                eprintln!("sisa: failpoint {name}:{n} reached, aborting");
+                std::process::abort();
+            }
+        }
+    }
+
+    pub fn error_requested(name: &str) -> bool {
+        std::env::var("SISA_FAILPOINT").is_ok_and(|s| s.strip_prefix("error:") == Some(name))
+    }
+}
+
+/// fsync a directory, so that renames and removals inside it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    let d = File::open(dir).at(dir)?;
+    d.sync_all().at(dir)
+}
+
+/// Create `dir` (and parents) durably.
+pub fn create_dir_all(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_all(parent)?;
+    }
+    fs::create_dir(dir)
+        .or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })
+        .at(dir)?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Write `bytes` to `path` atomically and durably: `path.tmp`, fsync, rename, fsync the
+/// directory. `point` names the failpoints along the way (`<point>.write`, `<point>.rename`,
+/// `<point>.done`).
+pub fn write_atomic(path: &Path, bytes: &[u8], point: &str) -> Result<()> {
+    write_atomic_mode(path, bytes, point, None)
+}
+
+/// [`write_atomic`] with Unix permission bits for the new file (for the secret: 0600).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], point: &str, mode: Option<u32>) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    {
+        let mut opts = OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if let Some(m) = mode {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(m);
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        let mut f = opts.open(&tmp).at(&tmp)?;
+        // A torn write: half the bytes reach the temp file, then the process dies.
+        if cfg!(feature = "failpoints")
+            && std::env::var("SISA_FAILPOINT").is_ok_and(|s| s == format!("torn:{point}"))
+        {
+            f.write_all(&bytes[..bytes.len() / 2]).at(&tmp)?;
+            f.sync_all().at(&tmp)?;
+            eprintln!("sisa: torn write at {point}, aborting");
+            std::process::abort();
+        }
+        f.write_all(bytes).at(&tmp)?;
+        failpoint(&format!("{point}.write"));
+        failpoint_error(&format!("{point}.fsync"), &tmp)?;
+        f.sync_all().at(&tmp)?;
+    }
+    failpoint(&format!("{point}.rename"));
+    fs::rename(&tmp, path).at(path)?;
+    sync_dir(dir)?;
+    failpoint(&format!("{point}.done"));
+    Ok(())
+}
+
+/// Remove `path` durably (missing files are fine: removal is idempotent).
+pub fn remove_file(path: &Path, point: &str) -> Result<()> {
+    failpoint(point);
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, e)),
+    }
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Append one line to a file and fsync it; creates the file (durably) if needed.
+pub fn append_line(path: &Path, line: &str, point: &str) -> Result<()> {
+    let existed = path.exists();
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .at(path)?;
+    f.write_all(line.as_bytes()).at(path)?;
+    f.write_all(b"\n").at(path)?;
+    failpoint(&format!("{point}.write"));
+    failpoint_error(&format!("{point}.fsync"), path)?;
+    f.sync_all().at(path)?;
+    if !existed {
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(dir)?;
+        }
+    }
+    failpoint(&format!("{point}.done"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        write_atomic(&p, b"one", "t").unwrap();
+        write_atomic(&p, b"two", "t").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        remove_file(&p, "t").unwrap();
+        remove_file(&p, "t").unwrap();
+        append_line(&dir.path().join("l"), "x", "t").unwrap();
+        append_line(&dir.path().join("l"), "y", "t").unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join("l")).unwrap(), "x\ny\n");
+        create_dir_all(&dir.path().join("a/b/c")).unwrap();
+        assert!(dir.path().join("a/b/c").is_dir());
+    }
+}

@@ -1,0 +1,138 @@
+//! Manifests: the published state of a run, one immutable file per ensemble version.
+//!
+//! `CURRENT` names the published manifest and its SHA-256; it is replaced by one atomic rename,
+//! which is the moment a new ensemble version exists. A manifest lists, per shard, the digest of
+//! its data file, the lineage and file digest of every stage's checkpoint, and the digest of the
+//! model's weights.
+
+use crate::error::{Error, IoContext, Result};
+use crate::plan::Lineage;
+use crate::run::durable;
+use crate::run::layout::{manifest_name, parse_manifest_name, RunDir, RunFile};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Schema tag of manifests.
+pub const MANIFEST_FORMAT: &str = "sisa-manifest/1";
+
+/// A data file of the run: its content digest and row count.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataRef {
+    /// SHA-256 of the file's content (the row file's trailer), hex.
+    pub digest: String,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Distinct users in the file.
+    pub users: u64,
+}
+
+/// One stage's checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageEntry {
+    /// Lineage hash; also the checkpoint's file name.
+    pub lineage: Lineage,
+    /// Epochs the stage trained.
+    pub epochs: u32,
+    /// Rows the stage trained on (slices 1..r).
+    pub rows: u64,
+    /// SHA-256 of the checkpoint file, hex.
+    pub file_digest: String,
+}
+
+/// One shard's published state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// Shard number.
+    pub shard: usize,
+    /// The shard's rows.
+    pub data: DataRef,
+    /// Rows in each slice.
+    pub slice_rows: Vec<u64>,
+    /// Stages 1..R.
+    pub stages: Vec<StageEntry>,
+    /// SHA-256 over the final model's tensors (see [`crate::checkpoint::model_digest`]).
+    pub model_digest: String,
+}
+
+impl ShardEntry {
+    /// Rows×epochs of training this shard from scratch.
+    pub fn cost(&self) -> u64 {
+        self.stages.iter().map(|s| s.rows * s.epochs as u64).sum()
+    }
+}
+
+/// A published ensemble version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Schema tag, [`MANIFEST_FORMAT`].
+    pub format: String,
+    /// Ensemble version, counting from 1.
+    pub version: u64,
+    /// Hex digest of the run configuration it was trained under.
+    pub config_digest: String,
+    /// The last deletion request (ledger request number) reflected in this version; 0 if none.
+    pub applied_request: u64,
+    /// Digest of the ledger entry that `applied_request` was accepted in (empty if none).
+    #[serde(default)]
+    pub applied_entry: String,
+    /// Held-out rows, if the run has them.
+    pub test: Option<DataRef>,
+    /// Every shard, in order.
+    pub shards: Vec<ShardEntry>,
+}
+
+impl Manifest {
+    /// Rows×epochs of training every shard from scratch.
+    pub fn full_cost(&self) -> u64 {
+        self.shards.iter().map(ShardEntry::cost).sum()
+    }
+
+    /// Read the manifest that `CURRENT` names, checking its digest.
+    pub fn load_current(dir: &RunDir) -> Result<Manifest> {
+        let current = dir.path(RunFile::Current);
+        let text = std::fs::read_to_string(&current).at(&current)?;
+        let (name, digest) = text
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| Error::corrupt(&current, "expected '<manifest file> <sha256>'"))?;
+        let version = parse_manifest_name(name)
+            .ok_or_else(|| Error::corrupt(&current, format!("'{name}' is not a manifest name")))?;
+        let path = dir.path(RunFile::Manifest(version));
+        let bytes = std::fs::read(&path).at(&path)?;
+        if hex::encode(Sha256::digest(&bytes)) != digest {
+            return Err(Error::corrupt(
+                &path,
+                "digest does not match CURRENT: the manifest was modified or damaged",
+            ));
+        }
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(&path, format!("not a valid manifest: {e}")))?;
+        if m.format != MANIFEST_FORMAT || m.version != version {
+            return Err(Error::corrupt(
+                &path,
+                "format or version does not match its name",
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Write this manifest and point `CURRENT` at it: the atomic publish of a version.
+    pub fn publish(&self, dir: &RunDir) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).expect("serializing plain data cannot fail");
+        durable::write_atomic(
+            &dir.path(RunFile::Manifest(self.version)),
+            &bytes,
+            "publish.manifest",
+        )?;
+        let current = format!(
+            "{} {}\n",
+            manifest_name(self.version),
+            hex::encode(Sha256::digest(&bytes))
+        );
+        durable::write_atomic(
+            &dir.path(RunFile::Current),
+            current.as_bytes(),
+            "publish.current",
+        )
+    }
+}

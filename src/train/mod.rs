@@ -1,0 +1,387 @@
+//! Training: seeded, deterministic, shard-parallel; `sisa train` end to end.
+//!
+//! Shards train side by side on an explicit rayon pool, one shard per worker, each shard's math
+//! on one thread in a fixed order, so results are bitwise identical for any `--threads`.
+
+pub mod optim;
+pub mod progress;
+pub mod rng;
+pub mod shard;
+
+pub use progress::Progress;
+pub use shard::ShardData;
+
+use crate::checkpoint::{model_digest, Checkpoint};
+use crate::data::csv::{self, Columns, Need};
+use crate::data::ingest::{self, Placement};
+use crate::data::{Rows, Secret};
+use crate::error::{Error, Result};
+use crate::model::ModelSpec;
+use crate::plan::{self, ShardBy};
+use crate::run::config::{cpu_model, RUN_FORMAT};
+use crate::run::manifest::MANIFEST_FORMAT;
+use crate::run::{
+    durable, Aggregation, Manifest, RowsFile, Run, RunConfig, RunDir, RunFile, ShardEntry,
+    StageEntry,
+};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Largest shard and slice counts accepted.
+pub const MAX_SHARDS: usize = 4096;
+/// Largest slice count accepted.
+pub const MAX_SLICES: usize = 1024;
+
+/// One shard to (re)train from stage `first`.
+pub struct Job<'a> {
+    /// The shard's data.
+    pub data: ShardData<'a>,
+    /// First stage to train (1 = from scratch).
+    pub first: usize,
+    /// Checkpoint of stage `first - 1`, when `first > 1`.
+    pub start: Option<Checkpoint>,
+}
+
+/// What training one shard produced.
+#[derive(Clone, Debug)]
+pub struct Trained {
+    /// The shard.
+    pub shard: usize,
+    /// Entries of the stages trained (`first..=R`).
+    pub stages: Vec<StageEntry>,
+    /// The final checkpoint.
+    pub last: Checkpoint,
+}
+
+/// Train `jobs` on a pool of `threads` workers, handing every finished stage to `sink`, which
+/// stores (or checks) it and returns its manifest entry. Results come back in shard order.
+pub fn train_jobs(
+    jobs: Vec<Job<'_>>,
+    threads: usize,
+    progress: &Progress,
+    sink: &(dyn Fn(&Checkpoint, u32, u64) -> Result<StageEntry> + Sync),
+) -> Result<Vec<Trained>> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .thread_name(|i| format!("sisa-shard-{i}"))
+        .build()
+        .map_err(|e| Error::Config(format!("cannot start {threads} worker threads: {e}")))?;
+    let mut jobs = jobs;
+    // Longest first, so the pool does not end waiting on one big shard.
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.data.cost_from(j.first)));
+    let mut results: Vec<Trained> = pool.install(|| {
+        jobs.into_par_iter()
+            .map(|job| {
+                let bar = progress.shard(job.data.shard, job.data.cost_from(job.first));
+                let mut stages = Vec::new();
+                let last = job.data.train(
+                    job.first,
+                    job.start,
+                    &bar,
+                    &|n| progress.inc(n),
+                    |ck, epochs, rows| {
+                        stages.push(sink(ck, epochs, rows)?);
+                        Ok(())
+                    },
+                )?;
+                bar.finish_and_clear();
+                Ok(Trained {
+                    shard: job.data.shard,
+                    stages,
+                    last,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    results.sort_by_key(|t| t.shard);
+    Ok(results)
+}
+
+/// Default worker count: the machine's available parallelism.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Everything `sisa train` needs.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// Training CSV.
+    pub data: PathBuf,
+    /// Held-out CSV.
+    pub test: Option<PathBuf>,
+    /// Model preset with overrides applied.
+    pub model: ModelSpec,
+    /// Shards S.
+    pub shards: usize,
+    /// Slices R.
+    pub slices: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Sharding rule.
+    pub shard_by: ShardBy,
+    /// Run directory to create.
+    pub out: PathBuf,
+    /// Column names.
+    pub columns: Columns,
+    /// Number of classes, if larger than the data shows.
+    pub classes: Option<usize>,
+    /// Worker threads.
+    pub threads: usize,
+    /// Draw progress bars.
+    pub progress: bool,
+    /// Default aggregation saved in the run.
+    pub aggregation: Aggregation,
+}
+
+/// What `sisa train` did.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    /// The new run.
+    pub run: Run,
+    /// Wall time of training, in seconds.
+    pub seconds: f64,
+    /// Rows×epochs trained.
+    pub rows_epochs: u64,
+}
+
+fn check_counts(shards: usize, slices: usize) -> Result<()> {
+    if !(1..=MAX_SHARDS).contains(&shards) {
+        return Err(Error::Config(format!(
+            "--shards must be in 1..={MAX_SHARDS}, got {shards}"
+        )));
+    }
+    if !(1..=MAX_SLICES).contains(&slices) {
+        return Err(Error::Config(format!(
+            "--slices must be in 1..={MAX_SLICES}, got {slices}"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuse an `--out` that exists and is not an empty directory.
+fn check_out(out: &Path) -> Result<()> {
+    if out.exists() {
+        let empty = out.is_dir()
+            && std::fs::read_dir(out)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
+        if !empty {
+            return Err(Error::run(
+                out,
+                "already exists; choose a new --out (a run is never overwritten)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Read, validate and place the training (and held-out) data of a new run.
+pub fn ingest(opts: &TrainOptions) -> Result<(RunConfig, Secret, Vec<Rows>, Option<Rows>)> {
+    check_counts(opts.shards, opts.slices)?;
+    opts.model.validate().map_err(Error::Config)?;
+    check_out(&opts.out)?;
+    let train = csv::read_csv(&opts.data, &opts.columns, Need::Required, Need::Required)?;
+    let test = match &opts.test {
+        Some(p) => {
+            let t = csv::read_csv(p, &opts.columns, Need::Required, Need::Required)?;
+            t.check_features(&train.feature_names, "training file")?;
+            Some(t)
+        }
+        None => None,
+    };
+    let max_label = train
+        .labels
+        .iter()
+        .chain(test.iter().flat_map(|t| t.labels.iter()))
+        .flatten()
+        .copied()
+        .max()
+        .unwrap_or(0) as usize;
+    let classes = match opts.classes {
+        Some(c) if c <= max_label => {
+            return Err(Error::Config(format!(
+                "--classes {c} is too small: the data has label {max_label}"
+            )))
+        }
+        Some(c) => c,
+        None => (max_label + 1).max(2),
+    };
+    let name = opts
+        .out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("sisa")
+        .to_string();
+    let config = RunConfig {
+        format: RUN_FORMAT.to_string(),
+        name,
+        stage_epochs: plan::stage_epochs(opts.model.epochs, opts.slices),
+        model: opts.model.clone(),
+        shards: opts.shards,
+        slices: opts.slices,
+        seed: opts.seed,
+        shard_by: opts.shard_by,
+        features: train.feature_names.clone(),
+        classes,
+        user_column: opts.columns.user.clone(),
+        label_column: opts.columns.label.clone(),
+        aggregation: opts.aggregation,
+        cpu: cpu_model(),
+        created_by: format!("sisa {}", env!("CARGO_PKG_VERSION")),
+    };
+    let secret = Secret::generate()?;
+    let placement = Placement {
+        seed: opts.seed,
+        shards: opts.shards,
+        shard_by: opts.shard_by,
+    };
+    let shards = ingest::place_rows(&train, placement, &secret, &HashMap::new())?;
+    let test_rows = match &test {
+        Some(t) => {
+            let mut one = ingest::place_rows(
+                t,
+                Placement {
+                    shards: 1,
+                    ..placement
+                },
+                &secret,
+                &HashMap::new(),
+            )?;
+            Some(one.remove(0))
+        }
+        None => None,
+    };
+    Ok((config, secret, shards, test_rows))
+}
+
+/// Train every shard of a new run from scratch and publish version 1 at `opts.out`.
+///
+/// The run is built in a sibling temp directory and renamed into place at the end, so a
+/// failure at any point leaves `--out` as it was.
+pub fn train_run(opts: &TrainOptions) -> Result<TrainSummary> {
+    let (config, secret, shards, test) = ingest(opts)?;
+    let parent = opts
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    durable::create_dir_all(parent)?;
+    let tmp = parent.join(format!(
+        ".{}.partial-{}",
+        opts.out
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("run"),
+        std::process::id()
+    ));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    let result = build_run(&tmp, &config, &secret, &shards, test.as_ref(), opts);
+    match result {
+        Ok((manifest, seconds, rows_epochs)) => {
+            if opts.out.exists() {
+                // check_out allowed only an empty directory; rename needs it gone.
+                std::fs::remove_dir(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+            }
+            std::fs::rename(&tmp, &opts.out).map_err(|e| Error::io(&opts.out, e))?;
+            durable::sync_dir(parent)?;
+            let run = Run::from_parts(RunDir::new(&opts.out), config, manifest, secret);
+            Ok(TrainSummary {
+                run,
+                seconds,
+                rows_epochs,
+            })
+        }
+        Err(e) => {
+            if let Err(cleanup) = std::fs::remove_dir_all(&tmp) {
+                eprintln!(
+                    "sisa: warning: could not remove {}: {cleanup}",
+                    tmp.display()
+                );
+            }
+            Err(e)
+        }
+    }
+}
+
+fn build_run(
+    root: &Path,
+    config: &RunConfig,
+    secret: &Secret,
+    shards: &[Rows],
+    test: Option<&Rows>,
+    opts: &TrainOptions,
+) -> Result<(Manifest, f64, u64)> {
+    let dir = RunDir::new(root);
+    durable::create_dir_all(root)?;
+    durable::write_atomic_mode(
+        &dir.path(RunFile::Secret),
+        secret.as_bytes(),
+        "secret",
+        Some(0o600),
+    )?;
+    let config_json =
+        serde_json::to_vec_pretty(config).expect("serializing plain data cannot fail");
+    durable::write_atomic(&dir.path(RunFile::Config), &config_json, "config")?;
+    durable::create_dir_all(&dir.path(RunFile::DataDir))?;
+    durable::create_dir_all(&dir.path(RunFile::ReceiptsDir))?;
+    let digest = config.digest();
+    let mut data_refs = Vec::new();
+    for (k, rows) in shards.iter().enumerate() {
+        data_refs.push(Run::store_rows(&dir, RowsFile::Shard(k), rows)?);
+    }
+    let test_ref = test
+        .map(|t| Run::store_rows(&dir, RowsFile::Test, t))
+        .transpose()?;
+    let datas: Vec<ShardData> = shards
+        .iter()
+        .enumerate()
+        .map(|(k, rows)| ShardData::new(config, &digest, k, rows))
+        .collect();
+    let total: u64 = datas.iter().map(|d| d.cost_from(1)).sum();
+    let slice_rows: Vec<Vec<u64>> = datas.iter().map(|d| d.index.counts.clone()).collect();
+    let jobs = datas
+        .into_iter()
+        .map(|data| Job {
+            data,
+            first: 1,
+            start: None,
+        })
+        .collect();
+    let progress = Progress::new("training", total, opts.progress);
+    let started = Instant::now();
+    let sink =
+        |ck: &Checkpoint, epochs: u32, rows: u64| Run::store_checkpoint(&dir, ck, epochs, rows);
+    let trained = train_jobs(jobs, opts.threads, &progress, &sink)?;
+    progress.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    let shards = trained
+        .into_iter()
+        .zip(data_refs)
+        .zip(slice_rows)
+        .map(|((t, data), slice_rows)| ShardEntry {
+            shard: t.shard,
+            data,
+            slice_rows,
+            stages: t.stages,
+            model_digest: model_digest(&t.last.net),
+        })
+        .collect();
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT.to_string(),
+        version: 1,
+        config_digest: hex::encode(digest),
+        applied_request: 0,
+        applied_entry: String::new(),
+        test: test_ref,
+        shards,
+    };
+    manifest.publish(&dir)?;
+    Ok((manifest, seconds, total))
+}

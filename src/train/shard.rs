@@ -1,0 +1,199 @@
+//! Training one shard, stage by stage, from scratch or from a checkpoint.
+//!
+//! Stage r trains on slices 1..r for its recalibrated epochs, continuing from stage r-1's
+//! weights and optimizer state. The batch order of every epoch is the shard's rows in the
+//! order of `mix(tag ⊕ seed(shard, stage, epoch))`: a function of which rows are present and
+//! nothing else, so retraining after a deletion visits exactly the batches that training from
+//! scratch without the deleted rows visits.
+
+use crate::checkpoint::Checkpoint;
+use crate::data::{Rows, SliceIndex};
+use crate::error::{Error, Result};
+use crate::model::{Network, Norm, Workspace};
+use crate::plan::{self, Lineage};
+use crate::run::RunConfig;
+use crate::train::optim::Optimizer;
+use crate::train::rng::mix;
+use indicatif::ProgressBar;
+
+/// One shard's rows with everything derived from them: slices and stage lineages.
+#[derive(Clone, Debug)]
+pub struct ShardData<'a> {
+    config: &'a RunConfig,
+    /// The shard.
+    pub shard: usize,
+    /// Its rows, in tag order.
+    pub rows: &'a Rows,
+    /// Slice assignment and digests.
+    pub index: SliceIndex,
+    /// Lineage of stages 1..R (index r-1 is stage r).
+    pub lineages: Vec<Lineage>,
+    root: Lineage,
+}
+
+impl<'a> ShardData<'a> {
+    /// Slice `rows` and compute every stage's lineage.
+    pub fn new(
+        config: &'a RunConfig,
+        config_digest: &[u8; 32],
+        shard: usize,
+        rows: &'a Rows,
+    ) -> Self {
+        let index = rows.slice_index(config.seed, config.slices);
+        let root = Lineage::root(config_digest, config.seed, shard);
+        let mut lineages = Vec::with_capacity(config.slices);
+        let mut prev = root;
+        for (r, digest) in index.digests.iter().enumerate() {
+            prev = prev.extend(r + 1, config.stage_epochs[r], digest);
+            lineages.push(prev);
+        }
+        ShardData {
+            config,
+            shard,
+            rows,
+            index,
+            lineages,
+            root,
+        }
+    }
+
+    /// Rows trained on at each stage (slices 1..r).
+    pub fn stage_rows(&self) -> Vec<u64> {
+        self.index
+            .counts
+            .iter()
+            .scan(0u64, |acc, c| {
+                *acc += c;
+                Some(*acc)
+            })
+            .collect()
+    }
+
+    /// Rows×epochs of training stages `first..=R`.
+    pub fn cost_from(&self, first: usize) -> u64 {
+        plan::stage_cost(&self.index.counts, &self.config.stage_epochs, first)
+    }
+
+    /// The lineage before stage `stage` (1-based): the root for stage 1.
+    pub fn lineage_before(&self, stage: usize) -> Lineage {
+        if stage <= 1 {
+            self.root
+        } else {
+            self.lineages[stage - 2]
+        }
+    }
+
+    /// The untrained model and optimizer: standardization fitted on slice 1, seeded init.
+    pub fn initial(&self) -> Checkpoint {
+        let c = self.config;
+        let dims = c.dims();
+        let norm = if c.model.standardize {
+            let first: Vec<usize> = (0..self.rows.len())
+                .filter(|&i| self.index.slice_of_row[i] == 0)
+                .collect();
+            Norm::fit(&self.rows.x, self.rows.dim, first.into_iter())
+        } else {
+            Norm::identity(self.rows.dim)
+        };
+        let seed = plan::derive_seed(c.seed, self.shard, 0, 0, "init");
+        let net = Network::init(&dims, c.model.activation, norm, seed);
+        let opt = Optimizer::new(
+            c.model.optimizer,
+            c.model.lr,
+            c.model.momentum,
+            c.model.weight_decay,
+            &net,
+        );
+        Checkpoint {
+            net,
+            opt,
+            lineage: self.root,
+            shard: self.shard,
+            stage: 0,
+        }
+    }
+
+    /// Train stages `first..=R`. `start` must be the checkpoint of stage `first - 1` (ignored,
+    /// and may be `None`, when `first` is 1). `on_stage` receives each finished stage's
+    /// checkpoint, its epochs and its row count.
+    pub fn train(
+        &self,
+        first: usize,
+        start: Option<Checkpoint>,
+        bar: &ProgressBar,
+        on_rows: &(dyn Fn(u64) + Sync),
+        mut on_stage: impl FnMut(&Checkpoint, u32, u64) -> Result<()>,
+    ) -> Result<Checkpoint> {
+        let c = self.config;
+        let mut state = if first <= 1 {
+            self.initial()
+        } else {
+            let ck = start.ok_or_else(|| Error::Lineage {
+                shard: self.shard,
+                stage: first - 1,
+                message: "no checkpoint to continue from".into(),
+            })?;
+            if ck.lineage != self.lineage_before(first) {
+                return Err(Error::Lineage {
+                    shard: self.shard,
+                    stage: first - 1,
+                    message: "checkpoint lineage does not match the shard's data; refusing to continue from it".into(),
+                });
+            }
+            ck
+        };
+        let d = self.rows.dim;
+        let n = self.rows.len();
+        // Standardize every row once; stages reuse it.
+        let mut xn = vec![0f32; n * d];
+        for i in 0..n {
+            state
+                .net
+                .norm
+                .apply(self.rows.row(i), &mut xn[i * d..(i + 1) * d]);
+        }
+        let bs = c.model.batch_size;
+        let mut ws = Workspace::new(&state.net, bs);
+        let mut xb = vec![0f32; bs * d];
+        let mut yb = vec![0u32; bs];
+        let mut members: Vec<(u64, u32)> = Vec::with_capacity(n);
+        let stage_rows = self.stage_rows();
+        for stage in first.max(1)..=c.slices {
+            let epochs = c.stage_epochs[stage - 1];
+            for epoch in 0..epochs as usize {
+                let seed = plan::derive_seed(c.seed, self.shard, stage, epoch, "order");
+                members.clear();
+                members.extend(
+                    (0..n)
+                        .filter(|&i| (self.index.slice_of_row[i] as usize) < stage)
+                        .map(|i| (mix(self.rows.tags[i] ^ seed), i as u32)),
+                );
+                members.sort_unstable();
+                let mut loss = 0f64;
+                for batch in members.chunks(bs) {
+                    let b = batch.len();
+                    for (r, &(_, i)) in batch.iter().enumerate() {
+                        let i = i as usize;
+                        xb[r * d..(r + 1) * d].copy_from_slice(&xn[i * d..(i + 1) * d]);
+                        yb[r] = self.rows.labels[i];
+                    }
+                    loss += state.net.gradients(&mut ws, &xb[..b * d], &yb[..b], b);
+                    state.opt.step(&mut state.net, &ws);
+                    bar.inc(b as u64);
+                    on_rows(b as u64);
+                }
+                if !loss.is_finite() {
+                    return Err(Error::Diverged {
+                        shard: self.shard,
+                        stage,
+                        message: format!("loss {loss} in epoch {}", epoch + 1),
+                    });
+                }
+            }
+            state.stage = stage;
+            state.lineage = self.lineages[stage - 1];
+            on_stage(&state, epochs, stage_rows[stage - 1])?;
+        }
+        Ok(state)
+    }
+}

@@ -1,0 +1,182 @@
+//! Receipts: the proof handed back for a completed deletion request.
+//!
+//! A receipt names the request, the user keys (never raw ids), the rows removed, every shard
+//! with the stages it retrained (0 for shards the users never touched), lineages and model
+//! digests before and after, the ensemble versions, timings, the cost against a full retrain,
+//! and the hashes of the ledger entries it chains to.
+
+use crate::data::UserKey;
+use crate::error::{Error, Result};
+use crate::run::Run;
+use crate::unlearn::ledger::{Event, Ledger, RequestId};
+use serde::{Deserialize, Serialize};
+
+/// Schema tag of receipts.
+pub const RECEIPT_FORMAT: &str = "sisa-receipt/1";
+
+/// One shard in a receipt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptShard {
+    /// The shard.
+    pub shard: usize,
+    /// Rows of the users removed from it.
+    pub rows_removed: u64,
+    /// First stage retrained (0 when untouched).
+    pub first_stage: usize,
+    /// Stages retrained (0 when untouched).
+    pub stages_retrained: usize,
+    /// Lineage of the last stage before.
+    pub lineage_before: String,
+    /// Lineage of the last stage after.
+    pub lineage_after: String,
+    /// Model digest before.
+    pub model_digest_before: String,
+    /// Model digest after.
+    pub model_digest_after: String,
+}
+
+/// Cost of the request against a full retrain, in rows×epochs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cost {
+    /// Rows×epochs retrained.
+    pub retrained_rows_epochs: u64,
+    /// Rows×epochs of retraining every shard from scratch on the remaining data.
+    pub full_retrain_rows_epochs: u64,
+    /// `retrained / full`.
+    pub fraction: f64,
+    /// Wall time of retraining, seconds.
+    pub retrain_seconds: f64,
+}
+
+/// The proof of a completed request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Schema tag, [`RECEIPT_FORMAT`].
+    pub format: String,
+    /// The run's name.
+    pub run: String,
+    /// The request number.
+    pub request: RequestId,
+    /// Keys of the users forgotten.
+    pub user_keys: Vec<UserKey>,
+    /// Training rows removed.
+    pub train_rows_removed: u64,
+    /// Held-out rows removed.
+    pub test_rows_removed: u64,
+    /// Every shard of the run.
+    pub shards: Vec<ReceiptShard>,
+    /// Cost.
+    pub cost: Cost,
+    /// Ensemble version before.
+    pub version_before: u64,
+    /// Ensemble version that first excluded the users.
+    pub ensemble_version: u64,
+    /// Unix time the request was accepted.
+    pub accepted_at: u64,
+    /// Unix time the version without the users was published.
+    pub published_at: u64,
+    /// Hash of the ledger entry that accepted the request.
+    pub accepted_entry: String,
+    /// Hash of the ledger entry that recorded the publish.
+    pub published_entry: String,
+}
+
+/// Build request `r`'s receipt from the ledger and the run's published manifest.
+pub fn build(run: &Run, ledger: &Ledger, r: RequestId) -> Result<Receipt> {
+    let missing = |what: &str| {
+        Error::Request(format!(
+            "request {r} has no '{what}' entry in the ledger yet"
+        ))
+    };
+    let accepted = ledger
+        .find(r, "accepted")
+        .ok_or_else(|| missing("accepted"))?;
+    let users = ledger.users(r).unwrap_or_default().to_vec();
+    let planned = ledger
+        .find(r, "planned")
+        .ok_or_else(|| missing("planned"))?;
+    let published = ledger
+        .events(r)
+        .filter(|e| matches!(e.event, Event::Published { .. } | Event::Reapplied { .. }))
+        .last()
+        .ok_or_else(|| missing("published"))?;
+    let version = match published.event {
+        Event::Published { version } | Event::Reapplied { version } => version,
+        _ => unreachable!("filtered above"),
+    };
+    let seconds = ledger
+        .events(r)
+        .filter_map(|e| match e.event {
+            Event::Retrained { seconds } => Some(seconds),
+            _ => None,
+        })
+        .last()
+        .unwrap_or(0.0);
+    let Event::Planned {
+        version_before,
+        shards,
+        test_rows_removed,
+        retrain_rows_epochs,
+        full_retrain_rows_epochs,
+    } = &planned.event
+    else {
+        unreachable!("found by name")
+    };
+    let mut out = Vec::new();
+    for entry in &run.manifest.shards {
+        let after_lineage = entry
+            .stages
+            .last()
+            .map(|s| s.lineage.to_hex())
+            .unwrap_or_default();
+        let rs = match shards.iter().find(|s| s.shard == entry.shard) {
+            Some(b) => ReceiptShard {
+                shard: b.shard,
+                rows_removed: b.rows_removed,
+                first_stage: b.first_stage,
+                stages_retrained: run.config.slices + 1 - b.first_stage.min(run.config.slices + 1),
+                lineage_before: b.lineage_before.clone(),
+                lineage_after: after_lineage,
+                model_digest_before: b.model_digest_before.clone(),
+                model_digest_after: entry.model_digest.clone(),
+            },
+            None => ReceiptShard {
+                shard: entry.shard,
+                rows_removed: 0,
+                first_stage: 0,
+                stages_retrained: 0,
+                lineage_before: after_lineage.clone(),
+                lineage_after: after_lineage,
+                model_digest_before: entry.model_digest.clone(),
+                model_digest_after: entry.model_digest.clone(),
+            },
+        };
+        out.push(rs);
+    }
+    let fraction = if *full_retrain_rows_epochs == 0 {
+        0.0
+    } else {
+        *retrain_rows_epochs as f64 / *full_retrain_rows_epochs as f64
+    };
+    Ok(Receipt {
+        format: RECEIPT_FORMAT.to_string(),
+        run: run.config.name.clone(),
+        request: r,
+        user_keys: users,
+        train_rows_removed: shards.iter().map(|s| s.rows_removed).sum(),
+        test_rows_removed: *test_rows_removed,
+        shards: out,
+        cost: Cost {
+            retrained_rows_epochs: *retrain_rows_epochs,
+            full_retrain_rows_epochs: *full_retrain_rows_epochs,
+            fraction,
+            retrain_seconds: seconds,
+        },
+        version_before: *version_before,
+        ensemble_version: version,
+        accepted_at: accepted.at,
+        published_at: published.at,
+        accepted_entry: accepted.hash.clone(),
+        published_entry: published.hash.clone(),
+    })
+}
