@@ -6,6 +6,7 @@
 //!   CURRENT                          names the published manifest and its digest
 //!   manifest-<version>.json          per shard: data and checkpoint digests, lineages
 //!   secret                           HMAC key for user keys (0600)
+//!   LOCK                             locked by the process recovering or changing the run
 //!   ledger.jsonl                     deletion requests (may live elsewhere: --ledger)
 //!   data/shard-<k>-<digest>.rows     a shard's rows, named by their digest
 //!   data/test-<digest>.rows          held-out rows
@@ -29,6 +30,8 @@ pub enum RunFile<'a> {
     Manifest(u64),
     /// `secret`.
     Secret,
+    /// `LOCK`: held (flock) by the process that recovers or changes the run.
+    Lock,
     /// `ledger.jsonl` (the default ledger location).
     Ledger,
     /// `data/`.
@@ -74,6 +77,7 @@ impl RunDir {
             RunFile::Current => self.root.join("CURRENT"),
             RunFile::Manifest(v) => self.root.join(manifest_name(v)),
             RunFile::Secret => self.root.join("secret"),
+            RunFile::Lock => self.root.join("LOCK"),
             RunFile::Ledger => self.root.join("ledger.jsonl"),
             RunFile::DataDir => self.root.join("data"),
             RunFile::ShardData(k, digest) => self

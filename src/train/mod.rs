@@ -331,6 +331,7 @@ fn build_run(
     durable::write_atomic(&dir.path(RunFile::Config), &config_json, "config")?;
     durable::create_dir_all(&dir.path(RunFile::DataDir))?;
     durable::create_dir_all(&dir.path(RunFile::ReceiptsDir))?;
+    durable::write_atomic(&dir.path(RunFile::Lock), b"", "lock")?;
     let digest = config.digest();
     let mut data_refs = Vec::new();
     for (k, rows) in shards.iter().enumerate() {

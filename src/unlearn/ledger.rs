@@ -55,8 +55,10 @@ pub enum Event {
         test_rows_removed: u64,
         /// Rows×epochs the plan retrains.
         retrain_rows_epochs: u64,
-        /// Rows×epochs of retraining every shard from scratch on the remaining data.
+        /// Rows×epochs of one model trained from scratch on the remaining rows.
         full_retrain_rows_epochs: u64,
+        /// Rows×epochs of retraining every shard from scratch on the remaining rows.
+        ensemble_retrain_rows_epochs: u64,
     },
     /// New data files without the users' rows are on disk.
     Erased,

@@ -55,7 +55,7 @@ pub struct RunLock {
 impl RunLock {
     /// Wait for and take the run's lock.
     pub fn acquire(root: &Path) -> Result<RunLock> {
-        let path = root.join("LOCK");
+        let path = crate::run::RunDir::new(root).path(RunFile::Lock);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -278,6 +278,7 @@ fn apply(
             test_rows_removed: plan.test_rows_removed,
             retrain_rows_epochs: plan.retrain_rows_epochs,
             full_retrain_rows_epochs: plan.full_retrain_rows_epochs,
+            ensemble_retrain_rows_epochs: plan.ensemble_retrain_rows_epochs,
         },
     )?;
     failpoint("unlearn.planned");

@@ -44,8 +44,11 @@ pub struct UnlearnPlan {
     pub test_rows_removed: u64,
     /// Rows×epochs this plan retrains.
     pub retrain_rows_epochs: u64,
-    /// Rows×epochs of retraining every shard from scratch on the remaining data.
+    /// Rows×epochs of a full retrain: one model trained from scratch on all remaining rows for
+    /// the configured epochs (the SISA paper's baseline).
     pub full_retrain_rows_epochs: u64,
+    /// Rows×epochs of retraining every shard of this run from scratch on the remaining rows.
+    pub ensemble_retrain_rows_epochs: u64,
 }
 
 impl UnlearnPlan {
@@ -103,7 +106,9 @@ pub fn plan_unlearning(
             model_digest_before: entry.model_digest.clone(),
         });
     }
-    let train_rows_removed = plans.iter().map(|p| p.rows_removed).sum();
+    let train_rows_removed: u64 = plans.iter().map(|p| p.rows_removed).sum();
+    let remaining: u64 =
+        run.manifest.shards.iter().map(|s| s.data.rows).sum::<u64>() - train_rows_removed;
     UnlearnPlan {
         version_before: run.manifest.version,
         users: users.to_vec(),
@@ -112,6 +117,7 @@ pub fn plan_unlearning(
         untouched_shards: untouched,
         train_rows_removed,
         test_rows_removed: test.map(|t| t.count_of(&set) as u64).unwrap_or(0),
-        full_retrain_rows_epochs: full,
+        full_retrain_rows_epochs: remaining * run.config.model.epochs as u64,
+        ensemble_retrain_rows_epochs: full,
     }
 }

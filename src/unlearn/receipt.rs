@@ -40,8 +40,11 @@ pub struct ReceiptShard {
 pub struct Cost {
     /// Rows×epochs retrained.
     pub retrained_rows_epochs: u64,
-    /// Rows×epochs of retraining every shard from scratch on the remaining data.
+    /// Rows×epochs of a full retrain: one model trained from scratch on every remaining row
+    /// for the configured epochs (the SISA paper's baseline).
     pub full_retrain_rows_epochs: u64,
+    /// Rows×epochs of retraining every shard of the run from scratch.
+    pub ensemble_retrain_rows_epochs: u64,
     /// `retrained / full`.
     pub fraction: f64,
     /// Wall time of retraining, seconds.
@@ -118,6 +121,7 @@ pub fn build(run: &Run, ledger: &Ledger, r: RequestId) -> Result<Receipt> {
         test_rows_removed,
         retrain_rows_epochs,
         full_retrain_rows_epochs,
+        ensemble_retrain_rows_epochs,
     } = &planned.event
     else {
         unreachable!("found by name")
@@ -169,6 +173,7 @@ pub fn build(run: &Run, ledger: &Ledger, r: RequestId) -> Result<Receipt> {
         cost: Cost {
             retrained_rows_epochs: *retrain_rows_epochs,
             full_retrain_rows_epochs: *full_retrain_rows_epochs,
+            ensemble_retrain_rows_epochs: *ensemble_retrain_rows_epochs,
             fraction,
             retrain_seconds: seconds,
         },

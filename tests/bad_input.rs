@@ -1,0 +1,346 @@
+//! Bad input of every kind gets a message naming the file, line and column, a non-zero exit,
+//! and the run on disk unchanged (or `--out` never created).
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+const GOOD: &str = "user_id,label,a,b\nu1,0,1.0,2.0\nu2,1,3.0,4.0\nu3,0,5.0,6.0\nu4,1,7.0,8.0\n";
+
+/// `sisa train` on `text` fails, names `want`, and creates nothing.
+#[track_caller]
+fn train_refuses(text: &str, want: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("bad.csv");
+    std::fs::write(&data, text).unwrap();
+    let out = tmp.path().join("run");
+    let o = sisa(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        "models/logreg.toml",
+        "--shards",
+        "2",
+        "--slices",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{text:?}: {err}");
+    assert!(err.contains("bad.csv"), "names the file: {err}");
+    for w in want {
+        assert!(err.contains(w), "{text:?}: expected {w:?} in {err}");
+    }
+    assert!(!out.exists(), "--out must not be created");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "no partial run left behind: {leftovers:?}"
+    );
+}
+
+#[test]
+fn ragged_row() {
+    train_refuses(
+        "user_id,label,a,b\nu1,0,1,2\nu2,1,3\n",
+        &["line 3", "expected 4 fields", "found 3"],
+    );
+}
+
+#[test]
+fn non_numeric_value() {
+    train_refuses(
+        "user_id,label,a,b\nu1,0,1,2\nu2,1,3,abc\n",
+        &["line 3", "column 'b'", "not a number"],
+    );
+}
+
+#[test]
+fn nan_and_infinity() {
+    train_refuses(
+        "user_id,label,a,b\nu1,0,NaN,2\n",
+        &["line 2", "column 'a'", "not finite"],
+    );
+    train_refuses(
+        "user_id,label,a,b\nu1,0,1,2\nu1,1,-inf,2\n",
+        &["line 3", "column 'a'", "not finite"],
+    );
+    train_refuses(
+        "user_id,label,a,b\nu1,0,1,2\nu1,1,1e400,2\n",
+        &["line 3", "column 'a'", "not finite"],
+    );
+}
+
+#[test]
+fn empty_files() {
+    train_refuses("", &["empty file"]);
+    train_refuses("user_id,label,a,b\n", &["no data rows"]);
+}
+
+#[test]
+fn bad_labels() {
+    train_refuses(
+        "user_id,label,a,b\nu1,0,1,2\nu2,1.5,3,4\n",
+        &["line 3", "column 'label'", "not a non-negative integer"],
+    );
+    train_refuses(
+        "user_id,label,a,b\nu1,-2,1,2\n",
+        &["line 2", "column 'label'", "negative"],
+    );
+    train_refuses(
+        "user_id,label,a,b\nu1,cat,1,2\n",
+        &["line 2", "column 'label'"],
+    );
+}
+
+#[test]
+fn duplicate_and_missing_columns() {
+    train_refuses(
+        "user_id,label,a,a\nu1,0,1,2\n",
+        &["line 1", "column 'a'", "duplicate"],
+    );
+    train_refuses(
+        "user,label,a,b\nu1,0,1,2\n",
+        &["line 1", "column 'user_id'", "no user id column"],
+    );
+    train_refuses(
+        "user_id,class,a,b\nu1,0,1,2\n",
+        &["line 1", "column 'label'", "no label column"],
+    );
+}
+
+#[test]
+fn test_file_with_other_features() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("train.csv");
+    std::fs::write(&data, GOOD).unwrap();
+    let test = tmp.path().join("test.csv");
+    std::fs::write(&test, "user_id,label,a,c\nu9,0,1,2\n").unwrap();
+    let out = tmp.path().join("run");
+    let o = sisa(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--test",
+        test.to_str().unwrap(),
+        "--model",
+        "models/logreg.toml",
+        "--shards",
+        "2",
+        "--slices",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err.contains("test.csv")
+            && err.contains("line 1")
+            && err.contains("feature column 2 is 'c'"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn existing_out_is_never_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("train.csv");
+    std::fs::write(&data, GOOD).unwrap();
+    let out = tmp.path().join("run");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), "mine").unwrap();
+    let before = tree_digest(&out);
+    let o = sisa(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        "models/logreg.toml",
+        "--shards",
+        "2",
+        "--slices",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+    assert_eq!(tree_digest(&out), before);
+}
+
+#[test]
+fn bad_flags_and_presets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("train.csv");
+    std::fs::write(&data, GOOD).unwrap();
+    let out = tmp.path().join("run");
+    let d = data.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    for (args, want) in [
+        (vec!["--shards", "0"], "--shards must be"),
+        (vec!["--slices", "0"], "--slices must be"),
+        (vec!["--lr=-1"], "lr must be"),
+        (vec!["--batch-size", "0"], "batch_size must be"),
+        (vec!["--epochs", "0"], "epochs must be"),
+    ] {
+        let mut all = vec![
+            "train",
+            "--data",
+            d,
+            "--model",
+            "models/logreg.toml",
+            "--out",
+            o,
+        ];
+        all.extend(args);
+        let r = sisa(&all);
+        assert_eq!(r.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains(want),
+            "{want}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert!(!out.exists());
+    }
+    let preset = tmp.path().join("m.toml");
+    std::fs::write(
+        &preset,
+        "name = \"x\"\noptimizer = \"adam\"\nlr = 0.1\nbatch_size = 8\nepochs = 2\nhiden = [3]\n",
+    )
+    .unwrap();
+    let r = sisa(&[
+        "train",
+        "--data",
+        d,
+        "--model",
+        preset.to_str().unwrap(),
+        "--out",
+        o,
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(err.contains("m.toml") && err.contains("hiden"), "{err}");
+}
+
+fn small_run(dir: &Path) -> std::path::PathBuf {
+    let (train, test) = digits();
+    let run = dir.join("run");
+    sisa_ok(&[
+        "train",
+        "--data",
+        train.to_str().unwrap(),
+        "--test",
+        test.to_str().unwrap(),
+        "--model",
+        "models/logreg.toml",
+        "--shards",
+        "3",
+        "--slices",
+        "2",
+        "--epochs",
+        "2",
+        "--out",
+        run.to_str().unwrap(),
+        "-q",
+    ]);
+    run
+}
+
+#[test]
+fn unknown_user_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = small_run(tmp.path());
+    let before = tree_digest(&run);
+    let csv = Csv::read(&digits().0);
+    let known = csv.users()[0].0.clone();
+    let o = sisa(&[
+        "unlearn",
+        "--run",
+        run.to_str().unwrap(),
+        "--user",
+        &known,
+        "--user",
+        "nobody-such",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("unknown user 'nobody-such'"), "{err}");
+    assert_eq!(
+        tree_digest(&run),
+        before,
+        "the run on disk is unchanged, ledger included"
+    );
+    // An empty request, and a dry run, change nothing either.
+    let o = sisa(&["unlearn", "--run", run.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no users given"));
+    sisa_ok(&[
+        "unlearn",
+        "--run",
+        run.to_str().unwrap(),
+        "--user",
+        &known,
+        "--dry-run",
+    ]);
+    assert_eq!(tree_digest(&run), before);
+    // Forgetting the same user twice names the first request.
+    sisa_ok(&[
+        "unlearn",
+        "--run",
+        run.to_str().unwrap(),
+        "--user",
+        &known,
+        "-q",
+    ]);
+    let o = sisa(&["unlearn", "--run", run.to_str().unwrap(), "--user", &known]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already forgotten by request 1"));
+}
+
+#[test]
+fn eval_and_predict_refuse_bad_files_and_missing_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = small_run(tmp.path());
+    let r = run.to_str().unwrap();
+    let before = tree_digest(&run);
+    let wrong = tmp.path().join("wrong.csv");
+    std::fs::write(&wrong, "user_id,label,x\nu,1,2\n").unwrap();
+    for cmd in ["eval", "predict"] {
+        let o = sisa(&[cmd, "--run", r, "--data", wrong.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            err.contains("wrong.csv") && err.contains("feature column 1 is 'x'"),
+            "{err}"
+        );
+    }
+    let csv = Csv::read(&digits().1);
+    let bad_label = tmp.path().join("label.csv");
+    let line = csv.lines[0].splitn(3, ',').collect::<Vec<_>>();
+    std::fs::write(
+        &bad_label,
+        format!("{}\n{},{},{}\n", csv.header, line[0], 42, line[2]),
+    )
+    .unwrap();
+    let o = sisa(&["eval", "--run", r, "--data", bad_label.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("label 42 is not a class"),
+        "{err}"
+    );
+    assert_eq!(tree_digest(&run), before);
+    let o = sisa(&["status", "--run", tmp.path().join("nope").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no such run directory"));
+    let o = sisa(&["status", "--run", tmp.path().to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a sisa run"));
+}

@@ -1,0 +1,133 @@
+//! Helpers shared by the integration tests: run the real binary, read its JSON, hash trees.
+#![allow(dead_code)]
+
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root (bundled datasets and models live here).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run the real `sisa` binary with `args`.
+pub fn sisa(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sisa"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the sisa binary runs")
+}
+
+/// Run `sisa` and insist on success; returns stdout.
+#[track_caller]
+pub fn sisa_ok(args: &[&str]) -> String {
+    let out = sisa(args);
+    assert!(
+        out.status.success(),
+        "sisa {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("stdout is UTF-8")
+}
+
+/// Run `sisa ... --json` and parse stdout.
+#[track_caller]
+pub fn sisa_json(args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    serde_json::from_str(&sisa_ok(&all)).expect("--json prints one JSON document")
+}
+
+/// Model digests of every shard, from `sisa status --json`.
+pub fn digests(run: &Path) -> Vec<String> {
+    let s = sisa_json(&["status", "--run", run.to_str().unwrap()]);
+    s["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["model_digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Path and SHA-256 of every file under `dir`, for "nothing changed" checks.
+pub fn tree_digest(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    if !dir.exists() {
+        return out;
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_path_buf();
+                out.insert(rel, hex::encode(Sha256::digest(std::fs::read(&p).unwrap())));
+            }
+        }
+    }
+    out
+}
+
+/// A CSV file split into header and lines.
+pub struct Csv {
+    pub header: String,
+    pub lines: Vec<String>,
+}
+
+impl Csv {
+    pub fn read(path: &Path) -> Csv {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut it = text.lines();
+        let header = it.next().unwrap().to_string();
+        Csv {
+            header,
+            lines: it.map(str::to_string).collect(),
+        }
+    }
+    pub fn user(line: &str) -> &str {
+        line.split(',').next().unwrap()
+    }
+    /// Users in first-appearance order with their row counts.
+    pub fn users(&self) -> Vec<(String, usize)> {
+        let mut out: Vec<(String, usize)> = Vec::new();
+        for l in &self.lines {
+            let u = Csv::user(l);
+            match out.iter_mut().find(|(x, _)| x == u) {
+                Some((_, c)) => *c += 1,
+                None => out.push((u.to_string(), 1)),
+            }
+        }
+        out
+    }
+    pub fn write_without(&self, users: &[&str], path: &Path) {
+        let mut text = self.header.clone() + "\n";
+        for l in &self.lines {
+            if !users.contains(&Csv::user(l)) {
+                text += l;
+                text += "\n";
+            }
+        }
+        std::fs::write(path, text).unwrap();
+    }
+    pub fn write_first(&self, n: usize, path: &Path) {
+        let mut text = self.header.clone() + "\n";
+        for l in self.lines.iter().take(n) {
+            text += l;
+            text += "\n";
+        }
+        std::fs::write(path, text).unwrap();
+    }
+}
+
+/// The bundled digits training and test files.
+pub fn digits() -> (PathBuf, PathBuf) {
+    (
+        root().join("datasets/digits/train.csv"),
+        root().join("datasets/digits/test.csv"),
+    )
+}

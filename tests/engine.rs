@@ -1,0 +1,371 @@
+//! End-to-end tests of the engine through the real binary on bundled real data: unlearning is
+//! bitwise equal to training from scratch, untouched shards are not retrained, and costs are
+//! what the receipt says.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+const SEED: u64 = 7;
+
+fn train(
+    data: &Path,
+    test: Option<&Path>,
+    out: &Path,
+    shards: usize,
+    slices: usize,
+    extra: &[&str],
+) {
+    let (s, r) = (shards.to_string(), slices.to_string());
+    let mut args = vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        "models/mlp.toml",
+        "--shards",
+        &s,
+        "--slices",
+        &r,
+        "--seed",
+        "7",
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ];
+    if let Some(t) = test {
+        args.extend(["--test", t.to_str().unwrap()]);
+    }
+    args.extend(extra);
+    sisa_ok(&args);
+}
+
+/// One user for each of the shards `0..n`: the first user, in file order, whose shard it is.
+fn users_in_distinct_shards(csv: &Csv, shards: usize, n: usize) -> Vec<String> {
+    let mut picked: Vec<(usize, String)> = Vec::new();
+    for (u, _) in csv.users() {
+        let k = sisa::plan::shard_of_user(SEED, &u, shards);
+        if k < n && !picked.iter().any(|(s, _)| *s == k) {
+            picked.push((k, u));
+        }
+    }
+    picked.sort();
+    picked.into_iter().map(|(_, u)| u).collect()
+}
+
+#[test]
+fn unlearning_three_users_equals_training_from_scratch_without_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train_csv, test_csv) = digits();
+    let run = tmp.path().join("run");
+    train(&train_csv, Some(&test_csv), &run, 5, 4, &[]);
+    let before = digests(&run);
+
+    let csv = Csv::read(&train_csv);
+    let users = users_in_distinct_shards(&csv, 5, 3);
+    assert_eq!(users.len(), 3);
+    let receipt = sisa_json(&[
+        "unlearn",
+        "--run",
+        run.to_str().unwrap(),
+        "--user",
+        &users[0],
+        "--user",
+        &users[1],
+        "--user",
+        &users[2],
+        "-q",
+    ]);
+
+    // The oracle: a fresh run, same flags and seed, on the CSV without those users' rows.
+    let reduced = tmp.path().join("reduced.csv");
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    csv.write_without(&refs, &reduced);
+    let oracle = tmp.path().join("oracle");
+    train(&reduced, Some(&test_csv), &oracle, 5, 4, &[]);
+    let after = digests(&run);
+    assert_eq!(
+        after,
+        digests(&oracle),
+        "every shard equals the from-scratch run"
+    );
+
+    // Shards 0..3 held the users and changed; shards 3 and 4 were not retrained.
+    for s in receipt["shards"].as_array().unwrap() {
+        let k = s["shard"].as_u64().unwrap() as usize;
+        if k < 3 {
+            assert!(s["stages_retrained"].as_u64().unwrap() > 0);
+            assert!(s["rows_removed"].as_u64().unwrap() > 0);
+            assert_ne!(before[k], after[k]);
+        } else {
+            assert_eq!(
+                s["stages_retrained"], 0,
+                "untouched shard {k} is not retrained"
+            );
+            assert_eq!(before[k], after[k]);
+        }
+    }
+    let removed: usize = csv
+        .users()
+        .iter()
+        .filter(|(u, _)| users.contains(u))
+        .map(|(_, c)| c)
+        .sum();
+    assert_eq!(
+        receipt["train_rows_removed"].as_u64().unwrap() as usize,
+        removed
+    );
+    assert_eq!(receipt["ensemble_version"], 2);
+
+    // verify re-derives the certificate.
+    let v = sisa_json(&["verify", "--run", run.to_str().unwrap(), "-q"]);
+    assert_eq!(v["identical"], true);
+
+    // status reports the shape the issue names.
+    let s = sisa_json(&["status", "--run", run.to_str().unwrap()]);
+    assert_eq!(s["version"], 2);
+    let total_rows: u64 = s["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total_rows as usize, csv.lines.len() - removed);
+    for x in s["shards"].as_array().unwrap() {
+        assert_eq!(x["stages"], 4);
+        assert!(x["users"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn one_user_at_ten_shards_retrains_at_most_a_tenth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train_csv, test_csv) = digits();
+    let run = tmp.path().join("run");
+    train(
+        &train_csv,
+        Some(&test_csv),
+        &run,
+        10,
+        5,
+        &["--epochs", "10"],
+    );
+    let csv = Csv::read(&train_csv);
+    // The first user in file order that owns a single row: the common case of one request.
+    let (user, _) = csv.users().into_iter().find(|(_, c)| *c == 1).unwrap();
+    let plan = sisa_json(&[
+        "unlearn",
+        "--run",
+        run.to_str().unwrap(),
+        "--user",
+        &user,
+        "--dry-run",
+    ]);
+    let receipt = sisa_json(&[
+        "unlearn",
+        "--run",
+        run.to_str().unwrap(),
+        "--user",
+        &user,
+        "-q",
+    ]);
+    let retrained = receipt["cost"]["retrained_rows_epochs"].as_f64().unwrap();
+    let full = receipt["cost"]["full_retrain_rows_epochs"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(
+        plan["retrain_rows_epochs"].as_f64().unwrap(),
+        retrained,
+        "the dry run prices what runs"
+    );
+    assert!(retrained > 0.0);
+    assert!(
+        retrained <= full / 10.0,
+        "retrained {retrained} of {full} rows x epochs"
+    );
+    let touched = receipt["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["stages_retrained"] != 0)
+        .count();
+    assert_eq!(touched, 1);
+
+    // Over every user of the run, one request costs at most 1/S of a full retrain on average
+    // (a single request can cost more when its shard is larger than the average shard).
+    let opened = sisa::run::Run::open(&run).unwrap();
+    let (shards, test) = sisa::unlearn::load_rows(&opened).unwrap();
+    let fractions: Vec<f64> = csv
+        .users()
+        .iter()
+        .filter(|(u, _)| *u != user)
+        .map(|(u, _)| {
+            sisa::unlearn::plan_unlearning(&opened, &[opened.key(u)], &shards, test.as_ref())
+                .fraction()
+        })
+        .collect();
+    let mean = fractions.iter().sum::<f64>() / fractions.len() as f64;
+    assert!(mean <= 0.1, "mean fraction {mean}");
+}
+
+#[test]
+fn training_is_bitwise_identical_for_any_thread_count_and_seed_dependent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train_csv, _) = digits();
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    let c = tmp.path().join("c");
+    train(
+        &train_csv,
+        None,
+        &a,
+        4,
+        3,
+        &["--threads", "1", "--epochs", "6"],
+    );
+    train(
+        &train_csv,
+        None,
+        &b,
+        4,
+        3,
+        &["--threads", "2", "--epochs", "6"],
+    );
+    assert_eq!(digests(&a), digests(&b));
+    let s = sisa_json(&["status", "--run", a.to_str().unwrap()]);
+    let t = sisa_json(&["status", "--run", b.to_str().unwrap()]);
+    assert_eq!(s["shards"], t["shards"], "lineages and rows agree too");
+    sisa_ok(&[
+        "train",
+        "--data",
+        train_csv.to_str().unwrap(),
+        "--model",
+        "models/mlp.toml",
+        "--shards",
+        "4",
+        "--slices",
+        "3",
+        "--seed",
+        "8",
+        "--epochs",
+        "6",
+        "--out",
+        c.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_ne!(digests(&a), digests(&c), "another seed gives other models");
+}
+
+#[test]
+fn eval_predict_and_aggregation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train_csv, test_csv) = digits();
+    let run = tmp.path().join("run");
+    train(&train_csv, Some(&test_csv), &run, 5, 2, &[]);
+    let r = run.to_str().unwrap();
+    let mean = sisa_json(&["eval", "--run", r]);
+    assert_eq!(mean["aggregate"], "mean");
+    assert!(mean["accuracy"].as_f64().unwrap() > 0.85, "{mean}");
+    assert_eq!(mean["per_shard"].as_array().unwrap().len(), 5);
+    let vote = sisa_json(&["eval", "--run", r, "--aggregate", "vote"]);
+    assert_eq!(vote["aggregate"], "vote");
+    assert!(vote["accuracy"].as_f64().unwrap() > 0.8);
+    // --data evaluates another labelled file: the held-out file itself gives the same figure.
+    let again = sisa_json(&["eval", "--run", r, "--data", test_csv.to_str().unwrap()]);
+    assert_eq!(again["accuracy"], mean["accuracy"]);
+    // predict: one answer per row; labels agree with eval's accuracy on the same rows.
+    let p = sisa_json(&["predict", "--run", r, "--data", test_csv.to_str().unwrap()]);
+    let preds = p["predictions"].as_array().unwrap();
+    let csv = Csv::read(&test_csv);
+    assert_eq!(preds.len(), csv.lines.len());
+    let correct = preds
+        .iter()
+        .zip(&csv.lines)
+        .filter(|(p, l)| p["label"].as_u64().unwrap().to_string() == l.split(',').nth(1).unwrap())
+        .count();
+    assert!(
+        (correct as f64 / preds.len() as f64 - mean["accuracy"].as_f64().unwrap()).abs() < 1e-9
+    );
+    for q in preds {
+        let s: f64 = q["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        assert!((s - 1.0).abs() < 1e-4);
+    }
+    // A feature-only file (no user or label column) predicts too.
+    let features_only = tmp.path().join("x.csv");
+    let header: Vec<&str> = csv.header.split(',').skip(2).collect();
+    let mut text = header.join(",") + "\n";
+    for l in csv.lines.iter().take(3) {
+        text += &l.split(',').skip(2).collect::<Vec<_>>().join(",");
+        text += "\n";
+    }
+    std::fs::write(&features_only, text).unwrap();
+    let q = sisa_json(&[
+        "predict",
+        "--run",
+        r,
+        "--data",
+        features_only.to_str().unwrap(),
+    ]);
+    assert_eq!(q["predictions"].as_array().unwrap().len(), 3);
+    for i in 0..3 {
+        assert_eq!(q["predictions"][i]["label"], preds[i]["label"]);
+    }
+}
+
+#[test]
+fn held_out_rows_of_a_forgotten_user_are_erased_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train_csv, test_csv) = digits();
+    // Put one training user's rows into the held-out file as well.
+    let csv = Csv::read(&train_csv);
+    let (user, count) = csv.users()[0].clone();
+    let test = Csv::read(&test_csv);
+    let mixed = tmp.path().join("test.csv");
+    let mut text = test.header.clone() + "\n";
+    for l in test
+        .lines
+        .iter()
+        .chain(csv.lines.iter().filter(|l| Csv::user(l) == user))
+    {
+        text += l;
+        text += "\n";
+    }
+    std::fs::write(&mixed, text).unwrap();
+    let run = tmp.path().join("run");
+    train(&train_csv, Some(&mixed), &run, 3, 2, &["--epochs", "4"]);
+    let receipt = sisa_json(&[
+        "unlearn",
+        "--run",
+        run.to_str().unwrap(),
+        "--user",
+        &user,
+        "-q",
+    ]);
+    assert_eq!(
+        receipt["test_rows_removed"].as_u64().unwrap() as usize,
+        count
+    );
+    assert_eq!(
+        receipt["train_rows_removed"].as_u64().unwrap() as usize,
+        count
+    );
+    let ev = sisa_json(&["eval", "--run", run.to_str().unwrap()]);
+    assert_eq!(ev["rows"].as_u64().unwrap() as usize, test.lines.len());
+}
+
+#[test]
+fn quickstart_runs_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("qs");
+    let stdout = sisa_ok(&["quickstart", "--out", out.to_str().unwrap(), "-q"]);
+    assert!(stdout.contains("bitwise identical"), "{stdout}");
+    assert!(stdout.contains("accuracy after"), "{stdout}");
+    // Running it again replaces the earlier demo run.
+    sisa_ok(&["quickstart", "--out", out.to_str().unwrap(), "-q"]);
+}
