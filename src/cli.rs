@@ -40,11 +40,50 @@ enum Command {
     Verify(VerifyArgs),
     /// Complete interrupted requests and bring the run in line with its ledger; nothing else.
     Recover(RunArgs),
+    /// Add rows to a run; rows of forgotten users are refused and counted.
+    Add(AddArgs),
     /// Inspect the deletion ledger.
     Ledger {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Check deletion receipts.
+    Receipt {
+        #[command(subcommand)]
+        command: ReceiptCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReceiptCommand {
+    /// Check a receipt against the ledger chain and the run's current data and models.
+    Verify(ReceiptArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReceiptArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// The receipt file (RUN/receipts/<request>.json, or a copy handed to the user).
+    receipt: PathBuf,
+    /// A user id: recompute its key and check the receipt names it.
+    #[arg(long)]
+    user: Option<String>,
+    /// Print a JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct AddArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// CSV of new rows, with the run's columns.
+    #[arg(long)]
+    data: PathBuf,
+    /// Print a JSON document.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -256,6 +295,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Ledger {
             command: LedgerCommand::Verify(a),
         } => cmd_ledger_verify(a),
+        Command::Add(a) => cmd_add(a),
+        Command::Receipt {
+            command: ReceiptCommand::Verify(a),
+        } => cmd_receipt_verify(a),
     }
 }
 
@@ -634,6 +677,75 @@ fn cmd_recover(a: RunArgs) -> Result<i32> {
         ledger.requests().len()
     );
     Ok(0)
+}
+
+fn cmd_add(a: AddArgs) -> Result<i32> {
+    let opts = a.run.common.options()?;
+    let (mut run, ledger, _lock) = open(&a.run)?;
+    let report = unlearn::add::add_rows(&mut run, &ledger, &a.data, &opts)?;
+    if a.json {
+        print_json(&serde_json::to_value(&report)?);
+    } else {
+        println!(
+            "added {} of {} rows; refused {} row(s) of {} forgotten user(s); retrained {} shard(s) ({} rows x epochs); version {}",
+            report.rows_added,
+            report.rows_read,
+            report.rows_refused,
+            report.users_refused,
+            report.shards.len(),
+            report.retrained_rows_epochs,
+            report.version
+        );
+    }
+    Ok(0)
+}
+
+fn cmd_receipt_verify(a: ReceiptArgs) -> Result<i32> {
+    let (run, ledger, _lock) = open(&a.run)?;
+    let bytes =
+        std::fs::read(&a.receipt).with_context(|| format!("reading {}", a.receipt.display()))?;
+    let check = unlearn::receipt::verify(&run, &ledger, &bytes, a.user.as_deref())
+        .with_context(|| format!("receipt {}", a.receipt.display()))?;
+    if a.json {
+        let mut v = serde_json::to_value(&check)?;
+        v["ok"] = json!(check.ok());
+        print_json(&v);
+    } else {
+        let mark = |b: bool| if b { "yes" } else { "NO" };
+        println!("receipt for request {}:", check.request);
+        println!(
+            "  chained in the ledger            {}",
+            mark(check.ledger_chain)
+        );
+        println!(
+            "  the receipt the ledger recorded  {}",
+            mark(check.receipt_recorded)
+        );
+        println!(
+            "  users' rows absent from the run  {}",
+            mark(check.rows_absent)
+        );
+        println!(
+            "  models as published then         {}",
+            if check.models_match_current {
+                "yes"
+            } else {
+                "no (later versions were published since)"
+            }
+        );
+        if let Some(u) = check.user_in_receipt {
+            println!("  names the given user             {}", mark(u));
+        }
+        println!(
+            "{}",
+            if check.ok() {
+                "receipt verified"
+            } else {
+                "receipt FAILED verification"
+            }
+        );
+    }
+    Ok(if check.ok() { 0 } else { 3 })
 }
 
 fn cmd_ledger_verify(a: LedgerArgs) -> Result<i32> {

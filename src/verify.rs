@@ -30,7 +30,9 @@ pub struct ShardVerdict {
     pub identical: bool,
 }
 
-/// Retrain `shards` (all when `None`) from scratch and compare with the published run.
+/// Retrain `shards` (all when `None`) from scratch and compare with the published run. A
+/// stored checkpoint or data file that fails its digest is an error naming the file. A
+/// stored checkpoint or data file that fails its digest is an error naming the file.
 pub fn verify(
     run: &Run,
     shards: Option<&[usize]>,
@@ -45,6 +47,12 @@ pub fn verify(
                 "--shard {k}: the run has shards 0..{}",
                 run.config.shards - 1
             )));
+        }
+    }
+    // Every stored checkpoint must be intact and of its lineage before it is compared.
+    for &k in wanted {
+        for stage in 1..=run.config.slices {
+            run.checkpoint(k, stage)?;
         }
     }
     let rows = wanted

@@ -106,6 +106,42 @@ impl Table {
     }
 }
 
+impl Table {
+    /// The rows whose `keep` flag is set.
+    pub fn filter(&self, keep: &[bool]) -> Table {
+        let pick = |i: usize| keep[i];
+        Table {
+            path: self.path.clone(),
+            feature_names: self.feature_names.clone(),
+            user_ids: self.user_ids.as_ref().map(|v| {
+                v.iter()
+                    .enumerate()
+                    .filter(|(i, _)| pick(*i))
+                    .map(|(_, x)| x.clone())
+                    .collect()
+            }),
+            labels: self.labels.as_ref().map(|v| {
+                v.iter()
+                    .enumerate()
+                    .filter(|(i, _)| pick(*i))
+                    .map(|(_, x)| *x)
+                    .collect()
+            }),
+            x: (0..self.len())
+                .filter(|&i| pick(i))
+                .flat_map(|i| self.row(i).to_vec())
+                .collect(),
+            lines: self
+                .lines
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| pick(*i))
+                .map(|(_, x)| *x)
+                .collect(),
+        }
+    }
+}
+
 /// Open a file, transparently gunzipping it when it starts with the gzip magic.
 pub fn open_maybe_gz(path: &Path) -> Result<Box<dyn Read>> {
     let mut file = std::fs::File::open(path).at(path)?;

@@ -6,6 +6,7 @@
 //! request interrupted anywhere is completed by running it again, which every command that
 //! opens a run does first ([`open`]).
 
+pub mod add;
 pub mod ledger;
 pub mod plan;
 pub mod receipt;
@@ -108,14 +109,14 @@ pub fn recover(run: &mut Run, ledger: &mut Ledger, opts: &Options) -> Result<Rec
     if applied > 0 {
         let known = ledger.find(applied, "accepted").map(|e| e.hash.clone());
         if known.as_deref() != Some(run.manifest.applied_entry.as_str()) {
-            return Err(Error::Ledger {
-                path: ledger.path().to_path_buf(),
-                line: ledger.entries().len() as u64,
-                message: format!(
-                    "the run reflects request {applied}, which this ledger does not hold as accepted; \
-                     was the ledger rolled back, or is this another run's ledger? (pass --ledger)"
+            return Err(Error::run(
+                run.dir.root(),
+                format!(
+                    "it reflects deletion request {applied}, which the ledger {} does not hold as accepted; \
+                     was the ledger rolled back, or is it another run's ledger? (pass --ledger)",
+                    ledger.path().display()
                 ),
-            });
+            ));
         }
     }
     let mut report = Recovery::default();
@@ -218,6 +219,34 @@ pub fn complete(
             append_once(ledger, r, Event::Published { version })?;
         }
         failpoint("unlearn.published");
+    } else if run.manifest.applied_request == r {
+        // Published, but the process stopped before the ledger said so.
+        let recorded = ledger
+            .events(r)
+            .filter_map(|e| match e.event {
+                Event::Published { version } | Event::Reapplied { version } => Some(version),
+                _ => None,
+            })
+            .last();
+        match recorded {
+            None => ledger
+                .append(
+                    r,
+                    Event::Published {
+                        version: run.manifest.version,
+                    },
+                )
+                .map(|_| ())?,
+            Some(v) if v != run.manifest.version => ledger
+                .append(
+                    r,
+                    Event::Reapplied {
+                        version: run.manifest.version,
+                    },
+                )
+                .map(|_| ())?,
+            Some(_) => {}
+        }
     }
     let removed = run.collect_garbage()?;
     append_once(

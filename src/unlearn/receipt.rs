@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::run::Run;
 use crate::unlearn::ledger::{Event, Ledger, RequestId};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// Schema tag of receipts.
 pub const RECEIPT_FORMAT: &str = "sisa-receipt/1";
@@ -183,5 +184,87 @@ pub fn build(run: &Run, ledger: &Ledger, r: RequestId) -> Result<Receipt> {
         published_at: published.at,
         accepted_entry: accepted.hash.clone(),
         published_entry: published.hash.clone(),
+    })
+}
+
+/// What [`verify`] checked.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReceiptCheck {
+    /// The request.
+    pub request: RequestId,
+    /// The receipt's accepted and published entries are in the (intact) ledger chain, with the
+    /// receipt's users and version.
+    pub ledger_chain: bool,
+    /// The receipt file is byte for byte the one the ledger recorded.
+    pub receipt_recorded: bool,
+    /// No row of the receipt's users is in the run's current data or held-out rows.
+    pub rows_absent: bool,
+    /// The published version is the receipt's, and its model digests are the receipt's (false
+    /// when later versions were published since; the other checks still hold).
+    pub models_match_current: bool,
+    /// With `--user`: that user's key is among the receipt's keys.
+    pub user_in_receipt: Option<bool>,
+}
+
+impl ReceiptCheck {
+    /// True when every check that must hold holds.
+    pub fn ok(&self) -> bool {
+        self.ledger_chain
+            && self.receipt_recorded
+            && self.rows_absent
+            && self.user_in_receipt != Some(false)
+    }
+}
+
+/// Check the receipt in `bytes` against `ledger` (already verified on open) and the run's
+/// current manifest and data; with `user`, recompute that user's key and look for it.
+pub fn verify(
+    run: &Run,
+    ledger: &Ledger,
+    bytes: &[u8],
+    user: Option<&str>,
+) -> Result<ReceiptCheck> {
+    let receipt: Receipt = serde_json::from_slice(bytes)
+        .map_err(|e| Error::Request(format!("not a sisa receipt: {e}")))?;
+    if receipt.format != RECEIPT_FORMAT {
+        return Err(Error::Request(format!(
+            "receipt format '{}' is not {RECEIPT_FORMAT}",
+            receipt.format
+        )));
+    }
+    let r = receipt.request;
+    let accepted = ledger.find(r, "accepted");
+    let chain_accepted = accepted.is_some_and(|e| {
+        e.hash == receipt.accepted_entry && ledger.users(r) == Some(receipt.user_keys.as_slice())
+    });
+    let chain_published = ledger.events(r).any(|e| {
+        e.hash == receipt.published_entry
+            && matches!(e.event, Event::Published { version } | Event::Reapplied { version } if version == receipt.ensemble_version)
+    });
+    let digest = hex::encode(Sha256::digest(bytes));
+    let receipt_recorded = ledger
+        .events(r)
+        .any(|e| matches!(&e.event, Event::ReceiptWritten { digest: d } if *d == digest));
+    let keys: std::collections::HashSet<UserKey> = receipt.user_keys.iter().copied().collect();
+    let (shards, test) = crate::unlearn::load_rows(run)?;
+    let rows_absent = shards
+        .iter()
+        .chain(test.as_ref())
+        .all(|rows| rows.count_of(&keys) == 0);
+    let models_match_current = run.manifest.version == receipt.ensemble_version
+        && run
+            .manifest
+            .shards
+            .iter()
+            .zip(&receipt.shards)
+            .all(|(m, s)| m.shard == s.shard && m.model_digest == s.model_digest_after);
+    let user_in_receipt = user.map(|id| keys.contains(&run.key(id)));
+    Ok(ReceiptCheck {
+        request: r,
+        ledger_chain: chain_accepted && chain_published,
+        receipt_recorded,
+        rows_absent,
+        models_match_current,
+        user_in_receipt,
     })
 }

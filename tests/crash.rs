@@ -1,0 +1,299 @@
+//! Crash tests: the real binary is stopped at every fault point of unlearning and publishing
+//! (process abort), with torn writes and injected fsync errors, and by SIGKILL at random
+//! moments; after `sisa recover` the request is never lost, the users' rows are gone from every
+//! file, no tainted checkpoint or model remains, and every digest equals an uncrashed run's.
+
+mod common;
+
+use common::*;
+use sisa::data::Rows;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+/// Files of a run that make up its published state: data, checkpoints, manifests, receipts.
+fn file_set(run: &Path) -> BTreeSet<PathBuf> {
+    tree_digest(run)
+        .into_keys()
+        .filter(|p| !p.starts_with("ledger.jsonl") && !p.starts_with("LOCK"))
+        .collect()
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    base: PathBuf,
+    users: Vec<String>,
+    digests: Vec<String>,
+    files: BTreeSet<PathBuf>,
+}
+
+fn unlearn_args<'a>(run: &'a str, users: &'a [String]) -> Vec<&'a str> {
+    let mut args = vec!["unlearn", "--run", run, "-q", "--threads", "2"];
+    for u in users {
+        args.extend(["--user", u.as_str()]);
+    }
+    args
+}
+
+/// A trained run and the outcome of unlearning two users (in different shards) uncrashed.
+fn fixture(epochs: &str) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let (train, test) = digits();
+    let base = dir.join("base");
+    sisa_ok(&[
+        "train",
+        "--data",
+        train.to_str().unwrap(),
+        "--test",
+        test.to_str().unwrap(),
+        "--model",
+        "models/mlp.toml",
+        "--shards",
+        "3",
+        "--slices",
+        "2",
+        "--epochs",
+        epochs,
+        "--out",
+        base.to_str().unwrap(),
+        "-q",
+    ]);
+    let csv = Csv::read(&train);
+    let mut users: Vec<String> = Vec::new();
+    let mut shards = HashSet::new();
+    for (u, _) in csv.users() {
+        if shards.insert(sisa::plan::shard_of_user(7, &u, 3)) {
+            users.push(u);
+        }
+        if users.len() == 2 {
+            break;
+        }
+    }
+    let reference = dir.join("reference");
+    copy_dir(&base, &reference);
+    sisa_ok(&unlearn_args(reference.to_str().unwrap(), &users));
+    Fixture {
+        digests: digests(&reference),
+        files: file_set(&reference),
+        _tmp: tmp,
+        dir,
+        base,
+        users,
+    }
+}
+
+/// After recovery: request done, rows gone everywhere, same files and digests as uncrashed.
+#[track_caller]
+fn assert_recovered(f: &Fixture, run: &Path, what: &str) {
+    let r = run.to_str().unwrap();
+    let out = sisa(&["recover", "--run", r, "-q"]);
+    assert!(
+        out.status.success(),
+        "{what}: recover failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ledger = sisa::unlearn::Ledger::open(&run.join("ledger.jsonl")).unwrap();
+    if ledger.requests().is_empty() {
+        // The crash came before the acknowledgement: the client never heard back and retries.
+        sisa_ok(&unlearn_args(r, &f.users));
+    }
+    let ledger = sisa::unlearn::Ledger::open(&run.join("ledger.jsonl")).unwrap();
+    assert_eq!(
+        ledger.requests(),
+        [1],
+        "{what}: exactly one request, not lost"
+    );
+    assert!(ledger.is_done(1), "{what}: request completed");
+    assert_eq!(
+        digests(run),
+        f.digests,
+        "{what}: digests equal the uncrashed run's"
+    );
+    assert_eq!(
+        file_set(run),
+        f.files,
+        "{what}: no tainted or stray file remains"
+    );
+    let opened = sisa::run::Run::open(run).unwrap();
+    let keys: HashSet<_> = f.users.iter().map(|u| opened.key(u)).collect();
+    for p in tree_digest(&run.join("data")).keys() {
+        let path = run.join("data").join(p);
+        let rows = Rows::decode(&path, &std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(
+            rows.count_of(&keys),
+            0,
+            "{what}: {} still holds the users' rows",
+            path.display()
+        );
+    }
+}
+
+fn crashed(out: &std::process::Output) -> bool {
+    !out.status.success() && out.status.code().is_none()
+}
+
+#[test]
+fn every_fault_point_of_unlearn_and_publish_recovers() {
+    let f = fixture("4");
+    let base = f.base.to_str().unwrap().to_string();
+    // List the fault points one uncrashed request passes through.
+    let probe = f.dir.join("probe");
+    copy_dir(&f.base, &probe);
+    let log = f.dir.join("points.log");
+    let out = Command::new(env!("CARGO_BIN_EXE_sisa"))
+        .args(unlearn_args(probe.to_str().unwrap(), &f.users))
+        .env("SISA_FAILPOINT_LOG", &log)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let points: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let names: BTreeSet<&str> = points
+        .iter()
+        .map(|p| p.rsplit_once(':').unwrap().0)
+        .collect();
+    assert!(points.len() > 40, "{points:?}");
+    for needed in [
+        "ledger.accepted.write",
+        "rows.rename",
+        "checkpoint.rename",
+        "publish.manifest.rename",
+        "publish.current.rename",
+        "gc.remove",
+        "receipt.rename",
+        "ledger.done.done",
+    ] {
+        assert!(
+            names.contains(needed),
+            "fault point {needed} is passed: {names:?}"
+        );
+    }
+    let mut covered = 0;
+    for (i, point) in points.iter().enumerate() {
+        let run = f.dir.join(format!("crash-{i}"));
+        copy_dir(Path::new(&base), &run);
+        let out = Command::new(env!("CARGO_BIN_EXE_sisa"))
+            .args(unlearn_args(run.to_str().unwrap(), &f.users))
+            .env("SISA_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert!(
+            crashed(&out),
+            "{point}: the process was aborted there: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_recovered(&f, &run, point);
+        covered += 1;
+        std::fs::remove_dir_all(&run).unwrap();
+    }
+    // Torn writes: half a temp file reaches the disk, then the process dies.
+    let torn: BTreeSet<String> = names
+        .iter()
+        .filter_map(|n| n.strip_suffix(".rename"))
+        .map(|p| format!("torn:{p}"))
+        .collect();
+    for spec in &torn {
+        let run = f.dir.join("torn");
+        copy_dir(Path::new(&base), &run);
+        let out = Command::new(env!("CARGO_BIN_EXE_sisa"))
+            .args(unlearn_args(run.to_str().unwrap(), &f.users))
+            .env("SISA_FAILPOINT", spec)
+            .output()
+            .unwrap();
+        assert!(crashed(&out), "{spec}");
+        assert_recovered(&f, &run, spec);
+        covered += 1;
+        std::fs::remove_dir_all(&run).unwrap();
+    }
+    // Injected fsync errors: the command fails cleanly (exit 1, the file named), and the next
+    // start recovers.
+    let fsyncs: BTreeSet<String> = names
+        .iter()
+        .filter_map(|n| n.strip_suffix(".write"))
+        .map(|p| format!("error:{p}.fsync"))
+        .collect();
+    for spec in &fsyncs {
+        let run = f.dir.join("fsync");
+        copy_dir(Path::new(&base), &run);
+        let out = Command::new(env!("CARGO_BIN_EXE_sisa"))
+            .args(unlearn_args(run.to_str().unwrap(), &f.users))
+            .env("SISA_FAILPOINT", spec)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{spec}: {err}");
+        assert!(err.contains("injected failure"), "{spec}: {err}");
+        assert_recovered(&f, &run, spec);
+        covered += 1;
+        std::fs::remove_dir_all(&run).unwrap();
+    }
+    println!(
+        "crash test: {} fault-point hits ({} distinct points), {} torn writes, {} fsync errors: {covered} crashes, all recovered",
+        points.len(),
+        names.len(),
+        torn.len(),
+        fsyncs.len()
+    );
+}
+
+#[test]
+fn sigkill_at_twenty_random_moments_recovers() {
+    let f = fixture("120");
+    // How long an uncrashed unlearn takes here, to spread the kills over it.
+    let timing = f.dir.join("timing");
+    copy_dir(&f.base, &timing);
+    let start = Instant::now();
+    sisa_ok(&unlearn_args(timing.to_str().unwrap(), &f.users));
+    let span = start.elapsed();
+    let mut state = 0x5eed_u64;
+    let mut killed = 0;
+    let mut moments = BTreeMap::new();
+    for i in 0..20 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let frac = (state >> 11) as f64 / (1u64 << 53) as f64;
+        let delay = span.mul_f64(frac * 1.1);
+        let run = f.dir.join(format!("kill-{i}"));
+        copy_dir(&f.base, &run);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sisa"))
+            .args(unlearn_args(run.to_str().unwrap(), &f.users))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        if status.code().is_none() {
+            killed += 1;
+        }
+        moments.insert(i, format!("{:.0} ms", delay.as_secs_f64() * 1e3));
+        assert_recovered(&f, &run, &format!("SIGKILL after {delay:?}"));
+        std::fs::remove_dir_all(&run).unwrap();
+    }
+    assert!(
+        killed >= 1,
+        "kills land while the request runs ({killed} of 20)"
+    );
+    println!("SIGKILL test: uncrashed unlearn took {span:?}; {killed} of 20 runs killed mid-way at {moments:?}; all recovered");
+}
