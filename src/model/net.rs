@@ -245,7 +245,7 @@ impl Network {
             );
             if l < last {
                 match self.activation {
-                    Activation::Tanh => out.iter_mut().for_each(|v| *v = v.tanh()),
+                    Activation::Tanh => out.iter_mut().for_each(|v| *v = tanh(*v)),
                     Activation::Relu => out.iter_mut().for_each(|v| *v = v.max(0.0)),
                 }
             } else {
@@ -335,11 +335,71 @@ impl Network {
     }
 }
 
+/// Hyperbolic tangent as a fixed rational function (Eigen's `generic_fast_tanh_float`, within
+/// a few ulp of the true value). Written out in plain IEEE operations, so it vectorizes, and the
+/// trained bits depend on no platform's math library.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    const CLAMP: f32 = 7.905_311;
+    const A1: f32 = 4.893_524_6e-3;
+    const A3: f32 = 6.372_619_3e-4;
+    const A5: f32 = 1.485_722_4e-5;
+    const A7: f32 = 5.122_297e-8;
+    const A9: f32 = -8.604_672e-11;
+    const A11: f32 = 2.000_188e-13;
+    const A13: f32 = -2.760_768_5e-16;
+    const B0: f32 = 4.893_525e-3;
+    const B2: f32 = 2.268_434_7e-3;
+    const B4: f32 = 1.185_347e-4;
+    const B6: f32 = 1.198_258_4e-6;
+    let small = x.abs() < 4e-4;
+    let x = x.clamp(-CLAMP, CLAMP);
+    let x2 = x * x;
+    let mut p = A13;
+    p = p * x2 + A11;
+    p = p * x2 + A9;
+    p = p * x2 + A7;
+    p = p * x2 + A5;
+    p = p * x2 + A3;
+    p = p * x2 + A1;
+    p *= x;
+    let mut q = B6;
+    q = q * x2 + B4;
+    q = q * x2 + B2;
+    q = q * x2 + B0;
+    if small {
+        x
+    } else {
+        p / q
+    }
+}
+
+/// `e^x` for x ≤ 0 (softmax after subtracting the row maximum), Cephes' `expf` polynomial with
+/// a range reduction by powers of two; relative error below 2e-7, plain IEEE operations only.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.max(-87.0);
+    let n = (x * LOG2E + 0.5).floor();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5e-1;
+    let y = p * r * r + r + 1.0;
+    // 2^n for n in [-126, 0]: build the exponent bits directly.
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
 fn softmax_in_place(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
     for v in row.iter_mut() {
-        *v = (*v - max).exp();
+        *v = exp_nonpositive(*v - max);
         sum += *v;
     }
     let inv = 1.0 / sum;
@@ -423,6 +483,23 @@ mod tests {
                 assert!((numeric - ws.grad_b[l][0] as f64).abs() < 2e-3 + 2e-2 * numeric.abs());
             }
         }
+    }
+
+    #[test]
+    fn tanh_and_exp_match_the_math_library() {
+        let mut worst_t = 0f32;
+        let mut worst_e = 0f32;
+        for i in -200_000..=200_000 {
+            let x = i as f32 * 5e-5;
+            worst_t = worst_t.max((tanh(x) - x.tanh()).abs());
+            let y = -(i as f32).abs() * 4e-4;
+            worst_e = worst_e.max(((exp_nonpositive(y) - y.exp()) / y.exp()).abs());
+        }
+        assert!(worst_t < 1e-6, "tanh error {worst_t}");
+        assert!(worst_e < 5e-7, "exp relative error {worst_e}");
+        assert_eq!(tanh(100.0), tanh(7.905_311));
+        assert!((tanh(100.0) - 1.0).abs() < 1e-6);
+        assert_eq!(exp_nonpositive(-1000.0), exp_nonpositive(-87.0));
     }
 
     #[test]

@@ -90,9 +90,11 @@ impl Optimizer {
                 }
             }
             OptimizerKind::Adam => {
-                let t = self.step as f64;
-                let bc1 = (1.0 - (BETA1 as f64).powf(t)) as f32;
-                let bc2_sqrt = ((1.0 - (BETA2 as f64).powf(t)).sqrt()) as f32;
+                // powi is repeated multiplication and sqrt is correctly rounded: the bias
+                // corrections do not depend on the platform's math library.
+                let t = self.step.min(i32::MAX as u64) as i32;
+                let bc1 = (1.0 - (BETA1 as f64).powi(t)) as f32;
+                let bc2_sqrt = ((1.0 - (BETA2 as f64).powi(t)).sqrt()) as f32;
                 let step_size = self.lr / bc1;
                 let decay = 1.0 - self.lr * self.weight_decay;
                 let (ms, vs) = self.buffers.split_at_mut(n / 2);

@@ -1,0 +1,299 @@
+//! Training throughput per core: each model preset at batch 128 and 256, one shard on one core
+//! and shards side by side on every core, beside the machine's fp32 peak measured in the same
+//! run (an FMA loop, and single-threaded SGEMM at 1024²), as a fraction of peak.
+//!
+//! When `python3 -c "import torch"` works (or `SISA_PYTHON` names an interpreter where it
+//! does), the same models, shapes, batch sizes and optimizer are trained in PyTorch by
+//! `benches/pytorch_reference.py` in the same run, and the ratio is reported.
+//!
+//!     cargo bench --bench train_throughput
+
+use sisa::data::{Rows, UserKey};
+use sisa::model::{Activation, ModelSpec, OptimizerKind};
+use sisa::plan::ShardBy;
+use sisa::run::config::RUN_FORMAT;
+use sisa::run::{Aggregation, RunConfig};
+use sisa::train::rng::SplitMix64;
+use sisa::train::ShardData;
+use std::process::Command;
+use std::time::Instant;
+
+/// One benchmarked shape.
+struct Case {
+    name: &'static str,
+    inputs: usize,
+    hidden: Vec<usize>,
+    classes: usize,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "mlp (Purchase: 600-128-100)",
+            inputs: 600,
+            hidden: vec![128],
+            classes: 100,
+        },
+        Case {
+            name: "mlp (MNIST: 784-128-10)",
+            inputs: 784,
+            hidden: vec![128],
+            classes: 10,
+        },
+        Case {
+            name: "logreg (600-100)",
+            inputs: 600,
+            hidden: vec![],
+            classes: 100,
+        },
+    ]
+}
+
+fn config(case: &Case, batch: usize, shards: usize) -> RunConfig {
+    RunConfig {
+        format: RUN_FORMAT.to_string(),
+        name: "bench".into(),
+        model: ModelSpec {
+            name: "bench".into(),
+            description: String::new(),
+            hidden: case.hidden.clone(),
+            activation: Activation::Tanh,
+            optimizer: OptimizerKind::Adam,
+            lr: 0.001,
+            momentum: 0.9,
+            weight_decay: 0.01,
+            batch_size: batch,
+            epochs: 1,
+            standardize: false,
+        },
+        shards,
+        slices: 1,
+        stage_epochs: vec![EPOCHS],
+        seed: 1,
+        shard_by: ShardBy::User,
+        features: (0..case.inputs).map(|i| format!("f{i}")).collect(),
+        classes: case.classes,
+        user_column: "user_id".into(),
+        label_column: "label".into(),
+        aggregation: Aggregation::Mean,
+        cpu: String::new(),
+        created_by: String::new(),
+    }
+}
+
+const ROWS: usize = 16_384;
+const EPOCHS: u32 = 3;
+
+fn rows(case: &Case, seed: u64) -> Rows {
+    let mut rng = SplitMix64::new(seed);
+    let mut r = Rows::new(case.inputs);
+    let mut x = vec![0f32; case.inputs];
+    for i in 0..ROWS {
+        x.iter_mut().for_each(|v| *v = rng.next_symmetric());
+        let label = (rng.next_u64() % case.classes as u64) as u32;
+        r.push(UserKey([0; 32]), i as u32, rng.next_u64(), label, &x);
+    }
+    r.sort();
+    r
+}
+
+/// Samples per second of training `shards` shards side by side, each on its own thread.
+fn throughput(case: &Case, batch: usize, shards: usize) -> f64 {
+    let config = config(case, batch, shards);
+    let digest = config.digest();
+    let data: Vec<Rows> = (0..shards).map(|k| rows(case, k as u64 + 10)).collect();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for (k, r) in data.iter().enumerate() {
+            let config = &config;
+            s.spawn(move || {
+                let shard = ShardData::new(config, &digest, k, r);
+                let bar = indicatif::ProgressBar::hidden();
+                shard
+                    .train(1, None, &bar, &|_| {}, |_, _, _| Ok(()))
+                    .expect("training runs");
+            });
+        }
+    });
+    (shards * ROWS * EPOCHS as usize) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// fp32 FLOP/s of one core running independent fused multiply-adds.
+fn fma_peak() -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the features the function is compiled for were detected just above.
+            return unsafe { fma_peak_avx2() };
+        }
+    }
+    fma_peak_scalar()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_peak_avx2() -> f64 {
+    use std::arch::x86_64::*;
+    let iters = 40_000_000u64;
+    let a = _mm256_set1_ps(0.999_999);
+    let b = _mm256_set1_ps(1e-7);
+    let mut acc = [_mm256_set1_ps(1.0); 12];
+    let start = Instant::now();
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, a, b);
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut sink = 0f32;
+    for v in acc {
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), v);
+        sink += out.iter().sum::<f32>();
+    }
+    std::hint::black_box(sink);
+    (iters * 12 * 8 * 2) as f64 / secs
+}
+
+fn fma_peak_scalar() -> f64 {
+    let iters = 100_000_000u64;
+    let mut acc = [1f32; 8];
+    let start = Instant::now();
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = v.mul_add(0.999_999, 1e-7);
+        }
+    }
+    std::hint::black_box(acc);
+    (iters * 8 * 2) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// fp32 FLOP/s of single-threaded SGEMM (the kernel training uses) at n×n.
+fn gemm_peak(n: usize) -> f64 {
+    let a = vec![0.5f32; n * n];
+    let b = vec![0.25f32; n * n];
+    let mut c = vec![0f32; n * n];
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        // SAFETY: all three buffers are n×n, row-major, as the strides say.
+        unsafe {
+            matrixmultiply::sgemm(
+                n,
+                n,
+                n,
+                1.0,
+                a.as_ptr(),
+                n as isize,
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&c);
+    2.0 * (n * n * n) as f64 / best
+}
+
+fn params(case: &Case) -> usize {
+    let mut dims = vec![case.inputs];
+    dims.extend(&case.hidden);
+    dims.push(case.classes);
+    dims.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
+}
+
+/// Samples/s from the PyTorch reference, keyed by (case index, batch, processes).
+fn pytorch() -> Option<Vec<(usize, usize, usize, f64)>> {
+    let python = std::env::var("SISA_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args(["-c", "import torch"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("PyTorch is not importable by {python}; skipping the reference (pip install torch, or set SISA_PYTHON)");
+        return None;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/pytorch_reference.py");
+    let out = Command::new(&python)
+        .args([
+            script,
+            "--rows",
+            &ROWS.to_string(),
+            "--epochs",
+            &EPOCHS.to_string(),
+        ])
+        .output()
+        .expect("python runs");
+    if !out.status.success() {
+        eprintln!(
+            "pytorch_reference.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(
+        text.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((
+                    f.first()?.parse().ok()?,
+                    f.get(1)?.parse().ok()?,
+                    f.get(2)?.parse().ok()?,
+                    f.get(3)?.parse().ok()?,
+                ))
+            })
+            .collect(),
+    )
+}
+
+fn main() {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let fma = fma_peak();
+    let gemm = gemm_peak(1024);
+    println!("# Training throughput ({cores} cores)\n");
+    println!(
+        "fp32 peak, one core: FMA loop {:.1} GFLOP/s; SGEMM 1024² {:.1} GFLOP/s\n",
+        fma / 1e9,
+        gemm / 1e9
+    );
+    let torch = pytorch();
+    println!("| model | batch | shards × threads | samples/s | per core | GFLOP/s per core (6·params/sample) | of FMA peak | of SGEMM peak | PyTorch samples/s | ratio |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (ci, case) in cases().iter().enumerate() {
+        for batch in [128, 256] {
+            for shards in [1, cores] {
+                let sps = throughput(case, batch, shards);
+                let per_core = sps / shards as f64;
+                let flops = per_core * 6.0 * params(case) as f64;
+                let reference = torch
+                    .as_ref()
+                    .and_then(|t| {
+                        t.iter()
+                            .find(|(c, b, p, _)| *c == ci && *b == batch && *p == shards)
+                    })
+                    .map(|t| t.3);
+                println!(
+                    "| {} | {batch} | {shards} × 1 | {:.0} | {:.0} | {:.1} | {:.0}% | {:.0}% | {} | {} |",
+                    case.name,
+                    sps,
+                    per_core,
+                    flops / 1e9,
+                    100.0 * flops / fma,
+                    100.0 * flops / gemm,
+                    reference.map(|r| format!("{r:.0}")).unwrap_or_else(|| "n/a".into()),
+                    reference.map(|r| format!("{:.2}×", sps / r)).unwrap_or_else(|| "n/a".into()),
+                );
+            }
+        }
+    }
+}
