@@ -467,23 +467,8 @@ fn eval_rows(run: &Run, data: Option<&Path>) -> Result<(Vec<f32>, Vec<u32>)> {
             };
             let t = csv::read_csv(p, &cols, Need::Optional, Need::Required)?;
             t.check_features(&run.config.features, "run")?;
+            t.check_labels(run.config.classes, &run.config.label_column)?;
             let labels = t.labels.clone().expect("label column is required");
-            if let Some(i) = labels
-                .iter()
-                .position(|&l| l as usize >= run.config.classes)
-            {
-                return Err(sisa::Error::input(
-                    p,
-                    Some(t.lines[i]),
-                    Some(&run.config.label_column),
-                    format!(
-                        "label {} is not a class of this run (0..{})",
-                        labels[i],
-                        run.config.classes - 1
-                    ),
-                )
-                .into());
-            }
             Ok((t.x, labels))
         }
         None => match run.test_rows()? {

@@ -8,14 +8,9 @@ use std::path::Path;
 
 const GOOD: &str = "user_id,label,a,b\nu1,0,1.0,2.0\nu2,1,3.0,4.0\nu3,0,5.0,6.0\nu4,1,7.0,8.0\n";
 
-/// `sisa train` on `text` fails, names `want`, and creates nothing.
-#[track_caller]
-fn train_refuses(text: &str, want: &[&str]) {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("bad.csv");
-    std::fs::write(&data, text).unwrap();
-    let out = tmp.path().join("run");
-    let o = sisa(&[
+/// `sisa train` of a small logistic regression on `data` into `out`.
+fn train_small(data: &Path, out: &Path) -> std::process::Output {
+    sisa(&[
         "train",
         "--data",
         data.to_str().unwrap(),
@@ -28,7 +23,17 @@ fn train_refuses(text: &str, want: &[&str]) {
         "--out",
         out.to_str().unwrap(),
         "-q",
-    ]);
+    ])
+}
+
+/// `sisa train` on `text` fails, names `want`, and creates nothing.
+#[track_caller]
+fn train_refuses(text: &str, want: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("bad.csv");
+    std::fs::write(&data, text).unwrap();
+    let out = tmp.path().join("run");
+    let o = train_small(&data, &out);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{text:?}: {err}");
     assert!(err.contains("bad.csv"), "names the file: {err}");
@@ -160,19 +165,7 @@ fn existing_out_is_never_overwritten() {
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "mine").unwrap();
     let before = tree_digest(&out);
-    let o = sisa(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--model",
-        "models/logreg.toml",
-        "--shards",
-        "2",
-        "--slices",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = train_small(&data, &out);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
     assert_eq!(tree_digest(&out), before);

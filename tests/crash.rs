@@ -12,19 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
-}
-
 /// Files of a run that make up its published state: data, checkpoints, manifests, receipts.
 fn file_set(run: &Path) -> BTreeSet<PathBuf> {
     tree_digest(run)
@@ -144,6 +131,15 @@ fn assert_recovered(f: &Fixture, run: &Path, what: &str) {
     }
 }
 
+/// Run the fixture's unlearn request on `run` with `SISA_FAILPOINT=spec`.
+fn unlearn_with_failpoint(f: &Fixture, run: &Path, spec: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sisa"))
+        .args(unlearn_args(run.to_str().unwrap(), &f.users))
+        .env("SISA_FAILPOINT", spec)
+        .output()
+        .unwrap()
+}
+
 fn crashed(out: &std::process::Output) -> bool {
     !out.status.success() && out.status.code().is_none()
 }
@@ -191,11 +187,7 @@ fn every_fault_point_of_unlearn_and_publish_recovers() {
     for (i, point) in points.iter().enumerate() {
         let run = f.dir.join(format!("crash-{i}"));
         copy_dir(Path::new(&base), &run);
-        let out = Command::new(env!("CARGO_BIN_EXE_sisa"))
-            .args(unlearn_args(run.to_str().unwrap(), &f.users))
-            .env("SISA_FAILPOINT", point)
-            .output()
-            .unwrap();
+        let out = unlearn_with_failpoint(&f, &run, point);
         assert!(
             crashed(&out),
             "{point}: the process was aborted there: {}",
@@ -214,11 +206,7 @@ fn every_fault_point_of_unlearn_and_publish_recovers() {
     for spec in &torn {
         let run = f.dir.join("torn");
         copy_dir(Path::new(&base), &run);
-        let out = Command::new(env!("CARGO_BIN_EXE_sisa"))
-            .args(unlearn_args(run.to_str().unwrap(), &f.users))
-            .env("SISA_FAILPOINT", spec)
-            .output()
-            .unwrap();
+        let out = unlearn_with_failpoint(&f, &run, spec);
         assert!(crashed(&out), "{spec}");
         assert_recovered(&f, &run, spec);
         covered += 1;
@@ -234,11 +222,7 @@ fn every_fault_point_of_unlearn_and_publish_recovers() {
     for spec in &fsyncs {
         let run = f.dir.join("fsync");
         copy_dir(Path::new(&base), &run);
-        let out = Command::new(env!("CARGO_BIN_EXE_sisa"))
-            .args(unlearn_args(run.to_str().unwrap(), &f.users))
-            .env("SISA_FAILPOINT", spec)
-            .output()
-            .unwrap();
+        let out = unlearn_with_failpoint(&f, &run, spec);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{spec}: {err}");
         assert!(err.contains("injected failure"), "{spec}: {err}");

@@ -7,19 +7,6 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
-}
-
 /// Train a small run from `csv` (the digits training file by default).
 fn train(dir: &Path, name: &str, csv: Option<&Path>, extra: &[&str]) -> PathBuf {
     let (train, test) = digits();

@@ -62,19 +62,6 @@ fn fingerprint(run: &Run) -> Vec<(Vec<String>, String)> {
         .collect()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
-}
-
 #[test]
 fn random_deletion_sequences_equal_training_from_scratch() {
     let tmp = tempfile::tempdir().unwrap();

@@ -107,6 +107,24 @@ impl Table {
 }
 
 impl Table {
+    /// Refuse a label that is not a class of a run with `classes` classes.
+    pub fn check_labels(&self, classes: usize, column: &str) -> Result<()> {
+        let labels = self.labels.as_deref().unwrap_or_default();
+        match labels.iter().position(|&l| l as usize >= classes) {
+            None => Ok(()),
+            Some(i) => Err(Error::input(
+                &self.path,
+                Some(self.lines[i]),
+                Some(column),
+                format!(
+                    "label {} is not a class of this run (0..{})",
+                    labels[i],
+                    classes - 1
+                ),
+            )),
+        }
+    }
+
     /// The rows whose `keep` flag is set.
     pub fn filter(&self, keep: &[bool]) -> Table {
         let pick = |i: usize| keep[i];

@@ -5,14 +5,14 @@
 //! training from scratch on all the data. Rows of any user in the ledger are refused and
 //! counted: re-importing a raw export cannot resurrect a deletion.
 
-use crate::checkpoint::{model_digest, Checkpoint};
+use crate::checkpoint::Checkpoint;
 use crate::data::csv::{self, Columns, Need};
 use crate::data::ingest::{self, Placement};
 use crate::data::UserKey;
 use crate::error::{Error, Result};
 use crate::run::durable::failpoint;
 use crate::run::{RowsFile, Run};
-use crate::train::{self, Job, Progress, ShardData};
+use crate::train::{Job, ShardData};
 use crate::unlearn::{Ledger, Options};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -45,22 +45,7 @@ pub fn add_rows(run: &mut Run, ledger: &Ledger, data: &Path, opts: &Options) -> 
     };
     let mut table = csv::read_csv(data, &cols, Need::Required, Need::Required)?;
     table.check_features(&run.config.features, "run")?;
-    let labels = table.labels.as_ref().expect("label column is required");
-    if let Some(i) = labels
-        .iter()
-        .position(|&l| l as usize >= run.config.classes)
-    {
-        return Err(Error::input(
-            data,
-            Some(table.lines[i]),
-            Some(&run.config.label_column),
-            format!(
-                "label {} is not a class of this run (0..{})",
-                labels[i],
-                run.config.classes - 1
-            ),
-        ));
-    }
+    table.check_labels(run.config.classes, &run.config.label_column)?;
     let rows_read = table.len() as u64;
     // Refuse every row of a forgotten user.
     let forgotten: HashSet<UserKey> = ledger.deleted_users().into_iter().map(|(k, _)| k).collect();
@@ -151,19 +136,7 @@ pub fn add_rows(run: &mut Run, ledger: &Ledger, data: &Path, opts: &Options) -> 
         jobs.push(Job { data, first, start });
     }
     report.retrained_rows_epochs = jobs.iter().map(|j| j.data.cost_from(j.first)).sum();
-    let progress = Progress::new("adding", report.retrained_rows_epochs, opts.progress);
-    let dir = run.dir.clone();
-    let sink =
-        |ck: &Checkpoint, epochs: u32, rows: u64| Run::store_checkpoint(&dir, ck, epochs, rows);
-    let trained = train::train_jobs(jobs, opts.threads, &progress, &sink)?;
-    progress.finish();
-    for t in trained {
-        let entry = &mut manifest.shards[t.shard];
-        let first = run.config.slices - t.stages.len();
-        entry.stages.truncate(first);
-        entry.stages.extend(t.stages);
-        entry.model_digest = model_digest(&t.last.net);
-    }
+    crate::unlearn::retrain_into(run, &mut manifest, jobs, "adding", opts)?;
     manifest.version += 1;
     manifest.publish(&run.dir)?;
     run.manifest = manifest;

@@ -349,23 +349,8 @@ fn apply(
         .into_iter()
         .filter(|j| j.first <= run.config.slices)
         .collect();
-    let total = jobs.iter().map(|j| j.data.cost_from(j.first)).sum();
-    let progress = Progress::new("unlearning", total, opts.progress);
     let started = Instant::now();
-    let dir = run.dir.clone();
-    let sink = |ck: &Checkpoint, epochs: u32, rows: u64| {
-        failpoint("unlearn.checkpoint");
-        Run::store_checkpoint(&dir, ck, epochs, rows)
-    };
-    let trained = train::train_jobs(jobs, opts.threads, &progress, &sink)?;
-    progress.finish();
-    for t in trained {
-        let entry = &mut manifest.shards[t.shard];
-        let first = run.config.slices - t.stages.len();
-        entry.stages.truncate(first);
-        entry.stages.extend(t.stages);
-        entry.model_digest = model_digest(&t.last.net);
-    }
+    retrain_into(run, &mut manifest, jobs, "unlearning", opts)?;
     append_once(
         ledger,
         r,
@@ -385,4 +370,32 @@ fn apply(
     manifest.publish(&run.dir)?;
     run.manifest = manifest;
     Ok(run.manifest.version)
+}
+
+/// Retrain `jobs`, storing each stage's checkpoint in the run, and splice the new stages and
+/// model digests into `manifest`.
+pub(crate) fn retrain_into(
+    run: &Run,
+    manifest: &mut crate::run::Manifest,
+    jobs: Vec<Job<'_>>,
+    label: &str,
+    opts: &Options,
+) -> Result<()> {
+    let total = jobs.iter().map(|j| j.data.cost_from(j.first)).sum();
+    let progress = Progress::new(label, total, opts.progress);
+    let dir = run.dir.clone();
+    let sink = |ck: &Checkpoint, epochs: u32, rows: u64| {
+        failpoint("retrain.checkpoint");
+        Run::store_checkpoint(&dir, ck, epochs, rows)
+    };
+    let trained = train::train_jobs(jobs, opts.threads, &progress, &sink)?;
+    progress.finish();
+    for t in trained {
+        let entry = &mut manifest.shards[t.shard];
+        let first = run.config.slices - t.stages.len();
+        entry.stages.truncate(first);
+        entry.stages.extend(t.stages);
+        entry.model_digest = model_digest(&t.last.net);
+    }
+    Ok(())
 }

@@ -73,6 +73,20 @@ pub fn tree_digest(dir: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
+/// Copy a directory tree (a run, for a backup or an experiment).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
 /// A CSV file split into header and lines.
 pub struct Csv {
     pub header: String,
