@@ -381,6 +381,7 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
             "test_rows": run.manifest.test.as_ref().map(|t| t.rows),
             "rows_epochs": summary.rows_epochs,
             "seconds": summary.seconds,
+            "peak_rss_bytes": peak_rss_bytes(),
         }));
     } else {
         println!(
@@ -393,6 +394,14 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// Peak resident memory of this process so far (Linux's VmHWM), if the system reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn status_json(run: &Run, ledger: &Ledger) -> serde_json::Value {
