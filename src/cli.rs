@@ -40,6 +40,8 @@ enum Command {
     Verify(VerifyArgs),
     /// Complete interrupted requests and bring the run in line with its ledger; nothing else.
     Recover(RunArgs),
+    /// Serve the ensemble over the Open Inference Protocol (v2), swapping in each new version.
+    Serve(ServeArgs),
     /// Inspect the deletion ledger.
     Ledger {
         #[command(subcommand)]
@@ -231,6 +233,14 @@ struct UnlearnArgs {
 }
 
 #[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    serve: sisa::serve::ServeFlags,
+}
+
+#[derive(Args, Debug)]
 struct VerifyArgs {
     #[command(flatten)]
     run: RunArgs,
@@ -253,6 +263,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Unlearn(a) => cmd_unlearn(a),
         Command::Verify(a) => cmd_verify(a),
         Command::Recover(a) => cmd_recover(a),
+        Command::Serve(a) => {
+            let opts = a.run.common.options()?;
+            sisa::serve::serve(a.serve.options(a.run.run, a.run.ledger, opts)?)?;
+            Ok(0)
+        }
         Command::Ledger {
             command: LedgerCommand::Verify(a),
         } => cmd_ledger_verify(a),
