@@ -42,6 +42,8 @@ enum Command {
     Recover(RunArgs),
     /// Add rows to a run; rows of forgotten users are refused and counted.
     Add(AddArgs),
+    /// Serve the ensemble over the Open Inference Protocol (v2), swapping in each new version.
+    Serve(ServeArgs),
     /// Inspect the deletion ledger.
     Ledger {
         #[command(subcommand)]
@@ -270,6 +272,14 @@ struct UnlearnArgs {
 }
 
 #[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    serve: sisa::serve::ServeFlags,
+}
+
+#[derive(Args, Debug)]
 struct VerifyArgs {
     #[command(flatten)]
     run: RunArgs,
@@ -292,6 +302,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Unlearn(a) => cmd_unlearn(a),
         Command::Verify(a) => cmd_verify(a),
         Command::Recover(a) => cmd_recover(a),
+        Command::Serve(a) => {
+            let opts = a.run.common.options()?;
+            sisa::serve::serve(a.serve.options(a.run.run, a.run.ledger, opts)?)?;
+            Ok(0)
+        }
         Command::Ledger {
             command: LedgerCommand::Verify(a),
         } => cmd_ledger_verify(a),

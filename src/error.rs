@@ -91,6 +91,15 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+
+    /// The server cannot start or keep serving (the address is taken, the runtime fails).
+    #[error("serve {addr}: {message}")]
+    Serve {
+        /// The address the server listens on, or was asked to.
+        addr: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// The library's result type.

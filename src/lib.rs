@@ -15,6 +15,8 @@
 //! - [`run`]: the run directory: layout, `run.json`, manifests, durable atomic writes.
 //! - [`ensemble`]: aggregation of shard models by posterior mean or majority vote.
 //! - [`unlearn`]: the hash-chained ledger, planning, execution, receipts and recovery.
+//! - [`serve`]: the Open Inference Protocol (v2) server: atomic hot swap of published versions,
+//!   deletion requests over an authenticated endpoint, shards under deletion left out of the vote.
 //! - [`verify`]: the certificate: retrain from scratch and compare bitwise with what is published.
 #![warn(missing_docs)]
 
@@ -25,6 +27,7 @@ pub mod error;
 pub mod model;
 pub mod plan;
 pub mod run;
+pub mod serve;
 pub mod train;
 pub mod unlearn;
 pub mod verify;

@@ -203,7 +203,8 @@ impl Network {
         const CHUNK: usize = 256;
         let d = self.inputs();
         let c = self.classes();
-        let mut ws = Workspace::new(self, CHUNK.min(n.max(1)));
+        // Forward only: no gradient buffers (zeroing them cost more than the prediction).
+        let mut ws = Workspace::forward_only(self, CHUNK.min(n.max(1)));
         let mut xb = vec![0f32; CHUNK.min(n.max(1)) * d];
         let mut out = Vec::with_capacity(n * c);
         for start in (0..n).step_by(CHUNK) {
@@ -437,6 +438,22 @@ impl Workspace {
             delta_prev: vec![0.0; batch * widest],
             grad_w: net.layers.iter().map(|l| vec![0.0; l.w.len()]).collect(),
             grad_b: net.layers.iter().map(|l| vec![0.0; l.b.len()]).collect(),
+        }
+    }
+
+    /// Buffers for forward passes only (activations), for batches of up to `batch` rows; the
+    /// gradient buffers stay empty.
+    fn forward_only(net: &Network, batch: usize) -> Workspace {
+        Workspace {
+            acts: net
+                .layers
+                .iter()
+                .map(|l| vec![0.0; batch * l.outputs])
+                .collect(),
+            delta: Vec::new(),
+            delta_prev: Vec::new(),
+            grad_w: Vec::new(),
+            grad_b: Vec::new(),
         }
     }
 }

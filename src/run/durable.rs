@@ -12,6 +12,8 @@ use std::path::Path;
 
 /// Abort the process here when `SISA_FAILPOINT` names this point (only with the `failpoints`
 /// feature; otherwise does nothing). `SISA_FAILPOINT=name:n` aborts at the n-th hit (1-based).
+/// `SISA_FAILPOINT=pause:name` instead waits at the point until the file named by
+/// `SISA_FAILPOINT_RESUME` exists, so a test can look at a process in the middle of an operation.
 /// Every point that is passed is appended to the file named by `SISA_FAILPOINT_LOG`, so a test
 /// can list the points an operation goes through.
 #[inline]
@@ -74,6 +76,10 @@ mod failpoints {
             }
         }
         if let Ok(spec) = std::env::var("SISA_FAILPOINT") {
+            if spec.strip_prefix("pause:") == Some(name) {
+                pause(name);
+                return;
+            }
             let (want, nth) = match spec.rsplit_once(':') {
                 Some((w, k)) if k.parse::<u64>().is_ok() => (w.to_string(), k.parse().unwrap_or(1)),
                 _ => (spec.clone(), 1),
@@ -83,6 +89,19 @@ mod failpoints {
                 std::process::abort();
             }
         }
+    }
+
+    /// Wait until the file named by `SISA_FAILPOINT_RESUME` exists (forever if unset).
+    fn pause(name: &str) {
+        eprintln!("sisa: failpoint {name} reached, paused");
+        let resume = std::env::var_os("SISA_FAILPOINT_RESUME");
+        while !resume
+            .as_ref()
+            .is_some_and(|p| std::path::Path::new(p).exists())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        eprintln!("sisa: failpoint {name} resumed");
     }
 
     pub fn error_requested(name: &str) -> bool {
