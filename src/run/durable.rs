@@ -202,8 +202,12 @@ pub fn append_line(path: &Path, line: &str, point: &str) -> Result<()> {
         .append(true)
         .open(path)
         .at(path)?;
-    f.write_all(line.as_bytes()).at(path)?;
-    f.write_all(b"\n").at(path)?;
+    // One write for the line and its end, so a concurrent reader never sees a line without
+    // its newline (which it would take for a truncated ledger).
+    let mut buf = Vec::with_capacity(line.len() + 1);
+    buf.extend_from_slice(line.as_bytes());
+    buf.push(b'\n');
+    f.write_all(&buf).at(path)?;
     failpoint(&format!("{point}.write"));
     failpoint_error(&format!("{point}.fsync"), path)?;
     f.sync_all().at(path)?;
