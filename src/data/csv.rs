@@ -214,35 +214,71 @@ fn parse_feature(raw: &str) -> std::result::Result<f32, String> {
     }
 }
 
+/// One data row of a CSV file, as handed to [`for_each_row`].
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    /// 1-based line number.
+    pub line: u64,
+    /// The user id, when the file has a user column.
+    pub user: Option<&'a str>,
+    /// The label, when the file has a label column.
+    pub label: Option<u32>,
+    /// The features, in header order.
+    pub features: &'a [f32],
+}
+
 /// Read a CSV file. `user` and `label` say whether those columns must be present.
 pub fn read_csv(path: &Path, columns: &Columns, user: Need, label: Need) -> Result<Table> {
+    let mut table = Table {
+        path: path.to_path_buf(),
+        feature_names: Vec::new(),
+        user_ids: None,
+        labels: None,
+        x: Vec::new(),
+        lines: Vec::new(),
+    };
+    let names = for_each_row(path, columns, user, label, |r| {
+        table.x.extend_from_slice(r.features);
+        if let Some(u) = r.user {
+            table.user_ids.get_or_insert_with(Vec::new).push(u.to_string());
+        }
+        if let Some(l) = r.label {
+            table.labels.get_or_insert_with(Vec::new).push(l);
+        }
+        table.lines.push(r.line);
+        Ok(())
+    })?;
+    table.feature_names = names;
+    Ok(table)
+}
+
+/// Stream a CSV file row by row into `on_row`, without holding the file in memory; returns
+/// the feature column names. Every check of [`read_csv`] applies, with the same messages.
+pub fn for_each_row(
+    path: &Path,
+    columns: &Columns,
+    user: Need,
+    label: Need,
+    mut on_row: impl FnMut(Record<'_>) -> Result<()>,
+) -> Result<Vec<String>> {
     let reader = open_maybe_gz(path)?;
-    let mut csv = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(reader);
-    let mut records = csv.records();
+    let mut csv = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(reader);
     let map_csv = |e: csv::Error| {
         let line = e.position().map(|p| p.line());
         Error::input(path, line, None, format!("unreadable CSV: {e}"))
     };
-    let header = match records.next() {
-        None => return Err(Error::input(path, None, None, "empty file: no header line")),
-        Some(r) => r.map_err(map_csv)?,
-    };
-    let names: Vec<String> = header.iter().map(|h| h.trim().to_string()).collect();
+    let mut record = csv::StringRecord::new();
+    if !csv.read_record(&mut record).map_err(map_csv)? {
+        return Err(Error::input(path, None, None, "empty file: no header line"));
+    }
+    let names: Vec<String> = record.iter().map(|h| h.trim().to_string()).collect();
     let mut seen = HashSet::new();
     for name in &names {
         if name.is_empty() {
             return Err(Error::input(path, Some(1), None, "a header field is empty"));
         }
         if !seen.insert(name.as_str()) {
-            return Err(Error::input(
-                path,
-                Some(1),
-                Some(name),
-                "duplicate column name",
-            ));
+            return Err(Error::input(path, Some(1), Some(name), "duplicate column name"));
         }
     }
     let find = |name: &str, need: Need, role: &str| -> Result<Option<usize>> {
@@ -259,22 +295,14 @@ pub fn read_csv(path: &Path, columns: &Columns, user: Need, label: Need) -> Resu
     };
     let user_col = find(&columns.user, user, "user id")?;
     let label_col = find(&columns.label, label, "label")?;
-    let feature_cols: Vec<usize> = (0..names.len())
-        .filter(|&i| Some(i) != user_col && Some(i) != label_col)
-        .collect();
+    let feature_cols: Vec<usize> =
+        (0..names.len()).filter(|&i| Some(i) != user_col && Some(i) != label_col).collect();
     if feature_cols.is_empty() {
         return Err(Error::input(path, Some(1), None, "no feature columns"));
     }
-    let mut table = Table {
-        path: path.to_path_buf(),
-        feature_names: feature_cols.iter().map(|&i| names[i].clone()).collect(),
-        user_ids: user_col.map(|_| Vec::new()),
-        labels: label_col.map(|_| Vec::new()),
-        x: Vec::new(),
-        lines: Vec::new(),
-    };
-    for record in records {
-        let record = record.map_err(map_csv)?;
+    let mut features = vec![0f32; feature_cols.len()];
+    let mut rows = 0u64;
+    while csv.read_record(&mut record).map_err(map_csv)? {
         let line = record.position().map(|p| p.line()).unwrap_or(0);
         if record.len() == 1 && record.get(0).is_some_and(|f| f.trim().is_empty()) {
             continue; // a blank line
@@ -284,46 +312,35 @@ pub fn read_csv(path: &Path, columns: &Columns, user: Need, label: Need) -> Resu
                 path,
                 Some(line),
                 None,
-                format!(
-                    "expected {} fields as in the header, found {}",
-                    names.len(),
-                    record.len()
-                ),
+                format!("expected {} fields as in the header, found {}", names.len(), record.len()),
             ));
         }
-        for &c in &feature_cols {
-            let v = parse_feature(&record[c])
-                .map_err(|m| Error::input(path, Some(line), Some(&names[c]), m))?;
-            table.x.push(v);
+        for (v, &c) in features.iter_mut().zip(&feature_cols) {
+            *v = parse_feature(&record[c]).map_err(|m| Error::input(path, Some(line), Some(&names[c]), m))?;
         }
-        if let (Some(c), Some(ids)) = (user_col, table.user_ids.as_mut()) {
-            let id = record[c].trim();
-            if id.is_empty() {
-                return Err(Error::input(
-                    path,
-                    Some(line),
-                    Some(&names[c]),
-                    "empty user id",
-                ));
+        let user = match user_col {
+            Some(c) => {
+                let id = record[c].trim();
+                if id.is_empty() {
+                    return Err(Error::input(path, Some(line), Some(&names[c]), "empty user id"));
+                }
+                Some(id)
             }
-            ids.push(id.to_string());
-        }
-        if let (Some(c), Some(labels)) = (label_col, table.labels.as_mut()) {
-            let l = parse_label(&record[c])
-                .map_err(|m| Error::input(path, Some(line), Some(&names[c]), m))?;
-            labels.push(l);
-        }
-        table.lines.push(line);
+            None => None,
+        };
+        let label = match label_col {
+            Some(c) => Some(
+                parse_label(&record[c]).map_err(|m| Error::input(path, Some(line), Some(&names[c]), m))?,
+            ),
+            None => None,
+        };
+        on_row(Record { line, user, label, features: &features })?;
+        rows += 1;
     }
-    if table.is_empty() {
-        return Err(Error::input(
-            path,
-            None,
-            None,
-            "no data rows after the header",
-        ));
+    if rows == 0 {
+        return Err(Error::input(path, None, None, "no data rows after the header"));
     }
-    Ok(table)
+    Ok(feature_cols.iter().map(|&i| names[i].clone()).collect())
 }
 
 /// Read user ids, one per line; blank lines and lines starting with '#' are skipped.

@@ -5,6 +5,7 @@ use crate::data::{Rows, Secret, UserKey};
 use crate::error::{Error, Result};
 use crate::plan::{self, ShardBy};
 use std::collections::HashMap;
+use std::path::Path;
 
 /// How rows are placed: the run's seed, shard count and sharding rule.
 #[derive(Clone, Copy, Debug)]
@@ -17,55 +18,81 @@ pub struct Placement {
     pub shard_by: ShardBy,
 }
 
-/// The rows of `table` as row stores, one per shard, each in tag order.
-///
-/// A row's position among its user's rows counts from `existing[key]` (rows of that user the
-/// run already holds), so rows added later get identities of their own.
+/// Places rows into shard row stores one at a time, so that ingest never holds a second copy
+/// of the data: identity (position among the user's rows, tag), key and shard for each row.
+pub struct Placer<'a> {
+    placement: Placement,
+    secret: &'a Secret,
+    existing: &'a HashMap<UserKey, u32>,
+    users: HashMap<String, (UserKey, u32)>,
+    shards: Vec<Rows>,
+}
+
+impl<'a> Placer<'a> {
+    /// An empty placer for rows of `dim` features. A row's position among its user's rows
+    /// counts from `existing[key]` (rows of that user the run already holds), so rows added
+    /// later get identities of their own.
+    pub fn new(placement: Placement, secret: &'a Secret, existing: &'a HashMap<UserKey, u32>, dim: usize) -> Self {
+        Placer {
+            placement,
+            secret,
+            existing,
+            users: HashMap::new(),
+            shards: (0..placement.shards).map(|_| Rows::new(dim)).collect(),
+        }
+    }
+
+    /// Place one row of user `id`.
+    pub fn push(&mut self, id: &str, label: u32, features: &[f32]) {
+        let (key, seq) = match self.users.get_mut(id) {
+            Some(entry) => entry,
+            None => {
+                let key = self.secret.key(id);
+                let start = self.existing.get(&key).copied().unwrap_or(0);
+                self.users.entry(id.to_string()).or_insert((key, start))
+            }
+        };
+        let tag = plan::row_tag(self.placement.seed, id, *seq);
+        let shard = match self.placement.shard_by {
+            ShardBy::User => plan::shard_of_user(self.placement.seed, id, self.placement.shards),
+            ShardBy::Row => plan::shard_of_row(self.placement.seed, tag, self.placement.shards),
+        };
+        self.shards[shard].push(*key, *seq, tag, label, features);
+        *seq += 1;
+    }
+
+    /// The shards, each in tag order; refuses two rows with one identity tag (`path` names
+    /// the input in the message).
+    pub fn finish(mut self, path: &Path) -> Result<Vec<Rows>> {
+        for rows in &mut self.shards {
+            rows.sort();
+            if let Some(tag) = rows.duplicate_tag() {
+                return Err(Error::input(
+                    path,
+                    None,
+                    None,
+                    format!("two rows share the identity tag {tag:016x}; rename one user"),
+                ));
+            }
+        }
+        Ok(self.shards)
+    }
+}
+
+/// The rows of `table` as row stores, one per shard, each in tag order (see [`Placer`]).
 pub fn place_rows(
     table: &Table,
     placement: Placement,
     secret: &Secret,
     existing: &HashMap<UserKey, u32>,
 ) -> Result<Vec<Rows>> {
-    let ids = table
-        .user_ids
-        .as_ref()
-        .expect("training tables have a user column");
-    let labels = table
-        .labels
-        .as_ref()
-        .expect("training tables have a label column");
-    let mut next_seq: HashMap<&str, u32> = HashMap::new();
-    let mut keys: HashMap<&str, UserKey> = HashMap::new();
-    let mut out: Vec<Rows> = (0..placement.shards)
-        .map(|_| Rows::new(table.dim()))
-        .collect();
+    let ids = table.user_ids.as_ref().expect("training tables have a user column");
+    let labels = table.labels.as_ref().expect("training tables have a label column");
+    let mut placer = Placer::new(placement, secret, existing, table.dim());
     for i in 0..table.len() {
-        let id = ids[i].as_str();
-        let key = *keys.entry(id).or_insert_with(|| secret.key(id));
-        let seq = next_seq
-            .entry(id)
-            .or_insert_with(|| existing.get(&key).copied().unwrap_or(0));
-        let tag = plan::row_tag(placement.seed, id, *seq);
-        *seq += 1;
-        let shard = match placement.shard_by {
-            ShardBy::User => plan::shard_of_user(placement.seed, id, placement.shards),
-            ShardBy::Row => plan::shard_of_row(placement.seed, tag, placement.shards),
-        };
-        out[shard].push(key, *seq - 1, tag, labels[i], table.row(i));
+        placer.push(&ids[i], labels[i], table.row(i));
     }
-    for rows in &mut out {
-        rows.sort();
-        if let Some(tag) = rows.duplicate_tag() {
-            return Err(Error::input(
-                &table.path,
-                None,
-                None,
-                format!("two rows share the identity tag {tag:016x}; rename one user"),
-            ));
-        }
-    }
-    Ok(out)
+    placer.finish(&table.path)
 }
 
 /// Rows per user key in `rows`.
