@@ -118,12 +118,22 @@ struct QuickstartArgs {
 
 #[derive(Args, Debug)]
 struct TrainArgs {
-    /// Training CSV (optionally gzipped) with a header, a user id column and a label column.
+    /// Training data (optionally gzipped): a CSV with a header, a user id column and a label
+    /// column, or an IDX images file (`*-images-idx3-ubyte[.gz]`) with --users.
     #[arg(long)]
     data: PathBuf,
-    /// Held-out CSV with the same columns.
+    /// Held-out data in the same format.
     #[arg(long)]
     test: Option<PathBuf>,
+    /// Labels of an IDX --data file. Default: the `*-labels-idx1-ubyte[.gz]` file beside it.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Labels of an IDX --test file. Default: the `*-labels-idx1-ubyte[.gz]` file beside it.
+    #[arg(long)]
+    test_labels: Option<PathBuf>,
+    /// Give rows users by a seeded rule, for data without a user column: uniform:U or zipf:U:s.
+    #[arg(long)]
+    users: Option<sisa::data::UserRule>,
     /// Model preset (models/*.toml).
     #[arg(long)]
     model: PathBuf,
@@ -305,6 +315,9 @@ fn train_options(a: &TrainArgs) -> Result<TrainOptions> {
     Ok(TrainOptions {
         data: a.data.clone(),
         test: a.test.clone(),
+        labels: a.labels.clone(),
+        test_labels: a.test_labels.clone(),
+        users: a.users,
         model,
         shards: a.shards,
         slices: a.slices,
@@ -713,6 +726,9 @@ fn quickstart(a: QuickstartArgs) -> Result<i32> {
     let targs = TrainArgs {
         data: train_csv.clone(),
         test: Some(test_csv),
+        labels: None,
+        test_labels: None,
+        users: None,
         model,
         shards,
         slices,

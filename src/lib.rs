@@ -7,7 +7,8 @@
 //! scratch without the user.
 //!
 //! - [`error`]: one error type that names the file, line, column, shard or request at fault.
-//! - [`data`]: CSV ingest with validation, the checksummed row store, HMAC user keys.
+//! - [`data`]: CSV and IDX ingest with validation, seeded user rules for data without users,
+//!   the checksummed row store, HMAC user keys.
 //! - [`plan`]: pure functions for shard and slice assignment, stage epochs and lineage hashes.
 //! - [`model`]: model presets and the dense networks they describe, with hand-derived gradients.
 //! - [`train`]: deterministic, seeded, shard-parallel training with our own optimizers.
