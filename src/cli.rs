@@ -40,6 +40,9 @@ enum Command {
     Verify(VerifyArgs),
     /// Complete interrupted requests and bring the run in line with its ledger; nothing else.
     Recover(RunArgs),
+    /// Membership-inference audit (loss threshold): can an attacker tell --members from
+    /// --nonmembers under the published ensemble?
+    Audit(AuditArgs),
     /// Inspect the deletion ledger.
     Ledger {
         #[command(subcommand)]
@@ -252,6 +255,27 @@ struct VerifyArgs {
     json: bool,
 }
 
+#[derive(Args, Debug)]
+struct AuditArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// CSV of rows the run trained on (the run's feature and label columns).
+    #[arg(long)]
+    members: PathBuf,
+    /// CSV of rows the run never saw.
+    #[arg(long)]
+    nonmembers: PathBuf,
+    /// Bootstrap resamples for the confidence intervals.
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+    /// Seed of the resampling.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Print a JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Run the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -263,6 +287,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Unlearn(a) => cmd_unlearn(a),
         Command::Verify(a) => cmd_verify(a),
         Command::Recover(a) => cmd_recover(a),
+        Command::Audit(a) => cmd_audit(a),
         Command::Ledger {
             command: LedgerCommand::Verify(a),
         } => cmd_ledger_verify(a),
@@ -676,6 +701,46 @@ fn cmd_ledger_verify(a: LedgerArgs) -> Result<i32> {
             ledger.head()
         );
     }
+    Ok(0)
+}
+
+fn cmd_audit(a: AuditArgs) -> Result<i32> {
+    let (run, _ledger, lock) = open(&a.run)?;
+    let opts = sisa::audit::AuditOptions {
+        bootstrap: a.bootstrap,
+        null_draws: a.bootstrap,
+        seed: a.seed,
+        ..Default::default()
+    };
+    let r = sisa::audit::audit_files(&run, &a.members, &a.nonmembers, &opts)?;
+    drop(lock);
+    if a.json {
+        print_json(&serde_json::to_value(&r)?);
+        return Ok(0);
+    }
+    let est = |e: &sisa::audit::Estimate| format!("{:.3} [{:.3}, {:.3}]", e.value, e.lo, e.hi);
+    println!(
+        "version {}: {} members (mean loss {:.4}) vs {} nonmembers (mean loss {:.4})",
+        run.manifest.version, r.members, r.member_mean_loss, r.nonmembers, r.nonmember_mean_loss
+    );
+    println!("  AUC              {}", est(&r.auc));
+    println!("  TPR at 1% FPR    {}", est(&r.tpr_at_1pct_fpr));
+    println!("  TPR at 0.1% FPR  {}", est(&r.tpr_at_0_1pct_fpr));
+    println!(
+        "  null interval    [{:.3}, {:.3}] (AUC of never-seen vs never-seen: {})",
+        r.null_interval[0], r.null_interval[1], r.null_from
+    );
+    println!(
+        "verdict: {}",
+        match r.verdict {
+            sisa::audit::Verdict::Separates =>
+                "members SEPARATE from nonmembers: the attack recognises them",
+            sisa::audit::Verdict::Indistinguishable =>
+                "members are indistinguishable from nonmembers (AUC inside the null interval)",
+            sisa::audit::Verdict::Inconclusive =>
+                "inconclusive: the AUC is outside the null interval but not clearly above it",
+        }
+    );
     Ok(0)
 }
 

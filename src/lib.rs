@@ -17,8 +17,11 @@
 //! - [`ensemble`]: aggregation of shard models by posterior mean or majority vote.
 //! - [`unlearn`]: the hash-chained ledger, planning, execution, receipts and recovery.
 //! - [`verify`]: the certificate: retrain from scratch and compare bitwise with what is published.
+//! - [`audit`]: membership inference by loss threshold: AUC, TPR at fixed FPR, bootstrap and
+//!   never-seen (null) intervals; tells whether forgotten rows look like rows never trained on.
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod checkpoint;
 pub mod data;
 pub mod ensemble;
