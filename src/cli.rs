@@ -40,6 +40,9 @@ enum Command {
     Verify(VerifyArgs),
     /// Complete interrupted requests and bring the run in line with its ledger; nothing else.
     Recover(RunArgs),
+    /// Benchmark unlearning against retraining from scratch over S and R; write results.json,
+    /// results.md and plots to --out.
+    Bench(BenchArgs),
     /// Membership-inference audit (loss threshold): can an attacker tell --members from
     /// --nonmembers under the published ensemble?
     Audit(AuditArgs),
@@ -256,6 +259,62 @@ struct VerifyArgs {
 }
 
 #[derive(Args, Debug)]
+struct BenchArgs {
+    /// Training data (CSV or IDX images). Default: Fashion-MNIST from Debian's
+    /// dataset-fashion-mnist if installed, else the bundled datasets/mnist-5k.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Held-out data. Default: the default data's test file.
+    #[arg(long)]
+    test: Option<PathBuf>,
+    /// Labels of IDX --data. Default: the labels file beside it.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Labels of IDX --test. Default: the labels file beside it.
+    #[arg(long)]
+    test_labels: Option<PathBuf>,
+    /// Users for data without a user column: uniform:U or zipf:U:s. Default for Fashion-MNIST:
+    /// uniform:20000.
+    #[arg(long)]
+    users: Option<sisa::data::UserRule>,
+    /// Model preset. Default: models/mlp.toml.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Epochs of unsliced training. Default: the preset's.
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Shard counts S to sweep.
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10,20")]
+    shards: Vec<usize>,
+    /// Slice counts R to sweep.
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
+    slices: Vec<usize>,
+    /// Users per experiment K (1: one request; more: sequential, batched and worst case).
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    requests: Vec<usize>,
+    /// Random single-user requests planned per configuration for the formula check.
+    #[arg(long, default_value_t = 30)]
+    samples: usize,
+    /// Seed of the runs and of every random choice.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Do not measure sharding by row.
+    #[arg(long)]
+    no_row_sharding: bool,
+    /// Do not run the membership audit.
+    #[arg(long)]
+    no_audit: bool,
+    /// Keep every trained run under OUT/runs/.
+    #[arg(long)]
+    keep_runs: bool,
+    /// Directory for results.json, results.md and the plots.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
 struct AuditArgs {
     #[command(flatten)]
     run: RunArgs,
@@ -287,6 +346,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Unlearn(a) => cmd_unlearn(a),
         Command::Verify(a) => cmd_verify(a),
         Command::Recover(a) => cmd_recover(a),
+        Command::Bench(a) => cmd_bench(a),
         Command::Audit(a) => cmd_audit(a),
         Command::Ledger {
             command: LedgerCommand::Verify(a),
@@ -702,6 +762,80 @@ fn cmd_ledger_verify(a: LedgerArgs) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<i32> {
+    let datasets = bundled("datasets").unwrap_or_else(|| PathBuf::from("datasets"));
+    let standard = sisa::bench::standard_data(&datasets);
+    let (data, test, users, name, note) = match a.data {
+        Some(d) => (d.clone(), a.test, a.users, dataset_name(&d), None),
+        None => (
+            standard.data,
+            a.test.or(Some(standard.test)),
+            a.users.or(standard.users),
+            standard.name,
+            standard.note,
+        ),
+    };
+    let model_path = match a.model {
+        Some(m) => m,
+        None => bundled("models/mlp.toml").ok_or_else(|| anyhow!("cannot find models/mlp.toml"))?,
+    };
+    let mut model = ModelSpec::load(&model_path)?;
+    let preset_epochs = model.epochs;
+    model.epochs = a.epochs.unwrap_or(model.epochs);
+    let mut presets: Vec<PathBuf> =
+        std::fs::read_dir(model_path.parent().unwrap_or(Path::new(".")))
+            .with_context(|| format!("listing the presets beside {}", model_path.display()))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()?;
+    presets.retain(|p| p.extension().is_some_and(|x| x == "toml"));
+    presets.sort();
+    let opts = sisa::bench::BenchOptions {
+        data,
+        test,
+        labels: a.labels,
+        test_labels: a.test_labels,
+        users,
+        dataset_name: name,
+        dataset_note: note,
+        model_path,
+        model,
+        preset_epochs,
+        presets,
+        shards: a.shards,
+        slices: a.slices,
+        requests: a.requests,
+        samples: a.samples,
+        seed: a.seed,
+        row_sharding: !a.no_row_sharding,
+        audit: !a.no_audit,
+        membership: Default::default(),
+        keep_runs: a.keep_runs,
+        out: a.out,
+        threads: a.common.threads()?,
+        progress: !a.common.quiet,
+    };
+    let (report, written) = sisa::bench::run(&opts)?;
+    print!("{}", sisa::bench::report::markdown(&report));
+    eprintln!(
+        "sisa bench: wrote {}, {} and {} plots in {:.0}s",
+        written.json.display(),
+        written.markdown.display(),
+        written.plots.len(),
+        report.seconds
+    );
+    Ok(0)
+}
+
+/// A short name for a data file: `fashion-mnist` for the Debian package's files, else the
+/// file's stem.
+fn dataset_name(p: &Path) -> String {
+    if p.starts_with(sisa::bench::FASHION_MNIST_DIR) {
+        return "fashion-mnist".into();
+    }
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("data");
+    name.split('.').next().unwrap_or(name).to_string()
 }
 
 fn cmd_audit(a: AuditArgs) -> Result<i32> {
