@@ -44,6 +44,12 @@ enum Command {
     Add(AddArgs),
     /// Serve the ensemble over the Open Inference Protocol (v2), swapping in each new version.
     Serve(ServeArgs),
+    /// Benchmark unlearning against retraining from scratch over S and R; write results.json,
+    /// results.md and plots to --out.
+    Bench(BenchArgs),
+    /// Membership-inference audit (loss threshold): can an attacker tell --members from
+    /// --nonmembers under the published ensemble?
+    Audit(AuditArgs),
     /// Inspect the deletion ledger.
     Ledger {
         #[command(subcommand)]
@@ -159,12 +165,22 @@ struct QuickstartArgs {
 
 #[derive(Args, Debug)]
 struct TrainArgs {
-    /// Training CSV (optionally gzipped) with a header, a user id column and a label column.
+    /// Training data (optionally gzipped): a CSV with a header, a user id column and a label
+    /// column, or an IDX images file (`*-images-idx3-ubyte[.gz]`) with --users.
     #[arg(long)]
     data: PathBuf,
-    /// Held-out CSV with the same columns.
+    /// Held-out data in the same format.
     #[arg(long)]
     test: Option<PathBuf>,
+    /// Labels of an IDX --data file. Default: the `*-labels-idx1-ubyte[.gz]` file beside it.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Labels of an IDX --test file. Default: the `*-labels-idx1-ubyte[.gz]` file beside it.
+    #[arg(long)]
+    test_labels: Option<PathBuf>,
+    /// Give rows users by a seeded rule, for data without a user column: uniform:U or zipf:U:s.
+    #[arg(long)]
+    users: Option<sisa::data::UserRule>,
     /// Model preset (models/*.toml).
     #[arg(long)]
     model: PathBuf,
@@ -291,6 +307,83 @@ struct VerifyArgs {
     json: bool,
 }
 
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Training data (CSV or IDX images). Default: Fashion-MNIST from Debian's
+    /// dataset-fashion-mnist if installed, else the bundled datasets/mnist-5k.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Held-out data. Default: the default data's test file.
+    #[arg(long)]
+    test: Option<PathBuf>,
+    /// Labels of IDX --data. Default: the labels file beside it.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Labels of IDX --test. Default: the labels file beside it.
+    #[arg(long)]
+    test_labels: Option<PathBuf>,
+    /// Users for data without a user column: uniform:U or zipf:U:s. Default for Fashion-MNIST:
+    /// uniform:20000.
+    #[arg(long)]
+    users: Option<sisa::data::UserRule>,
+    /// Model preset. Default: models/mlp.toml.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Epochs of unsliced training. Default: the preset's.
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Shard counts S to sweep.
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10,20")]
+    shards: Vec<usize>,
+    /// Slice counts R to sweep.
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
+    slices: Vec<usize>,
+    /// Users per experiment K (1: one request; more: sequential, batched and worst case).
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    requests: Vec<usize>,
+    /// Random single-user requests planned per configuration for the formula check.
+    #[arg(long, default_value_t = 30)]
+    samples: usize,
+    /// Seed of the runs and of every random choice.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Do not measure sharding by row.
+    #[arg(long)]
+    no_row_sharding: bool,
+    /// Do not run the membership audit.
+    #[arg(long)]
+    no_audit: bool,
+    /// Keep every trained run under OUT/runs/.
+    #[arg(long)]
+    keep_runs: bool,
+    /// Directory for results.json, results.md and the plots.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct AuditArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// CSV of rows the run trained on (the run's feature and label columns).
+    #[arg(long)]
+    members: PathBuf,
+    /// CSV of rows the run never saw.
+    #[arg(long)]
+    nonmembers: PathBuf,
+    /// Bootstrap resamples for the confidence intervals.
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+    /// Seed of the resampling.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Print a JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Run the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -307,6 +400,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             sisa::serve::serve(a.serve.options(a.run.run, a.run.ledger, opts)?)?;
             Ok(0)
         }
+        Command::Bench(a) => cmd_bench(a),
+        Command::Audit(a) => cmd_audit(a),
         Command::Ledger {
             command: LedgerCommand::Verify(a),
         } => cmd_ledger_verify(a),
@@ -363,6 +458,9 @@ fn train_options(a: &TrainArgs) -> Result<TrainOptions> {
     Ok(TrainOptions {
         data: a.data.clone(),
         test: a.test.clone(),
+        labels: a.labels.clone(),
+        test_labels: a.test_labels.clone(),
+        users: a.users,
         model,
         shards: a.shards,
         slices: a.slices,
@@ -787,6 +885,120 @@ fn cmd_ledger_verify(a: LedgerArgs) -> Result<i32> {
     Ok(0)
 }
 
+fn cmd_bench(a: BenchArgs) -> Result<i32> {
+    let datasets = bundled("datasets").unwrap_or_else(|| PathBuf::from("datasets"));
+    let standard = sisa::bench::standard_data(&datasets);
+    let (data, test, users, name, note) = match a.data {
+        Some(d) => (d.clone(), a.test, a.users, dataset_name(&d), None),
+        None => (
+            standard.data,
+            a.test.or(Some(standard.test)),
+            a.users.or(standard.users),
+            standard.name,
+            standard.note,
+        ),
+    };
+    let model_path = match a.model {
+        Some(m) => m,
+        None => bundled("models/mlp.toml").ok_or_else(|| anyhow!("cannot find models/mlp.toml"))?,
+    };
+    let mut model = ModelSpec::load(&model_path)?;
+    let preset_epochs = model.epochs;
+    model.epochs = a.epochs.unwrap_or(model.epochs);
+    let mut presets: Vec<PathBuf> =
+        std::fs::read_dir(model_path.parent().unwrap_or(Path::new(".")))
+            .with_context(|| format!("listing the presets beside {}", model_path.display()))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()?;
+    presets.retain(|p| p.extension().is_some_and(|x| x == "toml"));
+    presets.sort();
+    let opts = sisa::bench::BenchOptions {
+        data,
+        test,
+        labels: a.labels,
+        test_labels: a.test_labels,
+        users,
+        dataset_name: name,
+        dataset_note: note,
+        model_path,
+        model,
+        preset_epochs,
+        presets,
+        shards: a.shards,
+        slices: a.slices,
+        requests: a.requests,
+        samples: a.samples,
+        seed: a.seed,
+        row_sharding: !a.no_row_sharding,
+        audit: !a.no_audit,
+        membership: Default::default(),
+        keep_runs: a.keep_runs,
+        out: a.out,
+        threads: a.common.threads()?,
+        progress: !a.common.quiet,
+    };
+    let (report, written) = sisa::bench::run(&opts)?;
+    print!("{}", sisa::bench::report::markdown(&report));
+    eprintln!(
+        "sisa bench: wrote {}, {} and {} plots in {:.0}s",
+        written.json.display(),
+        written.markdown.display(),
+        written.plots.len(),
+        report.seconds
+    );
+    Ok(0)
+}
+
+/// A short name for a data file: `fashion-mnist` for the Debian package's files, else the
+/// file's stem.
+fn dataset_name(p: &Path) -> String {
+    if p.starts_with(sisa::bench::FASHION_MNIST_DIR) {
+        return "fashion-mnist".into();
+    }
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("data");
+    name.split('.').next().unwrap_or(name).to_string()
+}
+
+fn cmd_audit(a: AuditArgs) -> Result<i32> {
+    let (run, _ledger, lock) = open(&a.run)?;
+    let opts = sisa::audit::AuditOptions {
+        bootstrap: a.bootstrap,
+        null_draws: a.bootstrap,
+        seed: a.seed,
+        ..Default::default()
+    };
+    let r = sisa::audit::audit_files(&run, &a.members, &a.nonmembers, &opts)?;
+    drop(lock);
+    if a.json {
+        print_json(&serde_json::to_value(&r)?);
+        return Ok(0);
+    }
+    let est = |e: &sisa::audit::Estimate| format!("{:.3} [{:.3}, {:.3}]", e.value, e.lo, e.hi);
+    println!(
+        "version {}: {} members (mean loss {:.4}) vs {} nonmembers (mean loss {:.4})",
+        run.manifest.version, r.members, r.member_mean_loss, r.nonmembers, r.nonmember_mean_loss
+    );
+    println!("  AUC              {}", est(&r.auc));
+    println!("  TPR at 1% FPR    {}", est(&r.tpr_at_1pct_fpr));
+    println!("  TPR at 0.1% FPR  {}", est(&r.tpr_at_0_1pct_fpr));
+    println!(
+        "  null interval    [{:.3}, {:.3}] (AUC of never-seen vs never-seen: {})",
+        r.null_interval[0], r.null_interval[1], r.null_from
+    );
+    println!(
+        "verdict: {}",
+        match r.verdict {
+            sisa::audit::Verdict::Separates =>
+                "members SEPARATE from nonmembers: the attack recognises them",
+            sisa::audit::Verdict::Indistinguishable =>
+                "members are indistinguishable from nonmembers (AUC inside the null interval)",
+            sisa::audit::Verdict::Inconclusive =>
+                "inconclusive: the AUC is outside the null interval but not clearly above it",
+        }
+    );
+    Ok(0)
+}
+
 /// Find a bundled file: relative to the working directory, then to the source tree.
 fn bundled(rel: &str) -> Option<PathBuf> {
     let here = PathBuf::from(rel);
@@ -834,6 +1046,9 @@ fn quickstart(a: QuickstartArgs) -> Result<i32> {
     let targs = TrainArgs {
         data: train_csv.clone(),
         test: Some(test_csv),
+        labels: None,
+        test_labels: None,
+        users: None,
         model,
         shards,
         slices,

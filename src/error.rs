@@ -81,6 +81,15 @@ pub enum Error {
         message: String,
     },
 
+    /// A benchmark report or plot that cannot be written.
+    #[error("{path}: cannot write the report: {message}")]
+    Report {
+        /// The file being written.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+
     /// The ledger of deletion requests is damaged or does not chain.
     #[error("ledger {path}, line {line}: {message}")]
     Ledger {

@@ -7,7 +7,8 @@
 //! scratch without the user.
 //!
 //! - [`error`]: one error type that names the file, line, column, shard or request at fault.
-//! - [`data`]: CSV ingest with validation, the checksummed row store, HMAC user keys.
+//! - [`data`]: CSV and IDX ingest with validation, seeded user rules for data without users,
+//!   the checksummed row store, HMAC user keys.
 //! - [`plan`]: pure functions for shard and slice assignment, stage epochs and lineage hashes.
 //! - [`model`]: model presets and the dense networks they describe, with hand-derived gradients.
 //! - [`train`]: deterministic, seeded, shard-parallel training with our own optimizers.
@@ -18,8 +19,14 @@
 //! - [`serve`]: the Open Inference Protocol (v2) server: atomic hot swap of published versions,
 //!   deletion requests over an authenticated endpoint, shards under deletion left out of the vote.
 //! - [`verify`]: the certificate: retrain from scratch and compare bitwise with what is published.
+//! - [`audit`]: membership inference by loss threshold: AUC, TPR at fixed FPR, bootstrap and
+//!   never-seen (null) intervals; tells whether forgotten rows look like rows never trained on.
+//! - [`bench`]: unlearning vs retraining from scratch, accuracy vs shards, the SISA formulas
+//!   beside the measurements, training throughput vs peak; results.json, Markdown and plots.
 #![warn(missing_docs)]
 
+pub mod audit;
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod ensemble;

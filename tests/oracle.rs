@@ -31,6 +31,9 @@ fn options(data: &Path, out: &Path, preset: &str, shard_by: ShardBy, seed: u64) 
     TrainOptions {
         data: data.to_path_buf(),
         test: None,
+        labels: None,
+        test_labels: None,
+        users: None,
         model,
         shards: 3,
         slices: 3,

@@ -240,7 +240,10 @@ pub fn read_csv(path: &Path, columns: &Columns, user: Need, label: Need) -> Resu
     let names = for_each_row(path, columns, user, label, |r| {
         table.x.extend_from_slice(r.features);
         if let Some(u) = r.user {
-            table.user_ids.get_or_insert_with(Vec::new).push(u.to_string());
+            table
+                .user_ids
+                .get_or_insert_with(Vec::new)
+                .push(u.to_string());
         }
         if let Some(l) = r.label {
             table.labels.get_or_insert_with(Vec::new).push(l);
@@ -262,7 +265,10 @@ pub fn for_each_row(
     mut on_row: impl FnMut(Record<'_>) -> Result<()>,
 ) -> Result<Vec<String>> {
     let reader = open_maybe_gz(path)?;
-    let mut csv = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(reader);
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(reader);
     let map_csv = |e: csv::Error| {
         let line = e.position().map(|p| p.line());
         Error::input(path, line, None, format!("unreadable CSV: {e}"))
@@ -278,7 +284,12 @@ pub fn for_each_row(
             return Err(Error::input(path, Some(1), None, "a header field is empty"));
         }
         if !seen.insert(name.as_str()) {
-            return Err(Error::input(path, Some(1), Some(name), "duplicate column name"));
+            return Err(Error::input(
+                path,
+                Some(1),
+                Some(name),
+                "duplicate column name",
+            ));
         }
     }
     let find = |name: &str, need: Need, role: &str| -> Result<Option<usize>> {
@@ -295,8 +306,9 @@ pub fn for_each_row(
     };
     let user_col = find(&columns.user, user, "user id")?;
     let label_col = find(&columns.label, label, "label")?;
-    let feature_cols: Vec<usize> =
-        (0..names.len()).filter(|&i| Some(i) != user_col && Some(i) != label_col).collect();
+    let feature_cols: Vec<usize> = (0..names.len())
+        .filter(|&i| Some(i) != user_col && Some(i) != label_col)
+        .collect();
     if feature_cols.is_empty() {
         return Err(Error::input(path, Some(1), None, "no feature columns"));
     }
@@ -312,17 +324,27 @@ pub fn for_each_row(
                 path,
                 Some(line),
                 None,
-                format!("expected {} fields as in the header, found {}", names.len(), record.len()),
+                format!(
+                    "expected {} fields as in the header, found {}",
+                    names.len(),
+                    record.len()
+                ),
             ));
         }
         for (v, &c) in features.iter_mut().zip(&feature_cols) {
-            *v = parse_feature(&record[c]).map_err(|m| Error::input(path, Some(line), Some(&names[c]), m))?;
+            *v = parse_feature(&record[c])
+                .map_err(|m| Error::input(path, Some(line), Some(&names[c]), m))?;
         }
         let user = match user_col {
             Some(c) => {
                 let id = record[c].trim();
                 if id.is_empty() {
-                    return Err(Error::input(path, Some(line), Some(&names[c]), "empty user id"));
+                    return Err(Error::input(
+                        path,
+                        Some(line),
+                        Some(&names[c]),
+                        "empty user id",
+                    ));
                 }
                 Some(id)
             }
@@ -330,15 +352,26 @@ pub fn for_each_row(
         };
         let label = match label_col {
             Some(c) => Some(
-                parse_label(&record[c]).map_err(|m| Error::input(path, Some(line), Some(&names[c]), m))?,
+                parse_label(&record[c])
+                    .map_err(|m| Error::input(path, Some(line), Some(&names[c]), m))?,
             ),
             None => None,
         };
-        on_row(Record { line, user, label, features: &features })?;
+        on_row(Record {
+            line,
+            user,
+            label,
+            features: &features,
+        })?;
         rows += 1;
     }
     if rows == 0 {
-        return Err(Error::input(path, None, None, "no data rows after the header"));
+        return Err(Error::input(
+            path,
+            None,
+            None,
+            "no data rows after the header",
+        ));
     }
     Ok(feature_cols.iter().map(|&i| names[i].clone()).collect())
 }

@@ -32,7 +32,12 @@ impl<'a> Placer<'a> {
     /// An empty placer for rows of `dim` features. A row's position among its user's rows
     /// counts from `existing[key]` (rows of that user the run already holds), so rows added
     /// later get identities of their own.
-    pub fn new(placement: Placement, secret: &'a Secret, existing: &'a HashMap<UserKey, u32>, dim: usize) -> Self {
+    pub fn new(
+        placement: Placement,
+        secret: &'a Secret,
+        existing: &'a HashMap<UserKey, u32>,
+        dim: usize,
+    ) -> Self {
         Placer {
             placement,
             secret,
@@ -86,8 +91,14 @@ pub fn place_rows(
     secret: &Secret,
     existing: &HashMap<UserKey, u32>,
 ) -> Result<Vec<Rows>> {
-    let ids = table.user_ids.as_ref().expect("training tables have a user column");
-    let labels = table.labels.as_ref().expect("training tables have a label column");
+    let ids = table
+        .user_ids
+        .as_ref()
+        .expect("training tables have a user column");
+    let labels = table
+        .labels
+        .as_ref()
+        .expect("training tables have a label column");
     let mut placer = Placer::new(placement, secret, existing, table.dim());
     for i in 0..table.len() {
         placer.push(&ids[i], labels[i], table.row(i));

@@ -12,9 +12,9 @@ pub use progress::Progress;
 pub use shard::ShardData;
 
 use crate::checkpoint::{model_digest, Checkpoint};
-use crate::data::csv::{self, Columns, Need};
+use crate::data::csv::{Columns, Table};
 use crate::data::ingest::{self, Placement};
-use crate::data::{Rows, Secret};
+use crate::data::{self, Role, Rows, Secret, UserRule};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use crate::plan::{self, ShardBy};
@@ -109,10 +109,17 @@ pub fn default_threads() -> usize {
 /// Everything `sisa train` needs.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
-    /// Training CSV.
+    /// Training data: a CSV, or an IDX images file.
     pub data: PathBuf,
-    /// Held-out CSV.
+    /// Held-out data, in the same format.
     pub test: Option<PathBuf>,
+    /// Labels of an IDX `data` file. Default: the file beside it with the standard name.
+    pub labels: Option<PathBuf>,
+    /// Labels of an IDX `test` file. Default: the file beside it with the standard name.
+    pub test_labels: Option<PathBuf>,
+    /// Rule giving rows users, for data without a user column (IDX, or such a CSV). Default:
+    /// none; the data must then have a user column.
+    pub users: Option<UserRule>,
     /// Model preset with overrides applied.
     pub model: ModelSpec,
     /// Shards S.
@@ -179,20 +186,67 @@ fn check_out(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Read, validate and place the training (and held-out) data of a new run.
-pub fn ingest(opts: &TrainOptions) -> Result<(RunConfig, Secret, Vec<Rows>, Option<Rows>)> {
-    check_counts(opts.shards, opts.slices)?;
-    opts.model.validate().map_err(Error::Config)?;
-    check_out(&opts.out)?;
-    let train = csv::read_csv(&opts.data, &opts.columns, Need::Required, Need::Required)?;
+/// Read and validate the training and held-out files that `opts` names.
+pub fn read_tables(opts: &TrainOptions) -> Result<(Table, Option<Table>)> {
+    let users = opts.users.as_ref();
+    let train = data::read_labelled(
+        &opts.data,
+        opts.labels.as_deref(),
+        &opts.columns,
+        users,
+        opts.seed,
+        Role::Train,
+    )?;
     let test = match &opts.test {
         Some(p) => {
-            let t = csv::read_csv(p, &opts.columns, Need::Required, Need::Required)?;
+            let t = data::read_labelled(
+                p,
+                opts.test_labels.as_deref(),
+                &opts.columns,
+                users,
+                opts.seed,
+                Role::HeldOut,
+            )?;
             t.check_features(&train.feature_names, "training file")?;
             Some(t)
         }
         None => None,
     };
+    Ok((train, test))
+}
+
+/// Read, validate and place the training (and held-out) data of a new run.
+pub fn ingest(opts: &TrainOptions) -> Result<(RunConfig, Secret, Vec<Rows>, Option<Rows>)> {
+    check_counts(opts.shards, opts.slices)?;
+    opts.model.validate().map_err(Error::Config)?;
+    check_out(&opts.out)?;
+    let (train, test) = read_tables(opts)?;
+    ingest_tables(opts, &train, test.as_ref())
+}
+
+/// Validate and place already-read tables (every row with a user and a label) for a new run
+/// configured by `opts`; `opts.data` and `opts.test` are not read.
+pub fn ingest_tables(
+    opts: &TrainOptions,
+    train: &Table,
+    test: Option<&Table>,
+) -> Result<(RunConfig, Secret, Vec<Rows>, Option<Rows>)> {
+    check_counts(opts.shards, opts.slices)?;
+    opts.model.validate().map_err(Error::Config)?;
+    check_out(&opts.out)?;
+    for t in std::iter::once(train).chain(test) {
+        if t.user_ids.is_none() || t.labels.is_none() {
+            return Err(Error::input(
+                &t.path,
+                None,
+                None,
+                "rows need a user and a label",
+            ));
+        }
+    }
+    if let Some(t) = test {
+        t.check_features(&train.feature_names, "training file")?;
+    }
     let max_label = train
         .labels
         .iter()
@@ -240,8 +294,8 @@ pub fn ingest(opts: &TrainOptions) -> Result<(RunConfig, Secret, Vec<Rows>, Opti
         shards: opts.shards,
         shard_by: opts.shard_by,
     };
-    let shards = ingest::place_rows(&train, placement, &secret, &HashMap::new())?;
-    let test_rows = match &test {
+    let shards = ingest::place_rows(train, placement, &secret, &HashMap::new())?;
+    let test_rows = match test {
         Some(t) => {
             let mut one = ingest::place_rows(
                 t,
@@ -264,7 +318,20 @@ pub fn ingest(opts: &TrainOptions) -> Result<(RunConfig, Secret, Vec<Rows>, Opti
 /// The run is built in a sibling temp directory and renamed into place at the end, so a
 /// failure at any point leaves `--out` as it was.
 pub fn train_run(opts: &TrainOptions) -> Result<TrainSummary> {
-    let (config, secret, shards, test) = ingest(opts)?;
+    check_counts(opts.shards, opts.slices)?;
+    opts.model.validate().map_err(Error::Config)?;
+    check_out(&opts.out)?;
+    let (train, test) = read_tables(opts)?;
+    train_tables(opts, &train, test.as_ref())
+}
+
+/// [`train_run`] on tables already in memory (the benchmark trains many runs on one file).
+pub fn train_tables(
+    opts: &TrainOptions,
+    train: &Table,
+    test: Option<&Table>,
+) -> Result<TrainSummary> {
+    let (config, secret, shards, test) = ingest_tables(opts, train, test)?;
     let parent = opts
         .out
         .parent()

@@ -66,7 +66,10 @@ impl RunLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                eprintln!("sisa: waiting for another process working on {} to finish", root.display());
+                eprintln!(
+                    "sisa: waiting for another process working on {} to finish",
+                    root.display()
+                );
                 file.lock().map_err(|e| Error::io(&path, e))?;
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
