@@ -100,6 +100,26 @@ pub fn place_rows(
         .as_ref()
         .expect("training tables have a label column");
     let mut placer = Placer::new(placement, secret, existing, table.dim());
+    // Size every shard exactly first: growing by doubling would hold up to twice the data.
+    let mut counts = vec![0usize; placement.shards];
+    let mut seqs: HashMap<&str, u32> = HashMap::new();
+    for id in ids {
+        let shard = match placement.shard_by {
+            ShardBy::User => plan::shard_of_user(placement.seed, id, placement.shards),
+            ShardBy::Row => {
+                let seq = seqs
+                    .entry(id)
+                    .or_insert_with(|| existing.get(&secret.key(id)).copied().unwrap_or(0));
+                let tag = plan::row_tag(placement.seed, id, *seq);
+                *seq += 1;
+                plan::shard_of_row(placement.seed, tag, placement.shards)
+            }
+        };
+        counts[shard] += 1;
+    }
+    for (rows, n) in placer.shards.iter_mut().zip(counts) {
+        rows.reserve(n);
+    }
     for i in 0..table.len() {
         placer.push(&ids[i], labels[i], table.row(i));
     }

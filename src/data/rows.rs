@@ -60,6 +60,15 @@ impl Rows {
         }
     }
 
+    /// Make room for `n` more rows, exactly.
+    pub fn reserve(&mut self, n: usize) {
+        self.keys.reserve_exact(n);
+        self.seqs.reserve_exact(n);
+        self.tags.reserve_exact(n);
+        self.labels.reserve_exact(n);
+        self.x.reserve_exact(n * self.dim);
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -101,6 +110,7 @@ impl Rows {
         let mut order: Vec<usize> = (0..self.len()).collect();
         order.sort_by_key(|&i| self.tags[i]);
         let mut out = Rows::new(self.dim);
+        out.reserve(order.len());
         for i in order {
             out.push_from(self, i);
         }

@@ -321,8 +321,13 @@ pub fn train_run(opts: &TrainOptions) -> Result<TrainSummary> {
     check_counts(opts.shards, opts.slices)?;
     opts.model.validate().map_err(Error::Config)?;
     check_out(&opts.out)?;
-    let (train, test) = read_tables(opts)?;
-    train_tables(opts, &train, test.as_ref())
+    // The parsed files are dropped once their rows are placed: training holds one copy of
+    // the data, in the shards.
+    let placed = {
+        let (train, test) = read_tables(opts)?;
+        ingest_tables(opts, &train, test.as_ref())?
+    };
+    train_placed(opts, placed)
 }
 
 /// [`train_run`] on tables already in memory (the benchmark trains many runs on one file).
@@ -331,7 +336,14 @@ pub fn train_tables(
     train: &Table,
     test: Option<&Table>,
 ) -> Result<TrainSummary> {
-    let (config, secret, shards, test) = ingest_tables(opts, train, test)?;
+    train_placed(opts, ingest_tables(opts, train, test)?)
+}
+
+/// Build, train and publish a run from placed rows.
+fn train_placed(
+    opts: &TrainOptions,
+    (config, secret, shards, test): (RunConfig, Secret, Vec<Rows>, Option<Rows>),
+) -> Result<TrainSummary> {
     let parent = opts
         .out
         .parent()
