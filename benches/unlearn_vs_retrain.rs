@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
         shards: vec![1, 5, 10, 20],
         slices: vec![1, 5, 10],
         requests: vec![1, 8],
-        samples: 30,
+        samples: 50,
         seed: 7,
         row_sharding: true,
         audit: true,

@@ -342,7 +342,7 @@ struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     requests: Vec<usize>,
     /// Random single-user requests planned per configuration for the formula check.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 50)]
     samples: usize,
     /// Seed of the runs and of every random choice.
     #[arg(long, default_value_t = 7)]

@@ -71,7 +71,7 @@ pub struct BenchOptions {
     pub slices: Vec<usize>,
     /// Users per experiment K. Default: 1, 8.
     pub requests: Vec<usize>,
-    /// Random single-user requests planned per configuration for the formula check. Default: 30.
+    /// Random single-user requests planned per configuration for the formula check. Default: 50.
     pub samples: usize,
     /// Seed of the runs and of every random choice. Default: 7.
     pub seed: u64,
@@ -194,6 +194,8 @@ struct Context<'a> {
     user_rows: Vec<u32>,
     /// Random distinct users: the formula check's requests, then the experiments'.
     sample: Vec<String>,
+    /// Row counts of `sample`.
+    sample_rows: Vec<u32>,
     /// Single-core rows×epochs per second for baseline wall times.
     rate: f64,
     rate_from: String,
@@ -459,6 +461,14 @@ impl Context<'_> {
         let epochs = &run.config.stage_epochs;
         let users_one =
             formula::users_rows_epochs(total_rows, shards, epochs, 1, &self.user_rows, shard_by);
+        let sampled = formula::users_rows_epochs(
+            total_rows,
+            shards,
+            epochs,
+            1,
+            &self.sample_rows[..o.samples],
+            shard_by,
+        );
         let paper_one = formula::paper_rows_epochs(total_rows, shards, epochs, 1);
         let max_k = self.opts.requests.iter().copied().max().unwrap_or(1);
         let worst = self.worst_users(&run, &rows, max_k);
@@ -542,6 +552,8 @@ impl Context<'_> {
                 measured_stderr: (var / n).sqrt(),
                 expected_users: users_one,
                 ratio_users: mean / users_one,
+                expected_sampled: sampled,
+                ratio_sampled: mean / sampled,
                 expected_paper: paper_one,
                 ratio_paper: mean / paper_one,
                 within_10pct: (mean / users_one - 1.0).abs() <= 0.10,
@@ -706,6 +718,7 @@ pub fn run(opts: &BenchOptions) -> Result<(Report, Written)> {
         order.swap(i, j);
     }
     let sample = order[..want].iter().map(|&i| users[i].clone()).collect();
+    let sample_rows = order[..want].iter().map(|&i| user_rows[i]).collect();
 
     // Throughput first: it also gives the baseline rate until an S=1, R=1 run measures it.
     steps.start("measuring the fp32 peak and training throughput".into());
@@ -762,10 +775,11 @@ pub fn run(opts: &BenchOptions) -> Result<(Report, Written)> {
         .sum::<f64>()
         / rate;
     steps.say(format!(
-        "{} configurations; at {:.0} rows×epochs/s per core this takes roughly {:.0} minutes",
+        "{} configurations; their training and retraining alone take about {:.0} minutes at \
+         {:.0} rows×epochs/s per core (reading, checking and writing row files add to it)",
         configs.len(),
-        rate,
-        estimate / 60.0
+        estimate / 60.0,
+        rate
     ));
 
     let mut ctx = Context {
@@ -775,6 +789,7 @@ pub fn run(opts: &BenchOptions) -> Result<(Report, Written)> {
         users,
         user_rows,
         sample,
+        sample_rows,
         rate,
         rate_from: format!(
             "the throughput measurement of the {} preset (one thread)",
@@ -883,13 +898,24 @@ fn notes(opts: &BenchOptions, ctx: &Context, max_r: usize) -> Vec<String> {
          requests are expected to cost K times one."
             .into(),
         format!(
-            "Formula check: {} random users per configuration, each planned alone with \
-             `unlearn::plan_unlearning` against the trained run (a dry run; the plan's cost is \
-             what the executor retrains, and 'plan_equals_receipt' in results.json confirms it \
-             for the executed single request). The formulas assume N/S rows per shard in R equal \
-             slices; users are hashed to shards and rows to slices, so sizes vary by a few percent.",
+            "Formula check: the same {} random users in every configuration, each planned alone \
+             with `unlearn::plan_unlearning` against the trained run (a dry run; the plan's cost \
+             is what the executor retrains, and 'plan_equals_receipt' in results.json confirms it \
+             for the executed single request). 'expected (users)' is the expectation for a random \
+             user of the data; 'expected (these users)' the expectation given the sampled users' \
+             own row counts, which leaves only the randomness of shards and slices (and, since \
+             the same users serve every configuration, their errors are correlated). The formulas \
+             assume N/S rows per shard in R equal slices; users are hashed to shards and rows to \
+             slices, so sizes vary by a few percent.",
             opts.samples
         ),
+        "Throughput: one thread trains the first 16,384 rows for 2 epochs in memory with the \
+         real trainer, best of three; FLOPs per sample count the dense layers' multiply-adds \
+         (forward, weight gradient, input gradient), so activations, softmax and the optimizer \
+         are left out and the fraction of peak is slightly understated. The peak is an AVX2 FMA \
+         loop on one thread, then on every thread at once; the second figure is only as good as \
+         the cores were free."
+            .into(),
         "Worst case: K users chosen greedily, each adding the most retraining given those \
          before it: users with a row in the first slice of a shard no earlier user has hit."
             .into(),

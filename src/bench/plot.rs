@@ -52,6 +52,8 @@ pub struct Chart {
     pub log_y: bool,
     /// Draw the line y = x.
     pub diagonal: bool,
+    /// Where the legend goes: a corner the data leaves empty.
+    pub legend: SeriesLabelPosition,
     /// The series.
     pub series: Vec<Series>,
 }
@@ -178,7 +180,7 @@ where
                 }
             }
             ctx.configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
+                .position(chart.legend.clone())
                 .label_font(("sans-serif", 14))
                 .background_style(WHITE.mix(0.85))
                 .border_style(RGBColor(180, 180, 180))
@@ -318,6 +320,7 @@ pub fn all(dir: &Path, r: &Report) -> Result<Vec<PathBuf>> {
             log_x: true,
             log_y: true,
             diagonal: false,
+            legend: SeriesLabelPosition::UpperLeft,
             series,
         },
     )?);
@@ -354,6 +357,7 @@ pub fn all(dir: &Path, r: &Report) -> Result<Vec<PathBuf>> {
             log_x: true,
             log_y: false,
             diagonal: false,
+            legend: SeriesLabelPosition::LowerLeft,
             series,
         },
     )?);
@@ -414,6 +418,7 @@ pub fn all(dir: &Path, r: &Report) -> Result<Vec<PathBuf>> {
             log_x: true,
             log_y: true,
             diagonal: true,
+            legend: SeriesLabelPosition::LowerRight,
             series,
         },
     )?);

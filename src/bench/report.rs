@@ -145,6 +145,11 @@ pub struct FormulaCheck {
     pub expected_users: f64,
     /// `measured_mean / expected_users`.
     pub ratio_users: f64,
+    /// Expected rows×epochs for the sampled users themselves, given their row counts: what is
+    /// left of the difference is the randomness of shards and slices.
+    pub expected_sampled: f64,
+    /// `measured_mean / expected_sampled`.
+    pub ratio_sampled: f64,
     /// The paper's expected rows×epochs for one row.
     pub expected_paper: f64,
     /// `measured_mean / expected_paper`.
@@ -397,14 +402,17 @@ pub fn markdown(r: &Report) -> String {
     );
     md!(
         s,
-        "| sharding | S | R | requests | measured mean ± s.e. | expected (users) | measured / expected | expected (SISA, 1 row) | measured / SISA | within 10% |"
+        "| sharding | S | R | requests | measured mean ± s.e. | expected (users) | measured / expected | within 10% | expected (these users) | measured / these | expected (SISA, 1 row) | measured / SISA |"
     );
-    md!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    md!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    );
     for c in &r.configs {
         let f = &c.formula_check;
         md!(
             s,
-            "| {} | {} | {} | {} | {} ± {} | {} | {:.3} | {} | {:.3} | {} |",
+            "| {} | {} | {} | {} | {} ± {} | {} | {:.3} | {} | {} | {:.3} | {} | {:.3} |",
             by(c.shard_by),
             c.shards,
             c.slices,
@@ -413,9 +421,11 @@ pub fn markdown(r: &Report) -> String {
             sci(f.measured_stderr),
             sci(f.expected_users),
             f.ratio_users,
+            if f.within_10pct { "yes" } else { "no" },
+            sci(f.expected_sampled),
+            f.ratio_sampled,
             sci(f.expected_paper),
             f.ratio_paper,
-            if f.within_10pct { "yes" } else { "no" }
         );
     }
     md!(s, "\n## Training throughput\n");
@@ -633,6 +643,8 @@ pub(crate) mod tests {
                     measured_stderr: 100.0,
                     expected_users: one as f64 * 0.92,
                     ratio_users: 0.9 / 0.92,
+                    expected_sampled: one as f64 * 0.91,
+                    ratio_sampled: 0.9 / 0.91,
                     expected_paper: one as f64 * 0.7,
                     ratio_paper: 0.9 / 0.7,
                     within_10pct: true,
@@ -733,6 +745,7 @@ pub(crate) mod tests {
             "time (s)",
             "rows×epochs",
             "expected (users)",
+            "expected (these users)",
             "expected (SISA, 1 row each)",
             "speed-up (rows×epochs)",
             "speed-up (wall)",
@@ -749,7 +762,7 @@ pub(crate) mod tests {
         assert!(md.contains("| user | 5 | 1 | random | 8 | sequential | 24 | 8 | 0.50 | 96,000 |"));
         assert!(md.contains("| row | 5 | 4 | worst | 8 | batched |"));
         assert!(md.contains(
-            "| user | 1 | 1 | 20 | 54,000 ± 100 | 55,200 | 0.978 | 42,000 | 1.286 | yes |"
+            "| user | 1 | 1 | 20 | 54,000 ± 100 | 55,200 | 0.978 | yes | 54,600 | 0.989 | 42,000 | 1.286 |"
         ));
         assert!(md.contains("| mlp | 101,770 | 409,088 | 80,000 | 32.70 | 51.1% |"));
         assert!(md.contains("0.620 [0.590, 0.650]"));

@@ -71,8 +71,10 @@ mod failpoints {
                 .append(true)
                 .open(log)
             {
-                // The log is a test aid; a failure to write it must not change behaviour.
-                let _ = writeln!(f, "{name}:{n}");
+                // One write per line, so lines from shards training side by side never
+                // interleave. The log is a test aid; a failure to write it must not change
+                // behaviour.
+                let _ = f.write_all(format!("{name}:{n}\n").as_bytes());
             }
         }
         if let Ok(spec) = std::env::var("SISA_FAILPOINT") {
