@@ -21,7 +21,7 @@
 //! - [`verify`]: the certificate: retrain from scratch and compare bitwise with what is published.
 //! - [`audit`]: membership inference by loss threshold: AUC, TPR at fixed FPR, bootstrap and
 //!   never-seen (null) intervals; tells whether forgotten rows look like rows never trained on.
-//! - [`bench`]: unlearning vs retraining from scratch, accuracy vs shards, the SISA formulas
+//! - [`bench`](mod@bench): unlearning vs retraining from scratch, accuracy vs shards, the SISA formulas
 //!   beside the measurements, training throughput vs peak; results.json, Markdown and plots.
 #![warn(missing_docs)]
 

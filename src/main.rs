@@ -9,6 +9,13 @@ mod cli;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // Output piped into `head` ends quietly, as with any Unix tool, instead of a panic on
+    // the broken pipe.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = <cli::Cli as clap::Parser>::parse();
     match cli::run(args) {
         Ok(code) => std::process::exit(code),
