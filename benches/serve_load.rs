@@ -221,15 +221,7 @@ fn main() {
         .map(|(_, _, x)| x)
         .collect();
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let cpu = sisa::run::config::cpu_model();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("\n`sisa serve` on loopback: mnist-5k (784 features, 10 classes), MLP 784-128-10, S={SHARDS} shards, R=4.");
     println!("{cpu}, {cores} cores shared by server and clients; {clients} keep-alive clients, {seconds} s per row.\n");

@@ -699,14 +699,14 @@ fn cmd_unlearn(a: UnlearnArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    drop((shards, test));
     let started = Instant::now();
     let request = unlearn::accept(&mut ledger, keys)?;
     eprintln!(
         "sisa: request {request} accepted and recorded in {}",
         ledger.path().display()
     );
-    let receipt = unlearn::complete(&mut run, &mut ledger, request, &opts)?;
+    let loaded = Some((run.manifest.version, shards, test));
+    let receipt = unlearn::complete_with_rows(&mut run, &mut ledger, request, &opts, loaded)?;
     let receipt_path = run.dir.path(sisa::run::RunFile::Receipt(request));
     if a.json {
         let mut v = serde_json::to_value(&receipt)?;

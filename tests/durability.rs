@@ -520,3 +520,36 @@ fn replaying_a_request_gives_the_same_result_as_once() {
     assert_eq!(digests(&run), d);
     assert_eq!(tree_digest(&run), once);
 }
+
+#[test]
+fn add_and_receipt_verify_refuse_bad_files_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = train(tmp.path(), "run", None, &[]);
+    let r = run.to_str().unwrap();
+    let before = tree_digest(&run);
+    let wrong = tmp.path().join("more.csv");
+    std::fs::write(&wrong, "user_id,label,x\nnew-user,1,2\n").unwrap();
+    fails_with(
+        &["add", "--run", r, "--data", wrong.to_str().unwrap()],
+        &["more.csv", "line 1", "feature column 1 is 'x'"],
+    );
+    let csv = Csv::read(&digits().0);
+    let line = csv.lines[0].splitn(3, ',').collect::<Vec<_>>();
+    let bad_label = tmp.path().join("label.csv");
+    std::fs::write(
+        &bad_label,
+        format!("{}\nnew-user,{},{}\n", csv.header, 42, line[2]),
+    )
+    .unwrap();
+    fails_with(
+        &["add", "--run", r, "--data", bad_label.to_str().unwrap()],
+        &["label.csv", "line 2", "label 42 is not a class"],
+    );
+    let garbage = tmp.path().join("receipt.json");
+    std::fs::write(&garbage, "{\"not\": \"a receipt\"}").unwrap();
+    fails_with(
+        &["receipt", "verify", "--run", r, garbage.to_str().unwrap()],
+        &["receipt.json", "not a sisa receipt"],
+    );
+    assert_eq!(tree_digest(&run), before);
+}

@@ -215,6 +215,19 @@ pub fn complete(
     r: RequestId,
     opts: &Options,
 ) -> Result<Receipt> {
+    complete_with_rows(run, ledger, r, opts, None)
+}
+
+/// [`complete`], reusing every shard's rows and the held-out rows already loaded (by
+/// [`load_rows`]) for the published version `rows.0`, so a fresh request reads the data once.
+/// The rows are used only if that version is still the published one.
+pub fn complete_with_rows(
+    run: &mut Run,
+    ledger: &mut Ledger,
+    r: RequestId,
+    opts: &Options,
+    rows: Option<(u64, Vec<Rows>, Option<Rows>)>,
+) -> Result<Receipt> {
     let users: Vec<UserKey> = ledger
         .users(r)
         .ok_or_else(|| Error::Request(format!("request {r} is not in the ledger")))?
@@ -222,7 +235,11 @@ pub fn complete(
     run.reload()?;
     if run.manifest.applied_request < r {
         let rolled_back = ledger.find(r, "published").is_some();
-        let version = apply(run, ledger, r, &users, opts)?;
+        let loaded = match rows {
+            Some((version, shards, test)) if version == run.manifest.version => (shards, test),
+            _ => load_rows(run)?,
+        };
+        let version = apply(run, ledger, r, &users, loaded, opts)?;
         if rolled_back {
             ledger.append(r, Event::Reapplied { version })?;
         } else {
@@ -294,9 +311,9 @@ fn apply(
     ledger: &mut Ledger,
     r: RequestId,
     users: &[UserKey],
+    (shards, test): (Vec<Rows>, Option<Rows>),
     opts: &Options,
 ) -> Result<u64> {
-    let (shards, test) = load_rows(run)?;
     let plan = plan_unlearning(run, users, &shards, test.as_ref());
     append_once(
         ledger,
