@@ -76,9 +76,7 @@ pub fn model_digest(net: &Network) -> String {
         for s in shape {
             h.update((s as u64).to_le_bytes());
         }
-        for v in values {
-            h.update(v.to_le_bytes());
-        }
+        crate::data::rows::update_f32(&mut h, values);
     }
     hex::encode(h.finalize())
 }

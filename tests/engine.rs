@@ -210,6 +210,49 @@ fn one_user_at_ten_shards_retrains_at_most_a_tenth() {
 }
 
 #[test]
+fn the_avx2_and_baseline_builds_of_the_elementwise_loops_train_the_same_bits() {
+    // SISA_SCALAR=1 (honoured by test builds only) keeps every element-wise loop on the
+    // baseline instruction set; by default they run on AVX2 where the CPU has it.
+    let tmp = tempfile::tempdir().unwrap();
+    let (train_csv, _) = digits();
+    let relu = tmp.path().join("relu.toml");
+    let mlp = std::fs::read_to_string(root().join("models/mlp.toml")).unwrap();
+    std::fs::write(&relu, mlp.replace("\"tanh\"", "\"relu\"")).unwrap();
+    for (m, model) in [
+        "models/mlp.toml".to_string(),
+        "models/logreg.toml".to_string(),
+        relu.to_str().unwrap().to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut runs = Vec::new();
+        for scalar in ["0", "1"] {
+            let out = tmp.path().join(format!("run-{m}-{scalar}"));
+            let status = std::process::Command::new(env!("CARGO_BIN_EXE_sisa"))
+                .args([
+                    "train",
+                    "--data",
+                    train_csv.to_str().unwrap(),
+                    "--model",
+                    model,
+                ])
+                .args([
+                    "--shards", "2", "--slices", "2", "--epochs", "3", "-q", "--out",
+                ])
+                .arg(&out)
+                .env("SISA_SCALAR", scalar)
+                .current_dir(root())
+                .status()
+                .unwrap();
+            assert!(status.success(), "{model} with SISA_SCALAR={scalar}");
+            runs.push(digests(&out));
+        }
+        assert_eq!(runs[0], runs[1], "{model}");
+    }
+}
+
+#[test]
 fn training_is_bitwise_identical_for_any_thread_count_and_seed_dependent() {
     let tmp = tempfile::tempdir().unwrap();
     let (train_csv, _) = digits();

@@ -13,6 +13,18 @@ use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::path::Path;
 
+/// Feed `values` to `h` as little-endian bytes, a block at a time (one `update` per value
+/// costs more than the hashing itself).
+pub fn update_f32(h: &mut Sha256, values: &[f32]) {
+    let mut block = [0u8; 4096];
+    for chunk in values.chunks(block.len() / 4) {
+        for (b, v) in block.chunks_exact_mut(4).zip(chunk) {
+            b.copy_from_slice(&v.to_le_bytes());
+        }
+        h.update(&block[..chunk.len() * 4]);
+    }
+}
+
 const MAGIC: &[u8; 8] = b"SISAROWS";
 const VERSION: u32 = 1;
 const HEADER: usize = 8 + 4 + 4 + 8;
@@ -155,9 +167,7 @@ impl Rows {
             let h = &mut hashers[s];
             h.update(self.tags[i].to_le_bytes());
             h.update(self.labels[i].to_le_bytes());
-            for v in self.row(i) {
-                h.update(v.to_le_bytes());
-            }
+            update_f32(h, self.row(i));
         }
         let digests = hashers.into_iter().map(|h| h.finalize().into()).collect();
         SliceIndex {

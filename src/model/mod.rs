@@ -4,6 +4,7 @@
 //! epochs; a [`Network`] is its weights with the standardization learned from its shard.
 
 pub mod net;
+pub mod simd;
 pub mod spec;
 
 pub use net::{Dense, Network, Norm, Workspace};

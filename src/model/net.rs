@@ -4,6 +4,7 @@
 //! allocated once per shard, so a training step allocates nothing and its result depends only
 //! on its inputs: the same rows in the same order give the same bits, on any number of threads.
 
+use crate::model::simd;
 use crate::model::spec::Activation;
 use crate::train::rng::SplitMix64;
 
@@ -209,11 +210,17 @@ impl Network {
         let mut out = Vec::with_capacity(n * c);
         for start in (0..n).step_by(CHUNK) {
             let b = CHUNK.min(n - start);
-            for r in 0..b {
-                let i = start + r;
-                self.norm
-                    .apply(&x[i * d..(i + 1) * d], &mut xb[r * d..(r + 1) * d]);
-            }
+            simd::wide(
+                #[inline(always)]
+                || {
+                    for (row, out) in x[start * d..(start + b) * d]
+                        .chunks_exact(d)
+                        .zip(xb.chunks_exact_mut(d))
+                    {
+                        self.norm.apply(row, out);
+                    }
+                },
+            );
             self.forward(&mut ws, &xb[..b * d], b);
             out.extend_from_slice(&ws.acts.last().expect("at least one layer")[..b * c]);
         }
@@ -244,16 +251,22 @@ impl Network {
                 1.0,
                 out,
             );
-            if l < last {
-                match self.activation {
-                    Activation::Tanh => out.iter_mut().for_each(|v| *v = tanh(*v)),
-                    Activation::Relu => out.iter_mut().for_each(|v| *v = v.max(0.0)),
-                }
-            } else {
-                for row in out.chunks_exact_mut(layer.outputs) {
-                    softmax_in_place(row);
-                }
-            }
+            let activation = self.activation;
+            simd::wide(
+                #[inline(always)]
+                || {
+                    if l < last {
+                        match activation {
+                            Activation::Tanh => out.iter_mut().for_each(|v| *v = tanh(*v)),
+                            Activation::Relu => out.iter_mut().for_each(|v| *v = v.max(0.0)),
+                        }
+                    } else {
+                        for row in out.chunks_exact_mut(layer.outputs) {
+                            softmax_in_place(row);
+                        }
+                    }
+                },
+            );
         }
     }
 
@@ -267,16 +280,20 @@ impl Network {
         let mut loss = 0f64;
         let delta = &mut ws.delta[..b * c];
         let inv_b = 1.0 / b as f32;
-        for r in 0..b {
-            let p = &probs[r * c..(r + 1) * c];
-            let yr = y[r] as usize;
-            loss -= (p[yr].max(1e-30) as f64).ln();
-            let d = &mut delta[r * c..(r + 1) * c];
-            for (dv, pv) in d.iter_mut().zip(p) {
-                *dv = pv * inv_b;
-            }
-            d[yr] -= inv_b;
+        for (r, &yr) in y[..b].iter().enumerate() {
+            loss -= (probs[r * c + yr as usize].max(1e-30) as f64).ln();
         }
+        simd::wide(
+            #[inline(always)]
+            || {
+                for ((d, p), &yr) in delta.chunks_exact_mut(c).zip(probs.chunks_exact(c)).zip(y) {
+                    for (dv, pv) in d.iter_mut().zip(p) {
+                        *dv = pv * inv_b;
+                    }
+                    d[yr as usize] -= inv_b;
+                }
+            },
+        );
         for l in (0..self.layers.len()).rev() {
             let layer = &self.layers[l];
             let input = if l == 0 {
@@ -296,12 +313,17 @@ impl Network {
                 &mut ws.grad_w[l],
             );
             let gb = &mut ws.grad_b[l];
-            gb.copy_from_slice(&delta[..layer.outputs]);
-            for row in delta.chunks_exact(layer.outputs).skip(1) {
-                for (g, v) in gb.iter_mut().zip(row) {
-                    *g += v;
-                }
-            }
+            simd::wide(
+                #[inline(always)]
+                || {
+                    gb.copy_from_slice(&delta[..layer.outputs]);
+                    for row in delta.chunks_exact(layer.outputs).skip(1) {
+                        for (g, v) in gb.iter_mut().zip(row) {
+                            *g += v;
+                        }
+                    }
+                },
+            );
             if l > 0 {
                 // delta_prev = (delta · wᵀ) ⊙ act'(a_prev)
                 let prev = &mut ws.delta_prev[..b * layer.inputs];
@@ -315,20 +337,24 @@ impl Network {
                     prev,
                 );
                 let a_prev = &ws.acts[l - 1][..b * layer.inputs];
-                match self.activation {
-                    Activation::Tanh => {
-                        for (g, a) in prev.iter_mut().zip(a_prev) {
-                            *g *= 1.0 - a * a;
-                        }
-                    }
-                    Activation::Relu => {
-                        for (g, a) in prev.iter_mut().zip(a_prev) {
-                            if *a <= 0.0 {
-                                *g = 0.0;
+                let activation = self.activation;
+                simd::wide(
+                    #[inline(always)]
+                    || match activation {
+                        Activation::Tanh => {
+                            for (g, a) in prev.iter_mut().zip(a_prev) {
+                                *g *= 1.0 - a * a;
                             }
                         }
-                    }
-                }
+                        Activation::Relu => {
+                            for (g, a) in prev.iter_mut().zip(a_prev) {
+                                if *a <= 0.0 {
+                                    *g = 0.0;
+                                }
+                            }
+                        }
+                    },
+                );
                 std::mem::swap(&mut ws.delta, &mut ws.delta_prev);
             }
         }
@@ -376,14 +402,19 @@ pub fn tanh(x: f32) -> f32 {
 }
 
 /// `e^x` for x ≤ 0 (softmax after subtracting the row maximum), Cephes' `expf` polynomial with
-/// a range reduction by powers of two; relative error below 2e-7, plain IEEE operations only.
+/// a range reduction by powers of two; relative error below 2e-7. Plain IEEE and integer
+/// operations only (the rounding to an integer is the add-and-subtract of 1.5·2²³), so it
+/// vectorizes and depends on no platform's math library.
 #[inline(always)]
 pub fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0;
     let x = x.max(-87.0);
-    let n = (x * LOG2E + 0.5).floor();
+    // n = round(x / ln 2), in [-126, 0]; its two's complement sits in the low mantissa bits.
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -392,18 +423,19 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5e-1;
     let y = p * r * r + r + 1.0;
-    // 2^n for n in [-126, 0]: build the exponent bits directly.
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n: the biased exponent n + 127 placed in the exponent field.
+    let biased = shifted
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits())
+        .wrapping_add(127);
+    y * f32::from_bits(biased << 23)
 }
 
+#[inline(always)]
 fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in row.iter_mut() {
-        *v = exp_nonpositive(*v - max);
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
+    let max = simd::max(row);
+    row.iter_mut().for_each(|v| *v = exp_nonpositive(*v - max));
+    let inv = 1.0 / simd::sum(row);
     row.iter_mut().for_each(|v| *v *= inv);
 }
 

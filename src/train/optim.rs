@@ -3,7 +3,7 @@
 //! The state (velocities or moments, and the step count) goes into every checkpoint, so a
 //! stage resumed from a checkpoint continues exactly as if training had never stopped.
 
-use crate::model::{Network, OptimizerKind, Workspace};
+use crate::model::{simd, Network, OptimizerKind, Workspace};
 
 const BETA1: f32 = 0.9;
 const BETA2: f32 = 0.999;
@@ -82,11 +82,16 @@ impl Optimizer {
             OptimizerKind::Sgd => {
                 let (mu, wd, lr) = (self.momentum, self.weight_decay, self.lr);
                 for ((p, g), m) in params.zip(grads).zip(self.buffers.iter_mut()) {
-                    for ((p, g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
-                        let g = g + wd * *p;
-                        *m = mu * *m + g;
-                        *p -= lr * *m;
-                    }
+                    simd::wide(
+                        #[inline(always)]
+                        || {
+                            for ((p, g), m) in p.iter_mut().zip(g).zip(m.iter_mut()) {
+                                let g = g + wd * *p;
+                                *m = mu * *m + g;
+                                *p -= lr * *m;
+                            }
+                        },
+                    );
                 }
             }
             OptimizerKind::Adam => {
@@ -94,18 +99,24 @@ impl Optimizer {
                 // corrections do not depend on the platform's math library.
                 let t = self.step.min(i32::MAX as u64) as i32;
                 let bc1 = (1.0 - (BETA1 as f64).powi(t)) as f32;
-                let bc2_sqrt = ((1.0 - (BETA2 as f64).powi(t)).sqrt()) as f32;
+                let inv_bc2_sqrt = (1.0 / (1.0 - (BETA2 as f64).powi(t)).sqrt()) as f32;
                 let step_size = self.lr / bc1;
                 let decay = 1.0 - self.lr * self.weight_decay;
                 let (ms, vs) = self.buffers.split_at_mut(n / 2);
                 for (((p, g), m), v) in params.zip(grads).zip(ms.iter_mut()).zip(vs.iter_mut()) {
-                    for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
-                    {
-                        *m = BETA1 * *m + (1.0 - BETA1) * g;
-                        *v = BETA2 * *v + (1.0 - BETA2) * g * g;
-                        let denom = v.sqrt() / bc2_sqrt + EPS;
-                        *p = *p * decay - step_size * *m / denom;
-                    }
+                    simd::wide(
+                        #[inline(always)]
+                        || {
+                            for (((p, g), m), v) in
+                                p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
+                            {
+                                *m = BETA1 * *m + (1.0 - BETA1) * g;
+                                *v = BETA2 * *v + (1.0 - BETA2) * g * g;
+                                let denom = v.sqrt() * inv_bc2_sqrt + EPS;
+                                *p = *p * decay - step_size * *m / denom;
+                            }
+                        },
+                    );
                 }
             }
         }

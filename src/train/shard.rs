@@ -9,7 +9,7 @@
 use crate::checkpoint::Checkpoint;
 use crate::data::{Rows, SliceIndex};
 use crate::error::{Error, Result};
-use crate::model::{Network, Norm, Workspace};
+use crate::model::{simd, Network, Norm, Workspace};
 use crate::plan::{self, Lineage};
 use crate::run::RunConfig;
 use crate::train::optim::Optimizer;
@@ -144,14 +144,6 @@ impl<'a> ShardData<'a> {
         };
         let d = self.rows.dim;
         let n = self.rows.len();
-        // Standardize every row once; stages reuse it.
-        let mut xn = vec![0f32; n * d];
-        for i in 0..n {
-            state
-                .net
-                .norm
-                .apply(self.rows.row(i), &mut xn[i * d..(i + 1) * d]);
-        }
         let bs = c.model.batch_size;
         let mut ws = Workspace::new(&state.net, bs);
         let mut xb = vec![0f32; bs * d];
@@ -172,11 +164,25 @@ impl<'a> ShardData<'a> {
                 let mut loss = 0f64;
                 for batch in members.chunks(bs) {
                     let b = batch.len();
-                    for (r, &(_, i)) in batch.iter().enumerate() {
-                        let i = i as usize;
-                        xb[r * d..(r + 1) * d].copy_from_slice(&xn[i * d..(i + 1) * d]);
-                        yb[r] = self.rows.labels[i];
-                    }
+                    // Gather the batch, standardizing each row as it is copied.
+                    let norm = &state.net.norm;
+                    simd::wide(
+                        #[inline(always)]
+                        || {
+                            for (r, ((&(_, i), x), y)) in batch
+                                .iter()
+                                .zip(xb.chunks_exact_mut(d))
+                                .zip(yb.iter_mut())
+                                .enumerate()
+                            {
+                                if let Some(&(_, ahead)) = batch.get(r + PREFETCH_ROWS) {
+                                    prefetch(self.rows.row(ahead as usize));
+                                }
+                                norm.apply(self.rows.row(i as usize), x);
+                                *y = self.rows.labels[i as usize];
+                            }
+                        },
+                    );
                     loss += state.net.gradients(&mut ws, &xb[..b * d], &yb[..b], b);
                     state.opt.step(&mut state.net, &ws);
                     bar.inc(b as u64);
@@ -196,4 +202,25 @@ impl<'a> ShardData<'a> {
         }
         Ok(state)
     }
+}
+
+/// How many rows ahead the batch gather asks for memory: rows are visited in a shuffled order
+/// the hardware prefetcher cannot guess.
+const PREFETCH_ROWS: usize = 8;
+
+/// Ask the CPU to start loading `row` into cache.
+#[inline(always)]
+fn prefetch(row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in row.chunks(16) {
+        // SAFETY: prefetching is a hint; the address lies inside `row`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(
+                line.as_ptr() as *const i8,
+                std::arch::x86_64::_MM_HINT_T0,
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
 }
