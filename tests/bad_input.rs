@@ -337,3 +337,84 @@ fn eval_and_predict_refuse_bad_files_and_missing_runs() {
     let o = sisa(&["status", "--run", tmp.path().to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a sisa run"));
 }
+
+/// An IDX file of `code`-typed values (`values` already big-endian) with the given sizes.
+fn idx(code: u8, dims: &[u32], values: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, code, dims.len() as u8];
+    for d in dims {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    out.extend_from_slice(values);
+    out
+}
+
+#[test]
+fn bad_idx_files_are_refused_while_streaming_and_create_nothing() {
+    // Images stream into the shards record by record, so these problems surface after rows
+    // were already placed; the run must still not appear.
+    let pixels: Vec<u8> = (0..50 * 4).map(|v| v as u8).collect();
+    let mut late_nan: Vec<u8> = (0..50 * 4).flat_map(|v| (v as f32).to_be_bytes()).collect();
+    late_nan[(48 * 4 + 2) * 4..(48 * 4 + 3) * 4].copy_from_slice(&f32::NAN.to_be_bytes());
+    let labels: Vec<u8> = (0..50).map(|i| (i % 3) as u8).collect();
+    // (what, images, labels, words the message must hold)
+    type Case<'a> = (&'a str, Vec<u8>, Vec<u8>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
+        (
+            "cut short",
+            idx(0x08, &[50, 2, 2], &pixels[..pixels.len() - 3]),
+            idx(0x08, &[50], &labels),
+            &["213 bytes", "need exactly 216", "cut short"],
+        ),
+        (
+            "trailing bytes",
+            idx(0x08, &[50, 2, 2], &[&pixels[..], &[1, 2]].concat()),
+            idx(0x08, &[50], &labels),
+            &["218 bytes", "trailing bytes"],
+        ),
+        (
+            "not finite",
+            idx(0x0D, &[50, 2, 2], &late_nan),
+            idx(0x08, &[50], &labels),
+            &["record 49, value 3", "not a finite number"],
+        ),
+        (
+            "label count",
+            idx(0x08, &[50, 2, 2], &pixels),
+            idx(0x08, &[49], &labels[..49]),
+            &["49 labels", "50 records"],
+        ),
+    ];
+    for (what, images, label_bytes, want) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = tmp.path().join("bad-images-idx3-ubyte");
+        std::fs::write(&img, images).unwrap();
+        std::fs::write(tmp.path().join("bad-labels-idx1-ubyte"), label_bytes).unwrap();
+        let out = tmp.path().join("run");
+        let o = sisa(&[
+            "train",
+            "--data",
+            img.to_str().unwrap(),
+            "--users",
+            "uniform:5",
+            "--model",
+            "models/logreg.toml",
+            "--shards",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains("bad-"), "{what}: names the file: {err}");
+        for w in want {
+            assert!(err.contains(w), "{what}: expected {w:?} in {err}");
+        }
+        assert!(!out.exists(), "{what}: --out must not be created");
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            2,
+            "{what}: only the two input files, no partial run"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use sisa::plan::ShardBy;
 use std::path::Path;
 
 const SEED: u64 = 7;
@@ -411,4 +412,104 @@ fn quickstart_runs_end_to_end() {
     assert!(stdout.contains("accuracy after"), "{stdout}");
     // Running it again replaces the earlier demo run.
     sisa_ok(&["quickstart", "--out", out.to_str().unwrap(), "-q"]);
+}
+
+#[test]
+fn streamed_ingest_places_the_rows_that_reading_the_whole_file_places() {
+    // `sisa train` streams its files into the shards; the benchmark and `add` read whole
+    // tables. Both must give every row the same identity, shard, label and features (keys
+    // differ: each run has its own secret).
+    let tmp = tempfile::tempdir().unwrap();
+    let (train_csv, test_csv) = digits();
+    // A CSV without a user column, whose users come from a rule.
+    let anonymous = tmp.path().join("anonymous.csv");
+    let text = std::fs::read_to_string(&test_csv).unwrap();
+    let user_col = text
+        .lines()
+        .next()
+        .unwrap()
+        .split(',')
+        .position(|h| h == "user_id")
+        .unwrap();
+    let drop_user = |line: &str| {
+        line.split(',')
+            .enumerate()
+            .filter(|(i, _)| *i != user_col)
+            .map(|(_, f)| f)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let body: Vec<String> = text.lines().map(drop_user).collect();
+    std::fs::write(&anonymous, body.join("\n") + "\n").unwrap();
+    // An IDX pair of 300 records of 3×2 pixels.
+    let images = tmp.path().join("t-images-idx3-ubyte");
+    let mut bytes = vec![0u8, 0, 0x08, 3];
+    for d in [300u32, 3, 2] {
+        bytes.extend_from_slice(&d.to_be_bytes());
+    }
+    bytes.extend((0..300 * 6).map(|i| (i * 7 % 256) as u8));
+    std::fs::write(&images, bytes).unwrap();
+    let mut labels = vec![0u8, 0, 0x08, 1];
+    labels.extend_from_slice(&300u32.to_be_bytes());
+    labels.extend((0..300).map(|i| (i % 4) as u8));
+    std::fs::write(tmp.path().join("t-labels-idx1-ubyte"), labels).unwrap();
+
+    let model = sisa::model::ModelSpec::load(&root().join("models/logreg.toml")).unwrap();
+    let cases = [
+        (
+            train_csv.clone(),
+            Some(test_csv.clone()),
+            None,
+            ShardBy::User,
+        ),
+        (train_csv, None, None, ShardBy::Row),
+        (anonymous, None, Some("zipf:40:1.1"), ShardBy::User),
+        (images, None, Some("uniform:25"), ShardBy::Row),
+    ];
+    for (i, (data, test, users, shard_by)) in cases.into_iter().enumerate() {
+        let opts = sisa::train::TrainOptions {
+            data: data.clone(),
+            test: test.clone(),
+            labels: None,
+            test_labels: None,
+            users: users.map(|u| u.parse().unwrap()),
+            model: model.clone(),
+            shards: 3,
+            slices: 2,
+            seed: 5,
+            shard_by,
+            out: tmp.path().join(format!("never-{i}")),
+            columns: Default::default(),
+            classes: None,
+            threads: 1,
+            progress: false,
+            aggregation: sisa::run::Aggregation::Mean,
+        };
+        let (config, _, shards, test_rows) = sisa::train::ingest(&opts).unwrap();
+        let read = |p: &Path, role| {
+            sisa::data::read_labelled(p, None, &opts.columns, opts.users.as_ref(), 5, role).unwrap()
+        };
+        let table = read(&data, sisa::data::Role::Train);
+        let held = test.as_ref().map(|t| read(t, sisa::data::Role::HeldOut));
+        let (config2, _, shards2, test_rows2) =
+            sisa::train::ingest_tables(&opts, &table, held.as_ref()).unwrap();
+        assert_eq!(config.features, config2.features, "case {i}");
+        assert_eq!(config.classes, config2.classes, "case {i}");
+        let same = |a: &sisa::data::Rows, b: &sisa::data::Rows| {
+            assert!(!a.is_empty() || b.is_empty(), "case {i}");
+            assert_eq!(
+                (&a.tags, &a.seqs, &a.labels, &a.x),
+                (&b.tags, &b.seqs, &b.labels, &b.x),
+                "case {i}"
+            );
+        };
+        assert_eq!(shards.len(), shards2.len());
+        for (a, b) in shards.iter().zip(&shards2) {
+            same(a, b);
+        }
+        assert_eq!(test_rows.is_some(), test_rows2.is_some());
+        if let (Some(a), Some(b)) = (&test_rows, &test_rows2) {
+            same(a, b);
+        }
+    }
 }

@@ -15,7 +15,8 @@
 //! the rank: `u17` for a training row, `h17` for a held-out row, so no user has rows on both
 //! sides (as in the bundled datasets) and the same data and seed always give the same users.
 
-use crate::data::csv::{open_maybe_gz, Table, MAX_LABEL};
+use crate::data::csv::{open_maybe_gz, MAX_LABEL};
+use crate::data::{Event, Labelled};
 use crate::error::{Error, IoContext, Result};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -126,34 +127,65 @@ impl UserRule {
 
     /// The 0-based user rank of rows `0..rows` of a `role` file.
     pub fn ranks(&self, seed: u64, role: Role, rows: usize) -> Vec<u32> {
-        match *self {
-            UserRule::Uniform { users } => (0..rows as u64)
-                .map(|i| ((draw(seed, role, i) * users as f64) as u32).min(users - 1))
-                .collect(),
-            UserRule::Zipf { users, exponent } => {
-                let mut cdf = Vec::with_capacity(users as usize);
-                let mut total = 0f64;
-                for k in 0..users {
-                    total += ((k + 1) as f64).powf(-exponent);
-                    cdf.push(total);
-                }
-                (0..rows as u64)
-                    .map(|i| {
-                        let x = draw(seed, role, i) * total;
-                        (cdf.partition_point(|&c| c <= x) as u32).min(users - 1)
-                    })
-                    .collect()
-            }
-        }
+        let a = Assigner::new(self, seed, role);
+        (0..rows as u64).map(|i| a.rank(i)).collect()
     }
 
     /// The user ids of rows `0..rows` of a `role` file: `u<rank>` or `h<rank>`.
     pub fn assign(&self, seed: u64, role: Role, rows: usize) -> Vec<String> {
-        let prefix = role.prefix();
-        self.ranks(seed, role, rows)
-            .into_iter()
-            .map(|k| format!("{prefix}{k}"))
-            .collect()
+        let a = Assigner::new(self, seed, role);
+        (0..rows as u64).map(|i| a.id(i)).collect()
+    }
+}
+
+/// A [`UserRule`] applied row by row, for files read as a stream.
+pub struct Assigner {
+    users: u32,
+    seed: u64,
+    role: Role,
+    /// Cumulative weights of the ranks (zipf only).
+    cdf: Vec<f64>,
+}
+
+impl Assigner {
+    /// The rule's assignment for a `role` file under `seed`.
+    pub fn new(rule: &UserRule, seed: u64, role: Role) -> Assigner {
+        let cdf = match *rule {
+            UserRule::Uniform { .. } => Vec::new(),
+            UserRule::Zipf { users, exponent } => {
+                let mut total = 0f64;
+                (0..users)
+                    .map(|k| {
+                        total += ((k + 1) as f64).powf(-exponent);
+                        total
+                    })
+                    .collect()
+            }
+        };
+        Assigner {
+            users: rule.users(),
+            seed,
+            role,
+            cdf,
+        }
+    }
+
+    /// The 0-based user rank of row `index`.
+    pub fn rank(&self, index: u64) -> u32 {
+        let x = draw(self.seed, self.role, index);
+        let rank = match self.cdf.last() {
+            None => (x * self.users as f64) as u32,
+            Some(total) => {
+                let x = x * total;
+                self.cdf.partition_point(|&c| c <= x) as u32
+            }
+        };
+        rank.min(self.users - 1)
+    }
+
+    /// The user id of row `index`: the role's prefix and the rank.
+    pub fn id(&self, index: u64) -> String {
+        format!("{}{}", self.role.prefix(), self.rank(index))
     }
 }
 
@@ -192,35 +224,74 @@ fn elem_size(code: u8) -> Option<usize> {
     }
 }
 
-/// Read and check an IDX file: magic, sizes, and an exact length.
-pub fn read_idx(path: &Path) -> Result<IdxArray> {
+/// The checked header of an IDX file.
+struct Header {
+    /// Value type code.
+    code: u8,
+    /// Bytes per value.
+    size: usize,
+    /// Sizes; the first counts the records.
+    dims: Vec<usize>,
+    /// Values in all.
+    count: usize,
+    /// Header length in bytes.
+    len: usize,
+}
+
+impl Header {
+    /// Values per record.
+    fn per_record(&self) -> usize {
+        self.count.checked_div(self.dims[0]).unwrap_or(0)
+    }
+
+    /// File length the sizes declare.
+    fn expected(&self) -> u64 {
+        self.len as u64 + (self.count * self.size) as u64
+    }
+}
+
+/// Read as many bytes as fill `buf` or the stream holds; returns how many.
+fn fill(reader: &mut impl Read, buf: &mut [u8], path: &Path) -> Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    Ok(got)
+}
+
+fn read_header(path: &Path, reader: &mut impl Read) -> Result<Header> {
     let bad = |m: String| Error::input(path, None, None, m);
-    let mut bytes = Vec::new();
-    open_maybe_gz(path)?.read_to_end(&mut bytes).at(path)?;
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
+    let mut magic = [0u8; 4];
+    let got = fill(reader, &mut magic, path)?;
+    if got < 4 || magic[0] != 0 || magic[1] != 0 {
         return Err(bad(
             "not an IDX file (its first two bytes are not zero)".into()
         ));
     }
-    let code = bytes[2];
+    let code = magic[2];
     let size =
         elem_size(code).ok_or_else(|| bad(format!("unknown IDX value type 0x{code:02x}")))?;
-    let ndim = bytes[3] as usize;
+    let ndim = magic[3] as usize;
     if !(1..=4).contains(&ndim) {
         return Err(bad(format!("{ndim} dimensions; expected 1 to 4")));
     }
-    let header = 4 + 4 * ndim;
-    if bytes.len() < header {
+    let len = 4 + 4 * ndim;
+    let mut sizes = vec![0u8; 4 * ndim];
+    let got = fill(reader, &mut sizes, path)?;
+    if got < sizes.len() {
         return Err(bad(format!(
-            "cut short: {} bytes, but the header alone needs {header}",
-            bytes.len()
+            "cut short: {} bytes, but the header alone needs {len}",
+            4 + got
         )));
     }
-    let dims: Vec<usize> = (0..ndim)
-        .map(|d| {
-            let o = 4 + 4 * d;
-            u32::from_be_bytes(bytes[o..o + 4].try_into().expect("4 bytes")) as usize
-        })
+    let dims: Vec<usize> = sizes
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")) as usize)
         .collect();
     let count = dims
         .iter()
@@ -233,47 +304,144 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
             )))
         }
     };
-    let expected = header as u64 + (count * size) as u64;
-    if bytes.len() as u64 != expected {
-        return Err(bad(format!(
-            "{} bytes, but sizes {dims:?} of {size}-byte values need exactly {expected}{}",
-            bytes.len(),
-            if (bytes.len() as u64) < expected {
+    Ok(Header {
+        code,
+        size,
+        dims,
+        count,
+        len,
+    })
+}
+
+/// The error for a file whose length is not what its sizes declare; reads the rest of the
+/// stream to count its bytes.
+fn length_error(path: &Path, h: &Header, reader: &mut impl Read, read: u64) -> Error {
+    let rest = std::io::copy(reader, &mut std::io::sink()).unwrap_or(0);
+    let total = read + rest;
+    let expected = h.expected();
+    Error::input(
+        path,
+        None,
+        None,
+        format!(
+            "{total} bytes, but sizes {:?} of {}-byte values need exactly {expected}{}",
+            h.dims,
+            h.size,
+            if total < expected {
                 " (the file is cut short)"
             } else {
                 " (trailing bytes)"
             }
-        )));
+        ),
+    )
+}
+
+/// Decode one record's big-endian values of type `code` into `out`.
+fn decode(code: u8, body: &[u8], out: &mut [f32]) {
+    match code {
+        0x08 => out.iter_mut().zip(body).for_each(|(o, &b)| *o = b as f32),
+        0x09 => out
+            .iter_mut()
+            .zip(body)
+            .for_each(|(o, &b)| *o = b as i8 as f32),
+        0x0B => out
+            .iter_mut()
+            .zip(body.chunks_exact(2))
+            .for_each(|(o, c)| *o = i16::from_be_bytes([c[0], c[1]]) as f32),
+        0x0C => out
+            .iter_mut()
+            .zip(body.chunks_exact(4))
+            .for_each(|(o, c)| *o = i32::from_be_bytes(c.try_into().expect("4 bytes")) as f32),
+        0x0D => out
+            .iter_mut()
+            .zip(body.chunks_exact(4))
+            .for_each(|(o, c)| *o = f32::from_be_bytes(c.try_into().expect("4 bytes"))),
+        _ => out
+            .iter_mut()
+            .zip(body.chunks_exact(8))
+            .for_each(|(o, c)| *o = f64::from_be_bytes(c.try_into().expect("8 bytes")) as f32),
     }
-    let body = &bytes[header..];
-    let values: Vec<f32> = match code {
-        0x08 => body.iter().map(|&b| b as f32).collect(),
-        0x09 => body.iter().map(|&b| b as i8 as f32).collect(),
-        0x0B => body
-            .chunks_exact(2)
-            .map(|c| i16::from_be_bytes([c[0], c[1]]) as f32)
-            .collect(),
-        0x0C => body
-            .chunks_exact(4)
-            .map(|c| i32::from_be_bytes(c.try_into().expect("4 bytes")) as f32)
-            .collect(),
-        0x0D => body
-            .chunks_exact(4)
-            .map(|c| f32::from_be_bytes(c.try_into().expect("4 bytes")))
-            .collect(),
-        _ => body
-            .chunks_exact(8)
-            .map(|c| f64::from_be_bytes(c.try_into().expect("8 bytes")) as f32)
-            .collect(),
-    };
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        // Values exist, so every size (the record count included) is at least 1.
-        let per_record = count / dims[0];
-        return Err(bad(format!(
-            "record {}, value {}: not a finite number",
-            i / per_record + 1,
-            i % per_record + 1
-        )));
+}
+
+/// An IDX file read record by record, one record in memory. Every check of [`read_idx`]
+/// applies; a file whose length disagrees with its sizes is refused when the stream shows it,
+/// after the records before the disagreement were handed over.
+struct Records {
+    path: PathBuf,
+    reader: Box<dyn Read>,
+    header: Header,
+    body: Vec<u8>,
+    values: Vec<f32>,
+    next: usize,
+    read: u64,
+}
+
+impl Records {
+    fn open(path: &Path) -> Result<Records> {
+        let mut reader = open_maybe_gz(path)?;
+        let header = read_header(path, &mut reader)?;
+        let per_record = header.per_record();
+        Ok(Records {
+            path: path.to_path_buf(),
+            reader,
+            body: vec![0u8; per_record * header.size],
+            values: vec![0f32; per_record],
+            read: header.len as u64,
+            header,
+            next: 0,
+        })
+    }
+
+    fn dims(&self) -> &[usize] {
+        &self.header.dims
+    }
+
+    /// The next record's values, or `None` after the last (checking that nothing follows it).
+    fn next_record(&mut self) -> Result<Option<&[f32]>> {
+        let path = &self.path;
+        if self.next == self.header.dims[0] {
+            let mut extra = [0u8; 1];
+            if fill(&mut self.reader, &mut extra, path)? > 0 {
+                return Err(length_error(
+                    path,
+                    &self.header,
+                    &mut self.reader,
+                    self.read + 1,
+                ));
+            }
+            return Ok(None);
+        }
+        let got = fill(&mut self.reader, &mut self.body, path)?;
+        self.read += got as u64;
+        if got < self.body.len() {
+            return Err(length_error(
+                path,
+                &self.header,
+                &mut self.reader,
+                self.read,
+            ));
+        }
+        decode(self.header.code, &self.body, &mut self.values);
+        self.next += 1;
+        if let Some(i) = self.values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::input(
+                path,
+                None,
+                None,
+                format!("record {}, value {}: not a finite number", self.next, i + 1),
+            ));
+        }
+        Ok(Some(&self.values))
+    }
+}
+
+/// Read and check an IDX file: magic, sizes, an exact length and finite values.
+pub fn read_idx(path: &Path) -> Result<IdxArray> {
+    let mut records = Records::open(path)?;
+    let dims = records.dims().to_vec();
+    let mut values = Vec::with_capacity(records.header.count);
+    while let Some(r) = records.next_record()? {
+        values.extend_from_slice(r);
     }
     Ok(IdxArray { dims, values })
 }
@@ -314,15 +482,18 @@ fn feature_names(dims: &[usize]) -> Vec<String> {
     }
 }
 
-/// Read an IDX images file and its labels into a [`Table`] whose rows belong to the users that
-/// `users` assigns under `seed`. `Table::lines` holds 1-based record numbers.
-pub fn read_idx_table(
+/// Stream an IDX images file and its labels (the file beside it by the standard name, or
+/// `labels`) as labelled rows whose users `users` assigns under `seed`: `on_event` first gets
+/// [`Event::Start`] with every user id, then one [`Event::Row`] per record (its `line` is the
+/// 1-based record number). Holds one image at a time; returns the feature names.
+pub fn for_each_labelled(
     images: &Path,
     labels: Option<&Path>,
     users: &UserRule,
     seed: u64,
     role: Role,
-) -> Result<Table> {
+    mut on_event: impl FnMut(Event<'_>) -> Result<()>,
+) -> Result<Vec<String>> {
     let labels_path = match labels {
         Some(p) => p.to_path_buf(),
         None => labels_path_for(images).ok_or_else(|| {
@@ -334,16 +505,14 @@ pub fn read_idx_table(
             )
         })?,
     };
-    let x = read_idx(images)?;
-    if x.dims.len() < 2 || x.dims[1..].iter().product::<usize>() == 0 {
+    let mut records = Records::open(images)?;
+    let dims = records.dims().to_vec();
+    if dims.len() < 2 || dims[1..].iter().product::<usize>() == 0 {
         return Err(Error::input(
             images,
             None,
             None,
-            format!(
-                "sizes {:?}: an images file needs records of at least one value",
-                x.dims
-            ),
+            format!("sizes {dims:?}: an images file needs records of at least one value"),
         ));
     }
     let y = read_idx(&labels_path)?;
@@ -355,7 +524,7 @@ pub fn read_idx_table(
             format!("sizes {:?}: a labels file has one dimension", y.dims),
         ));
     }
-    let n = x.dims[0];
+    let n = dims[0];
     if y.dims[0] != n {
         return Err(Error::input(
             &labels_path,
@@ -386,14 +555,23 @@ pub fn read_idx_table(
         }
         label_values.push(v as u32);
     }
-    Ok(Table {
-        path: images.to_path_buf(),
-        feature_names: feature_names(&x.dims),
-        user_ids: Some(users.assign(seed, role, n)),
-        labels: Some(label_values),
-        x: x.values,
-        lines: (1..=n as u64).collect(),
-    })
+    let ids = users.assign(seed, role, n);
+    let names = feature_names(&dims);
+    on_event(Event::Start {
+        dim: names.len(),
+        users: &ids,
+    })?;
+    let mut i = 0;
+    while let Some(features) = records.next_record()? {
+        on_event(Event::Row(Labelled {
+            line: i as u64 + 1,
+            user: &ids[i],
+            label: label_values[i],
+            features,
+        }))?;
+        i += 1;
+    }
+    Ok(names)
 }
 
 #[cfg(test)]
@@ -429,7 +607,15 @@ mod tests {
         assert_eq!(labels_path_for(&img), Some(lab.clone()));
         assert!(is_idx(&img).unwrap() && is_idx(&lab).unwrap());
         let rule = UserRule::Uniform { users: 2 };
-        let t = read_idx_table(&img, None, &rule, 7, Role::Train).unwrap();
+        let t = crate::data::read_labelled(
+            &img,
+            None,
+            &Default::default(),
+            Some(&rule),
+            7,
+            Role::Train,
+        )
+        .unwrap();
         assert_eq!(t.feature_names, ["p0_0", "p0_1", "p1_0", "p1_1"]);
         assert_eq!(t.labels.as_deref(), Some(&[7, 0, 9][..]));
         assert_eq!(t.row(1), [40.0, 50.0, 60.0, 70.0]);
@@ -481,14 +667,28 @@ mod tests {
         let img = write("x-images-idx3-ubyte", idx_bytes(&[2, 1, 1], &[1, 2]));
         write("x-labels-idx1-ubyte", idx_bytes(&[3], &[1, 2, 3]));
         let rule = UserRule::Uniform { users: 1 };
-        let e = read_idx_table(&img, None, &rule, 1, Role::Train)
-            .unwrap_err()
-            .to_string();
+        let e = crate::data::read_labelled(
+            &img,
+            None,
+            &Default::default(),
+            Some(&rule),
+            1,
+            Role::Train,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("3 labels") && e.contains("2 records"), "{e}");
         let lonely = write("y-images-idx3-ubyte", idx_bytes(&[1, 1, 1], &[1]));
-        let e = read_idx_table(&lonely, None, &rule, 1, Role::Train)
-            .unwrap_err()
-            .to_string();
+        let e = crate::data::read_labelled(
+            &lonely,
+            None,
+            &Default::default(),
+            Some(&rule),
+            1,
+            Role::Train,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("--labels"), "{e}");
     }
 

@@ -1,4 +1,4 @@
-//! From parsed CSV rows to shard row stores: identity, keys, shard assignment.
+//! From labelled rows to shard row stores: identity, keys, shard assignment.
 
 use crate::data::csv::Table;
 use crate::data::{Rows, Secret, UserKey};
@@ -44,6 +44,34 @@ impl<'a> Placer<'a> {
             existing,
             users: HashMap::new(),
             shards: (0..placement.shards).map(|_| Rows::new(dim)).collect(),
+        }
+    }
+
+    /// Size every shard exactly for rows of users `ids` (in the order they will be pushed),
+    /// so that no shard grows by doubling and holds up to twice its rows.
+    pub fn reserve_users<'i>(&mut self, ids: impl Iterator<Item = &'i str>) {
+        let p = self.placement;
+        let mut counts = vec![0usize; p.shards];
+        let mut seqs: HashMap<&str, u32> = HashMap::new();
+        for id in ids {
+            let shard = match p.shard_by {
+                ShardBy::User => plan::shard_of_user(p.seed, id, p.shards),
+                ShardBy::Row => {
+                    let seq = seqs.entry(id).or_insert_with(|| {
+                        self.existing
+                            .get(&self.secret.key(id))
+                            .copied()
+                            .unwrap_or(0)
+                    });
+                    let tag = plan::row_tag(p.seed, id, *seq);
+                    *seq += 1;
+                    plan::shard_of_row(p.seed, tag, p.shards)
+                }
+            };
+            counts[shard] += 1;
+        }
+        for (rows, n) in self.shards.iter_mut().zip(counts) {
+            rows.reserve(n);
         }
     }
 
@@ -100,26 +128,7 @@ pub fn place_rows(
         .as_ref()
         .expect("training tables have a label column");
     let mut placer = Placer::new(placement, secret, existing, table.dim());
-    // Size every shard exactly first: growing by doubling would hold up to twice the data.
-    let mut counts = vec![0usize; placement.shards];
-    let mut seqs: HashMap<&str, u32> = HashMap::new();
-    for id in ids {
-        let shard = match placement.shard_by {
-            ShardBy::User => plan::shard_of_user(placement.seed, id, placement.shards),
-            ShardBy::Row => {
-                let seq = seqs
-                    .entry(id)
-                    .or_insert_with(|| existing.get(&secret.key(id)).copied().unwrap_or(0));
-                let tag = plan::row_tag(placement.seed, id, *seq);
-                *seq += 1;
-                plan::shard_of_row(placement.seed, tag, placement.shards)
-            }
-        };
-        counts[shard] += 1;
-    }
-    for (rows, n) in placer.shards.iter_mut().zip(counts) {
-        rows.reserve(n);
-    }
+    placer.reserve_users(ids.iter().map(String::as_str));
     for i in 0..table.len() {
         placer.push(&ids[i], labels[i], table.row(i));
     }

@@ -17,17 +17,47 @@ pub mod ingest;
 use crate::error::{Error, Result};
 use std::path::Path;
 
-/// Read a labelled file of rows with users: a CSV with a user column, a CSV without one and a
-/// `users` rule, or an IDX images file (its labels file beside it or `labels`) and a `users`
-/// rule. The rule assigns users under `seed`, with ids prefixed by `role` (see [`idx`]).
-pub fn read_labelled(
+/// One labelled row of a file, as [`for_each_labelled`] hands it over.
+#[derive(Clone, Copy, Debug)]
+pub struct Labelled<'a> {
+    /// 1-based line (CSV) or record number (IDX), for messages.
+    pub line: u64,
+    /// The row's user id.
+    pub user: &'a str,
+    /// The row's label.
+    pub label: u32,
+    /// The row's features.
+    pub features: &'a [f32],
+}
+
+/// What a labelled stream hands over.
+#[derive(Clone, Copy, Debug)]
+pub enum Event<'a> {
+    /// Before the rows, from formats that know them up front (IDX): the feature count and
+    /// every row's user id, in order.
+    Start {
+        /// Features per row.
+        dim: usize,
+        /// User id of every row.
+        users: &'a [String],
+    },
+    /// One row.
+    Row(Labelled<'a>),
+}
+
+/// Stream a labelled file of rows with users, without holding it in memory: a CSV with a
+/// user column, a CSV without one and a `users` rule, or an IDX images file (its labels file
+/// beside it or `labels`) and a `users` rule. The rule assigns users under `seed`, with ids
+/// prefixed by `role` (see [`idx`]). Returns the feature names.
+pub fn for_each_labelled(
     path: &Path,
     labels: Option<&Path>,
     columns: &csv::Columns,
     users: Option<&UserRule>,
     seed: u64,
     role: Role,
-) -> Result<csv::Table> {
+    mut on_event: impl FnMut(Event<'_>) -> Result<()>,
+) -> Result<Vec<String>> {
     if idx::is_idx(path)? {
         let rule = users.ok_or_else(|| {
             Error::input(
@@ -37,7 +67,7 @@ pub fn read_labelled(
                 "an IDX file has no user column: pass --users uniform:U or --users zipf:U:s",
             )
         })?;
-        return idx::read_idx_table(path, labels, rule, seed, role);
+        return idx::for_each_labelled(path, labels, rule, seed, role, on_event);
     }
     if let Some(l) = labels {
         return Err(Error::Config(format!(
@@ -46,20 +76,89 @@ pub fn read_labelled(
             path.display()
         )));
     }
+    let label = |r: &csv::Record<'_>| r.label.expect("the label column is required");
     let Some(rule) = users else {
-        return csv::read_csv(path, columns, csv::Need::Required, csv::Need::Required);
-    };
-    let mut table = csv::read_csv(path, columns, csv::Need::Optional, csv::Need::Required)?;
-    if table.user_ids.is_some() {
-        return Err(Error::input(
+        return csv::for_each_row(
             path,
-            Some(1),
-            Some(&columns.user),
-            "the file has a user column; --users is for data without one",
-        ));
-    }
-    table.user_ids = Some(rule.assign(seed, role, table.len()));
-    Ok(table)
+            columns,
+            csv::Need::Required,
+            csv::Need::Required,
+            |r| {
+                on_event(Event::Row(Labelled {
+                    line: r.line,
+                    user: r.user.expect("the user column is required"),
+                    label: label(&r),
+                    features: r.features,
+                }))
+            },
+        );
+    };
+    let assigner = idx::Assigner::new(rule, seed, role);
+    let mut index = 0u64;
+    csv::for_each_row(
+        path,
+        columns,
+        csv::Need::Optional,
+        csv::Need::Required,
+        |r| {
+            if r.user.is_some() {
+                return Err(Error::input(
+                    path,
+                    Some(1),
+                    Some(&columns.user),
+                    "the file has a user column; --users is for data without one",
+                ));
+            }
+            let user = assigner.id(index);
+            index += 1;
+            on_event(Event::Row(Labelled {
+                line: r.line,
+                user: &user,
+                label: label(&r),
+                features: r.features,
+            }))
+        },
+    )
+}
+
+/// Read a labelled file of rows with users (see [`for_each_labelled`]) into a table.
+pub fn read_labelled(
+    path: &Path,
+    labels: Option<&Path>,
+    columns: &csv::Columns,
+    users: Option<&UserRule>,
+    seed: u64,
+    role: Role,
+) -> Result<csv::Table> {
+    let mut ids = Vec::new();
+    let mut label_values = Vec::new();
+    let mut x = Vec::new();
+    let mut lines = Vec::new();
+    let feature_names = for_each_labelled(path, labels, columns, users, seed, role, |e| {
+        match e {
+            Event::Start { dim, users } => {
+                ids.reserve_exact(users.len());
+                label_values.reserve_exact(users.len());
+                lines.reserve_exact(users.len());
+                x.reserve_exact(users.len() * dim);
+            }
+            Event::Row(r) => {
+                ids.push(r.user.to_string());
+                label_values.push(r.label);
+                x.extend_from_slice(r.features);
+                lines.push(r.line);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(csv::Table {
+        path: path.to_path_buf(),
+        feature_names,
+        user_ids: Some(ids),
+        labels: Some(label_values),
+        x,
+        lines,
+    })
 }
 
 #[cfg(test)]

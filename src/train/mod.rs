@@ -13,8 +13,8 @@ pub use shard::ShardData;
 
 use crate::checkpoint::{model_digest, Checkpoint};
 use crate::data::csv::{Columns, Table};
-use crate::data::ingest::{self, Placement};
-use crate::data::{self, Role, Rows, Secret, UserRule};
+use crate::data::ingest::{self, Placement, Placer};
+use crate::data::{self, Event, Role, Rows, Secret, UserRule};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use crate::plan::{self, ShardBy};
@@ -215,13 +215,140 @@ pub fn read_tables(opts: &TrainOptions) -> Result<(Table, Option<Table>)> {
     Ok((train, test))
 }
 
-/// Read, validate and place the training (and held-out) data of a new run.
+/// Read, validate and place the training (and held-out) data of a new run, streaming each
+/// file straight into its shards: ingest holds one copy of the data, in the shards.
 pub fn ingest(opts: &TrainOptions) -> Result<(RunConfig, Secret, Vec<Rows>, Option<Rows>)> {
     check_counts(opts.shards, opts.slices)?;
     opts.model.validate().map_err(Error::Config)?;
     check_out(&opts.out)?;
-    let (train, test) = read_tables(opts)?;
-    ingest_tables(opts, &train, test.as_ref())
+    let secret = Secret::generate()?;
+    let placement = Placement {
+        seed: opts.seed,
+        shards: opts.shards,
+        shard_by: opts.shard_by,
+    };
+    let (names, shards, mut max_label) = stream_placed(
+        &opts.data,
+        opts.labels.as_deref(),
+        opts,
+        Role::Train,
+        placement,
+        &secret,
+    )?;
+    let test = match &opts.test {
+        Some(p) => {
+            let one = Placement {
+                shards: 1,
+                ..placement
+            };
+            let (test_names, mut rows, test_max) = stream_placed(
+                p,
+                opts.test_labels.as_deref(),
+                opts,
+                Role::HeldOut,
+                one,
+                &secret,
+            )?;
+            check_same_features(p, &test_names, &names)?;
+            max_label = max_label.max(test_max);
+            Some(rows.remove(0))
+        }
+        None => None,
+    };
+    let config = new_config(opts, names, max_label)?;
+    Ok((config, secret, shards, test))
+}
+
+/// Stream the labelled file `path` into shard row stores: its feature names, the shards and
+/// the largest label.
+fn stream_placed(
+    path: &Path,
+    labels: Option<&Path>,
+    opts: &TrainOptions,
+    role: Role,
+    placement: Placement,
+    secret: &Secret,
+) -> Result<(Vec<String>, Vec<Rows>, u32)> {
+    let none = HashMap::new();
+    let mut placer: Option<Placer> = None;
+    let mut max_label = 0u32;
+    let names = data::for_each_labelled(
+        path,
+        labels,
+        &opts.columns,
+        opts.users.as_ref(),
+        opts.seed,
+        role,
+        |event| {
+            match event {
+                Event::Start { dim, users } => placer
+                    .get_or_insert_with(|| Placer::new(placement, secret, &none, dim))
+                    .reserve_users(users.iter().map(String::as_str)),
+                Event::Row(r) => {
+                    max_label = max_label.max(r.label);
+                    placer
+                        .get_or_insert_with(|| {
+                            Placer::new(placement, secret, &none, r.features.len())
+                        })
+                        .push(r.user, r.label, r.features);
+                }
+            }
+            Ok(())
+        },
+    )?;
+    let placer = placer.ok_or_else(|| Error::input(path, None, None, "no data rows"))?;
+    Ok((names, placer.finish(path)?, max_label))
+}
+
+/// Refuse a held-out file whose features differ from the training file's.
+fn check_same_features(path: &Path, names: &[String], train: &[String]) -> Result<()> {
+    let table = Table {
+        path: path.to_path_buf(),
+        feature_names: names.to_vec(),
+        user_ids: None,
+        labels: None,
+        x: Vec::new(),
+        lines: Vec::new(),
+    };
+    table.check_features(train, "training file")
+}
+
+/// The configuration of a new run on data with features `names` and labels up to `max_label`.
+fn new_config(opts: &TrainOptions, names: Vec<String>, max_label: u32) -> Result<RunConfig> {
+    let max_label = max_label as usize;
+    let classes = match opts.classes {
+        Some(c) if c <= max_label => {
+            return Err(Error::Config(format!(
+                "--classes {c} is too small: the data has label {max_label}"
+            )))
+        }
+        Some(c) => c,
+        None => (max_label + 1).max(2),
+    };
+    let name = opts
+        .out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("sisa")
+        .to_string();
+    Ok(RunConfig {
+        format: RUN_FORMAT.to_string(),
+        name,
+        stage_epochs: plan::stage_epochs(opts.model.epochs, opts.slices),
+        model: opts.model.clone(),
+        shards: opts.shards,
+        slices: opts.slices,
+        seed: opts.seed,
+        shard_by: opts.shard_by,
+        features: names,
+        classes,
+        user_column: opts.columns.user.clone(),
+        label_column: opts.columns.label.clone(),
+        aggregation: opts.aggregation,
+        cpu: cpu_model(),
+        created_by: format!("sisa {}", env!("CARGO_PKG_VERSION")),
+    })
 }
 
 /// Validate and place already-read tables (every row with a user and a label) for a new run
@@ -254,40 +381,8 @@ pub fn ingest_tables(
         .flatten()
         .copied()
         .max()
-        .unwrap_or(0) as usize;
-    let classes = match opts.classes {
-        Some(c) if c <= max_label => {
-            return Err(Error::Config(format!(
-                "--classes {c} is too small: the data has label {max_label}"
-            )))
-        }
-        Some(c) => c,
-        None => (max_label + 1).max(2),
-    };
-    let name = opts
-        .out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| !n.is_empty())
-        .unwrap_or("sisa")
-        .to_string();
-    let config = RunConfig {
-        format: RUN_FORMAT.to_string(),
-        name,
-        stage_epochs: plan::stage_epochs(opts.model.epochs, opts.slices),
-        model: opts.model.clone(),
-        shards: opts.shards,
-        slices: opts.slices,
-        seed: opts.seed,
-        shard_by: opts.shard_by,
-        features: train.feature_names.clone(),
-        classes,
-        user_column: opts.columns.user.clone(),
-        label_column: opts.columns.label.clone(),
-        aggregation: opts.aggregation,
-        cpu: cpu_model(),
-        created_by: format!("sisa {}", env!("CARGO_PKG_VERSION")),
-    };
+        .unwrap_or(0);
+    let config = new_config(opts, train.feature_names.clone(), max_label)?;
     let secret = Secret::generate()?;
     let placement = Placement {
         seed: opts.seed,
@@ -318,16 +413,7 @@ pub fn ingest_tables(
 /// The run is built in a sibling temp directory and renamed into place at the end, so a
 /// failure at any point leaves `--out` as it was.
 pub fn train_run(opts: &TrainOptions) -> Result<TrainSummary> {
-    check_counts(opts.shards, opts.slices)?;
-    opts.model.validate().map_err(Error::Config)?;
-    check_out(&opts.out)?;
-    // The parsed files are dropped once their rows are placed: training holds one copy of
-    // the data, in the shards.
-    let placed = {
-        let (train, test) = read_tables(opts)?;
-        ingest_tables(opts, &train, test.as_ref())?
-    };
-    train_placed(opts, placed)
+    train_placed(opts, ingest(opts)?)
 }
 
 /// [`train_run`] on tables already in memory (the benchmark trains many runs on one file).
