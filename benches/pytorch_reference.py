@@ -4,11 +4,11 @@ sizes and optimizer (AdamW, lr 0.001, weight decay 0.01), trained on random data
 with one thread per process, one process per shard.
 
 Prints one line per measurement: `case batch processes samples_per_second` (all processes
-together). Case numbers match train_throughput.rs: 0 = MLP 600-128-100 tanh, 1 = MLP
-784-128-10 tanh, 2 = logistic regression 600-100.
+together, the median of --repeats runs). Case numbers match train_throughput.rs:
+0 = MLP 600-128-100 tanh, 1 = MLP 784-128-10 tanh, 2 = logistic regression 600-100.
 
     pip install torch
-    python3 benches/pytorch_reference.py --rows 16384 --epochs 3
+    python3 benches/pytorch_reference.py --rows 16384 --epochs 3 --repeats 3
 """
 import argparse
 import multiprocessing as mp
@@ -64,12 +64,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=16384)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     for case in range(len(CASES)):
         for batch in (128, 256):
             for procs in sorted({1, cores}):
-                rate = measure(case, batch, procs, args.rows, args.epochs)
+                rates = sorted(
+                    measure(case, batch, procs, args.rows, args.epochs)
+                    for _ in range(args.repeats)
+                )
+                rate = rates[len(rates) // 2]
                 print(f"{case} {batch} {procs} {rate:.1f}", flush=True)
 
 
