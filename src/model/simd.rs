@@ -30,12 +30,14 @@ unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
 
 /// In test builds, `SISA_SCALAR=1` forces the baseline copy, so a test can compare both paths.
 #[cfg(any(test, feature = "failpoints"))]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn scalar_only() -> bool {
     static SCALAR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SCALAR.get_or_init(|| std::env::var_os("SISA_SCALAR").is_some_and(|v| v == "1"))
 }
 
 #[cfg(not(any(test, feature = "failpoints")))]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[inline(always)]
 fn scalar_only() -> bool {
     false
