@@ -4,7 +4,7 @@ sizes and optimizer (AdamW, lr 0.001, weight decay 0.01), trained on random data
 with one thread per process, one process per shard.
 
 Prints one line per measurement: `case batch processes samples_per_second` (all processes
-together, the median of --repeats runs). Case numbers match train_throughput.rs:
+together, the best of --repeats runs). Case numbers match train_throughput.rs:
 0 = MLP 600-128-100 tanh, 1 = MLP 784-128-10 tanh, 2 = logistic regression 600-100.
 
     pip install torch
@@ -70,11 +70,10 @@ def main():
     for case in range(len(CASES)):
         for batch in (128, 256):
             for procs in sorted({1, cores}):
-                rates = sorted(
+                rate = max(
                     measure(case, batch, procs, args.rows, args.epochs)
                     for _ in range(args.repeats)
                 )
-                rate = rates[len(rates) // 2]
                 print(f"{case} {batch} {procs} {rate:.1f}", flush=True)
 
 
