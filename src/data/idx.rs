@@ -667,28 +667,22 @@ mod tests {
         let img = write("x-images-idx3-ubyte", idx_bytes(&[2, 1, 1], &[1, 2]));
         write("x-labels-idx1-ubyte", idx_bytes(&[3], &[1, 2, 3]));
         let rule = UserRule::Uniform { users: 1 };
-        let e = crate::data::read_labelled(
-            &img,
-            None,
-            &Default::default(),
-            Some(&rule),
-            1,
-            Role::Train,
-        )
-        .unwrap_err()
-        .to_string();
+        let error = |images: &Path| {
+            crate::data::read_labelled(
+                images,
+                None,
+                &Default::default(),
+                Some(&rule),
+                1,
+                Role::Train,
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let e = error(&img);
         assert!(e.contains("3 labels") && e.contains("2 records"), "{e}");
         let lonely = write("y-images-idx3-ubyte", idx_bytes(&[1, 1, 1], &[1]));
-        let e = crate::data::read_labelled(
-            &lonely,
-            None,
-            &Default::default(),
-            Some(&rule),
-            1,
-            Role::Train,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = error(&lonely);
         assert!(e.contains("--labels"), "{e}");
     }
 
