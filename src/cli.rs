@@ -482,6 +482,16 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
     let opts = train_options(&a)?;
     let summary = train::train_run(&opts)?;
     let run = &summary.run;
+    let (epochs, per_stage) = (run.config.model.epochs, &run.config.stage_epochs);
+    let fraction = sisa::plan::sliced_fraction(epochs, per_stage);
+    if !a.common.quiet && !(0.8..=1.25).contains(&fraction) {
+        eprintln!(
+            "sisa: note: {} slices turn {epochs} epochs into {} per stage (SISA's 2e/(R+1), rounded), so training visited {:.0}% of the rows x epochs of unsliced training",
+            per_stage.len(),
+            per_stage[0],
+            100.0 * fraction
+        );
+    }
     let rows: u64 = run.manifest.shards.iter().map(|s| s.data.rows).sum();
     if a.json {
         print_json(&json!({

@@ -85,6 +85,19 @@ pub fn stage_epochs(epochs: u32, slices: usize) -> Vec<u32> {
     vec![per; slices]
 }
 
+/// Rows×epochs of sliced training with `stage_epochs`, as a fraction of `epochs` of unsliced
+/// training on the same rows (slices of equal size): `Σ_r e_r · r/R / epochs`. The rounding in
+/// [`stage_epochs`] moves it away from 1 (10 epochs over 10 slices give 0.55).
+pub fn sliced_fraction(epochs: u32, stage_epochs: &[u32]) -> f64 {
+    let slices = stage_epochs.len() as f64;
+    let visits: f64 = stage_epochs
+        .iter()
+        .enumerate()
+        .map(|(r, &e)| e as f64 * (r + 1) as f64 / slices)
+        .sum();
+    visits / epochs.max(1) as f64
+}
+
 /// Rows×epochs of training stages `first..=R` (1-based), given the rows in each slice.
 pub fn stage_cost(slice_rows: &[u64], epochs: &[u32], first: usize) -> u64 {
     let mut cumulative = 0u64;
@@ -195,6 +208,10 @@ mod tests {
         assert_eq!(stage_epochs(20, 4), vec![8; 4]);
         assert_eq!(stage_epochs(20, 5), vec![6; 5]);
         assert_eq!(stage_epochs(1, 50), vec![1; 50]);
+        assert_eq!(sliced_fraction(20, &stage_epochs(20, 1)), 1.0);
+        assert!((sliced_fraction(10, &stage_epochs(10, 10)) - 0.55).abs() < 1e-12);
+        assert!((sliced_fraction(20, &stage_epochs(20, 4)) - 1.0).abs() < 1e-12);
+        assert!((sliced_fraction(1, &stage_epochs(1, 10)) - 5.5).abs() < 1e-12);
         // Stage cost with equal slices is e_r·n·(R+1)/2, close to e·n.
         let rows = vec![10u64; 4];
         assert_eq!(

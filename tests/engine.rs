@@ -513,3 +513,46 @@ fn streamed_ingest_places_the_rows_that_reading_the_whole_file_places() {
         }
     }
 }
+
+#[test]
+fn train_notes_when_rounded_stage_epochs_move_the_training_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train_csv, _) = digits();
+    let run = |slices: &str, epochs: &str, quiet: bool| {
+        let out = tmp.path().join(format!("run-{slices}-{epochs}-{quiet}"));
+        let mut args = vec![
+            "train",
+            "--data",
+            train_csv.to_str().unwrap(),
+            "--model",
+            "models/logreg.toml",
+            "--shards",
+            "2",
+            "--slices",
+            slices,
+            "--epochs",
+            epochs,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if quiet {
+            args.push("-q");
+        }
+        let o = sisa(&args);
+        assert!(o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let noted = run("10", "10", false);
+    assert!(
+        noted.contains("10 slices turn 10 epochs into 1 per stage") && noted.contains("55%"),
+        "{noted}"
+    );
+    assert!(
+        !run("3", "10", false).contains("note:"),
+        "2e/(R+1) = 5 exactly"
+    );
+    assert!(
+        !run("10", "10", true).contains("note:"),
+        "-q keeps it quiet"
+    );
+}
