@@ -81,29 +81,35 @@ impl Table {
 
     /// Refuse unless this file's features are exactly `expected`, in order.
     pub fn check_features(&self, expected: &[String], what: &str) -> Result<()> {
-        if self.feature_names == expected {
-            return Ok(());
-        }
-        let message = match self
-            .feature_names
-            .iter()
-            .zip(expected)
-            .position(|(a, b)| a != b)
-        {
-            Some(i) => format!(
-                "feature column {} is '{}' but the {what} has '{}' there",
-                i + 1,
-                self.feature_names[i],
-                expected[i]
-            ),
-            None => format!(
-                "{} feature columns, but the {what} has {}",
-                self.feature_names.len(),
-                expected.len()
-            ),
-        };
-        Err(Error::input(&self.path, Some(1), None, message))
+        check_feature_names(&self.path, &self.feature_names, expected, what)
     }
+}
+
+/// Refuse unless the features `names` of the file at `path` are exactly `expected`, in order;
+/// `what` names where `expected` came from.
+pub fn check_feature_names(
+    path: &Path,
+    names: &[String],
+    expected: &[String],
+    what: &str,
+) -> Result<()> {
+    if names == expected {
+        return Ok(());
+    }
+    let message = match names.iter().zip(expected).position(|(a, b)| a != b) {
+        Some(i) => format!(
+            "feature column {} is '{}' but the {what} has '{}' there",
+            i + 1,
+            names[i],
+            expected[i]
+        ),
+        None => format!(
+            "{} feature columns, but the {what} has {}",
+            names.len(),
+            expected.len()
+        ),
+    };
+    Err(Error::input(path, Some(1), None, message))
 }
 
 impl Table {

@@ -461,15 +461,11 @@ impl Workspace {
             .max()
             .unwrap_or(1);
         Workspace {
-            acts: net
-                .layers
-                .iter()
-                .map(|l| vec![0.0; batch * l.outputs])
-                .collect(),
             delta: vec![0.0; batch * widest],
             delta_prev: vec![0.0; batch * widest],
             grad_w: net.layers.iter().map(|l| vec![0.0; l.w.len()]).collect(),
             grad_b: net.layers.iter().map(|l| vec![0.0; l.b.len()]).collect(),
+            ..Workspace::forward_only(net, batch)
         }
     }
 

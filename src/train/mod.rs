@@ -12,7 +12,7 @@ pub use progress::Progress;
 pub use shard::ShardData;
 
 use crate::checkpoint::{model_digest, Checkpoint};
-use crate::data::csv::{Columns, Table};
+use crate::data::csv::{self, Columns, Table};
 use crate::data::ingest::{self, Placement, Placer};
 use crate::data::{self, Event, Role, Rows, Secret, UserRule};
 use crate::error::{Error, Result};
@@ -249,7 +249,7 @@ pub fn ingest(opts: &TrainOptions) -> Result<(RunConfig, Secret, Vec<Rows>, Opti
                 one,
                 &secret,
             )?;
-            check_same_features(p, &test_names, &names)?;
+            csv::check_feature_names(p, &test_names, &names, "training file")?;
             max_label = max_label.max(test_max);
             Some(rows.remove(0))
         }
@@ -298,19 +298,6 @@ fn stream_placed(
     )?;
     let placer = placer.ok_or_else(|| Error::input(path, None, None, "no data rows"))?;
     Ok((names, placer.finish(path)?, max_label))
-}
-
-/// Refuse a held-out file whose features differ from the training file's.
-fn check_same_features(path: &Path, names: &[String], train: &[String]) -> Result<()> {
-    let table = Table {
-        path: path.to_path_buf(),
-        feature_names: names.to_vec(),
-        user_ids: None,
-        labels: None,
-        x: Vec::new(),
-        lines: Vec::new(),
-    };
-    table.check_features(train, "training file")
 }
 
 /// The configuration of a new run on data with features `names` and labels up to `max_label`.
