@@ -85,6 +85,7 @@ fn config(case: &Case, batch: usize, shards: usize) -> RunConfig {
         aggregation: Aggregation::Mean,
         cpu: String::new(),
         created_by: String::new(),
+        secret_check: String::new(),
     }
 }
 

@@ -113,9 +113,11 @@ struct Common {
 impl Common {
     fn threads(&self) -> Result<usize> {
         match self.threads {
-            Some(0) => bail!("--threads must be at least 1"),
-            Some(n) => Ok(n),
-            None => Ok(train::default_threads()),
+            Some(n) => {
+                sisa::Error::check_range("threads", n, 1..=train::MAX_THREADS)?;
+                Ok(n)
+            }
+            None => Ok(train::default_threads().min(train::MAX_THREADS)),
         }
     }
     fn options(&self) -> Result<Options> {
@@ -223,6 +225,10 @@ struct TrainArgs {
     /// Default aggregation saved in the run. Default: mean.
     #[arg(long, value_enum, default_value = "mean")]
     aggregate: Aggregation,
+    /// Keep the deletion ledger at this path, outside the run (new or empty). The run records
+    /// it, and every later command must pass the same --ledger. Default: RUN/ledger.jsonl.
+    #[arg(long)]
+    ledger: Option<PathBuf>,
     /// Print a JSON document.
     #[arg(long)]
     json: bool,
@@ -412,6 +418,22 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// The message for an error, with the library's field names turned into the flags that set
+/// them (`batch_size` → `--batch-size`); fields no flag sets keep their preset names.
+pub fn describe(e: &anyhow::Error) -> String {
+    if let Some(sisa::Error::Field { field, message }) = e.downcast_ref::<sisa::Error>() {
+        let flag = match *field {
+            "shards" | "slices" | "threads" | "classes" | "epochs" | "lr" => {
+                format!("--{field}")
+            }
+            "batch_size" => "--batch-size".to_string(),
+            other => format!("{other} (in the model preset)"),
+        };
+        return format!("invalid configuration: {flag} {message}");
+    }
+    format!("{e:#}")
+}
+
 fn print_json(value: &serde_json::Value) {
     println!(
         "{}",
@@ -452,9 +474,7 @@ fn train_options(a: &TrainArgs) -> Result<TrainOptions> {
     if let Some(o) = a.optimizer {
         model.optimizer = o;
     }
-    model
-        .validate()
-        .map_err(|e| anyhow!("invalid configuration: {e}"))?;
+    model.validate()?;
     Ok(TrainOptions {
         data: a.data.clone(),
         test: a.test.clone(),
@@ -475,6 +495,7 @@ fn train_options(a: &TrainArgs) -> Result<TrainOptions> {
         threads: a.common.threads()?,
         progress: !a.common.quiet,
         aggregation: a.aggregate,
+        ledger: a.ledger.clone(),
     })
 }
 
@@ -866,8 +887,9 @@ fn cmd_receipt_verify(a: ReceiptArgs) -> Result<i32> {
 }
 
 fn cmd_ledger_verify(a: LedgerArgs) -> Result<i32> {
-    let path = unlearn::ledger_path(&a.run, a.ledger.as_deref());
+    let path = unlearn::location::resolve(&a.run, a.ledger.as_deref())?;
     let ledger = Ledger::open(&path)?;
+    unlearn::location::check(&a.run, &ledger)?;
     let done = ledger
         .requests()
         .iter()
@@ -1073,6 +1095,7 @@ fn quickstart(a: QuickstartArgs) -> Result<i32> {
         label_column: "label".into(),
         classes: None,
         aggregate: Aggregation::Mean,
+        ledger: None,
         json: false,
         common: a.common.clone(),
     };

@@ -44,6 +44,16 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// One setting (a count, a rate, a size) out of its range. The library names the field
+    /// (`shards`, `classes`); the binary maps it to its flag.
+    #[error("invalid configuration: {field} {message}")]
+    Field {
+        /// The setting, as named in `run.json` and the presets (`shards`, `batch_size`).
+        field: &'static str,
+        /// What is wrong with it, e.g. "must be in 1..=4096, got 0".
+        message: String,
+    },
+
     /// A run directory that cannot be opened or used as asked.
     #[error("run {path}: {message}")]
     Run {
@@ -144,6 +154,33 @@ impl Error {
             column: column.map(str::to_string),
             message: message.into(),
         }
+    }
+
+    /// The setting `field` out of its range.
+    pub fn field(field: &'static str, message: impl Into<String>) -> Self {
+        Error::Field {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// Refuse `value` for `field` unless it lies in `range`.
+    pub fn check_range(
+        field: &'static str,
+        value: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> Result<()> {
+        if range.contains(&value) {
+            return Ok(());
+        }
+        Err(Error::field(
+            field,
+            format!(
+                "must be in {}..={}, got {value}",
+                range.start(),
+                range.end()
+            ),
+        ))
     }
 
     /// A problem with the run directory at `path`.

@@ -20,7 +20,7 @@ fn main() {
     match cli::run(args) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("sisa: error: {e:#}");
+            eprintln!("sisa: error: {}", cli::describe(&e));
             std::process::exit(1);
         }
     }

@@ -183,7 +183,10 @@ fn bad_flags_and_presets() {
         (vec!["--shards", "0"], "--shards must be"),
         (vec!["--slices", "0"], "--slices must be"),
         (vec!["--lr=-1"], "lr must be"),
-        (vec!["--batch-size", "0"], "batch_size must be"),
+        (
+            vec!["--batch-size", "0"],
+            "--batch-size must be in 1..=65536, got 0",
+        ),
         (vec!["--epochs", "0"], "epochs must be"),
     ] {
         let mut all = vec![

@@ -172,8 +172,11 @@ fn a_restored_backup_is_brought_back_in_line_before_use() {
     assert_eq!(check["ok"], true, "{check}");
     assert_eq!(check["rows_absent"], true);
     assert_eq!(receipt["request"], 1);
-    // The restored run with its own, older ledger refuses to open once it has moved past it.
-    fails_with(&["status", "--run", r], &["does not hold"]);
+    // The restored run knows its ledger lives elsewhere: without --ledger it refuses, naming it.
+    fails_with(
+        &["status", "--run", r],
+        &["its deletion ledger lives at", l],
+    );
 }
 
 #[test]

@@ -484,6 +484,7 @@ fn streamed_ingest_places_the_rows_that_reading_the_whole_file_places() {
             threads: 1,
             progress: false,
             aggregation: sisa::run::Aggregation::Mean,
+            ledger: None,
         };
         let (config, _, shards, test_rows) = sisa::train::ingest(&opts).unwrap();
         let read = |p: &Path, role| {

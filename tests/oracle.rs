@@ -45,6 +45,7 @@ fn options(data: &Path, out: &Path, preset: &str, shard_by: ShardBy, seed: u64) 
         threads: 2,
         progress: false,
         aggregation: Aggregation::Mean,
+        ledger: None,
     }
 }
 

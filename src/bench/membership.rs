@@ -221,6 +221,7 @@ pub fn run(
         threads,
         progress: false,
         aggregation: Aggregation::Mean,
+        ledger: None,
     };
     let trained = train::train_tables(&topts, &train_rows, None)?;
     let (_, train_accuracy) = losses(&trained.run, &train_rows)?;

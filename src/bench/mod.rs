@@ -218,7 +218,7 @@ fn check(opts: &BenchOptions) -> Result<()> {
     if opts.samples == 0 {
         return Err(Error::Config("--samples must be at least 1".into()));
     }
-    opts.model.validate().map_err(Error::Config)
+    opts.model.validate()
 }
 
 fn sorted(v: &[usize]) -> Vec<usize> {
@@ -234,7 +234,7 @@ fn sorted(v: &[usize]) -> Vec<usize> {
 /// untouched.
 pub fn copy_run(from: &Path, to: &Path) -> Result<()> {
     fn walk(from: &Path, to: &Path, immutable: bool) -> Result<()> {
-        std::fs::create_dir_all(to).at(to)?;
+        crate::run::durable::create_dir_all(to)?;
         for entry in std::fs::read_dir(from).at(from)? {
             let entry = entry.at(from)?;
             let src = entry.path();
@@ -307,6 +307,7 @@ impl Context<'_> {
             threads: o.threads,
             progress: false,
             aggregation: Aggregation::Mean,
+            ledger: None,
         }
     }
 
@@ -687,6 +688,7 @@ pub fn run(opts: &BenchOptions) -> Result<(Report, Written)> {
         threads: opts.threads,
         progress: false,
         aggregation: Aggregation::Mean,
+        ledger: None,
     };
     let (train_table, test_table) = train::read_tables(&template)?;
     let ids = train_table

@@ -218,6 +218,7 @@ pub fn measure_preset(
         aggregation: Aggregation::Mean,
         cpu: cpu_model(),
         created_by: format!("sisa {}", env!("CARGO_PKG_VERSION")),
+        secret_check: String::new(),
     };
     let placement = Placement {
         seed,

@@ -168,6 +168,12 @@ impl Table {
 
 /// Open a file, transparently gunzipping it when it starts with the gzip magic.
 pub fn open_maybe_gz(path: &Path) -> Result<Box<dyn Read>> {
+    Ok(open_with_length(path)?.0)
+}
+
+/// [`open_maybe_gz`], also returning the file's length when it is not gzipped (the length of
+/// what the reader yields), so a reader can check sizes a header declares before reading.
+pub fn open_with_length(path: &Path) -> Result<(Box<dyn Read>, Option<u64>)> {
     let mut file = std::fs::File::open(path).at(path)?;
     let mut magic = [0u8; 2];
     let mut got = 0;
@@ -178,12 +184,123 @@ pub fn open_maybe_gz(path: &Path) -> Result<Box<dyn Read>> {
         }
         got += n;
     }
+    let len = file.metadata().at(path)?.len();
     let head = std::io::Cursor::new(magic[..got].to_vec());
     let chained = head.chain(file);
     if got == 2 && magic == [0x1f, 0x8b] {
-        Ok(Box::new(flate2::read::MultiGzDecoder::new(chained)))
+        Ok((Box::new(flate2::read::MultiGzDecoder::new(chained)), None))
     } else {
-        Ok(Box::new(chained))
+        Ok((Box::new(chained), Some(len)))
+    }
+}
+
+/// Line numbers of the records in a stream, counting `\n`, `\r\n` and a lone `\r` alike. The
+/// csv crate counts only `\n` (a CR-only file was all "line 1") and puts a record's start
+/// before the blank lines and line ends it skips, so the lines are tracked here from the bytes.
+/// Holds only lines read but not yet asked about: bounded by the csv reader's buffer.
+#[derive(Debug)]
+struct LineStarts {
+    /// Bytes seen so far.
+    offset: u64,
+    /// Lines not yet passed, the one holding the last position asked about first.
+    lines: std::collections::VecDeque<Line>,
+    /// 1-based number of `lines[0]`.
+    first: u64,
+    /// The last byte seen was `\r` (a `\n` may follow in the next read).
+    pending_cr: bool,
+}
+
+/// One line of the stream: where it starts and where its line end begins.
+#[derive(Clone, Copy, Debug)]
+struct Line {
+    start: u64,
+    end: Option<u64>,
+}
+
+impl LineStarts {
+    fn shared() -> std::rc::Rc<std::cell::RefCell<LineStarts>> {
+        std::rc::Rc::new(std::cell::RefCell::new(LineStarts {
+            offset: 0,
+            lines: [Line {
+                start: 0,
+                end: None,
+            }]
+            .into(),
+            first: 1,
+            pending_cr: false,
+        }))
+    }
+
+    fn new_line(&mut self, start: u64) {
+        self.lines.push_back(Line { start, end: None });
+    }
+
+    fn scan(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            let p = self.offset;
+            self.offset += 1;
+            if self.pending_cr {
+                self.pending_cr = false;
+                if b == b'\n' {
+                    self.new_line(p + 1);
+                    continue;
+                }
+                self.new_line(p);
+            }
+            if b == b'\r' || b == b'\n' {
+                if let Some(line) = self.lines.back_mut() {
+                    line.end.get_or_insert(p);
+                }
+                if b == b'\r' {
+                    self.pending_cr = true;
+                } else {
+                    self.new_line(p + 1);
+                }
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        if std::mem::take(&mut self.pending_cr) {
+            self.new_line(self.offset);
+        }
+    }
+
+    /// The 1-based line of the first byte at or after `at` that is not a line end: where a
+    /// record the csv crate says starts at `at` really starts. `at` never decreases.
+    fn line_at(&mut self, mut at: u64) -> u64 {
+        while self.lines.len() > 1 && self.lines[1].start <= at {
+            self.lines.pop_front();
+            self.first += 1;
+        }
+        loop {
+            let line = self.lines[0];
+            if line.end.is_none_or(|e| at < e) || self.lines.len() == 1 {
+                return self.first;
+            }
+            self.lines.pop_front();
+            self.first += 1;
+            at = at.max(self.lines[0].start);
+        }
+    }
+}
+
+/// A reader that tells [`LineStarts`] every byte it hands on.
+struct LineCounter<R> {
+    inner: R,
+    lines: std::rc::Rc<std::cell::RefCell<LineStarts>>,
+}
+
+impl<R: Read> Read for LineCounter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut lines = self.lines.borrow_mut();
+        if n == 0 {
+            lines.end();
+        } else {
+            lines.scan(&buf[..n]);
+        }
+        Ok(n)
     }
 }
 
@@ -270,13 +387,22 @@ pub fn for_each_row(
     label: Need,
     mut on_row: impl FnMut(Record<'_>) -> Result<()>,
 ) -> Result<Vec<String>> {
-    let reader = open_maybe_gz(path)?;
+    match crate::data::format::sniff(path)? {
+        crate::data::format::Format::Csv => {}
+        other => return Err(crate::data::format::unreadable(path, other, "a CSV file")),
+    }
+    let lines = LineStarts::shared();
+    let reader = LineCounter {
+        inner: open_maybe_gz(path)?,
+        lines: lines.clone(),
+    };
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .from_reader(reader);
+    let line_at = |p: &csv::Position| lines.borrow_mut().line_at(p.byte());
     let map_csv = |e: csv::Error| {
-        let line = e.position().map(|p| p.line());
+        let line = e.position().map(line_at);
         Error::input(path, line, None, format!("unreadable CSV: {e}"))
     };
     let mut record = csv::StringRecord::new();
@@ -321,7 +447,7 @@ pub fn for_each_row(
     let mut features = vec![0f32; feature_cols.len()];
     let mut rows = 0u64;
     while csv.read_record(&mut record).map_err(map_csv)? {
-        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        let line = record.position().map(line_at).unwrap_or(0);
         if record.len() == 1 && record.get(0).is_some_and(|f| f.trim().is_empty()) {
             continue; // a blank line
         }

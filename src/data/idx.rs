@@ -15,9 +15,10 @@
 //! the rank: `u17` for a training row, `h17` for a held-out row, so no user has rows on both
 //! sides (as in the bundled datasets) and the same data and seed always give the same users.
 
-use crate::data::csv::{open_maybe_gz, MAX_LABEL};
+use crate::data::csv::{open_with_length, MAX_LABEL};
+use crate::data::rows::MAX_FEATURES;
 use crate::data::{Event, Labelled};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::io::Read;
@@ -198,22 +199,6 @@ pub struct IdxArray {
     pub values: Vec<f32>,
 }
 
-/// True when the file (after gunzipping) starts like an IDX file: `0, 0, type, dims` with a
-/// known type code and 1 to 4 dimensions. A CSV file never does.
-pub fn is_idx(path: &Path) -> Result<bool> {
-    let mut head = [0u8; 4];
-    let mut reader = open_maybe_gz(path)?;
-    let mut got = 0;
-    while got < 4 {
-        let n = reader.read(&mut head[got..]).at(path)?;
-        if n == 0 {
-            return Ok(false);
-        }
-        got += n;
-    }
-    Ok(head[0] == 0 && head[1] == 0 && elem_size(head[2]).is_some() && (1..=4).contains(&head[3]))
-}
-
 fn elem_size(code: u8) -> Option<usize> {
     match code {
         0x08 | 0x09 => Some(1),
@@ -317,7 +302,11 @@ fn read_header(path: &Path, reader: &mut impl Read) -> Result<Header> {
 /// stream to count its bytes.
 fn length_error(path: &Path, h: &Header, reader: &mut impl Read, read: u64) -> Error {
     let rest = std::io::copy(reader, &mut std::io::sink()).unwrap_or(0);
-    let total = read + rest;
+    length_message(path, h, read + rest)
+}
+
+/// The error for a file of `total` bytes whose sizes declare another length.
+fn length_message(path: &Path, h: &Header, total: u64) -> Error {
     let expected = h.expected();
     Error::input(
         path,
@@ -378,14 +367,39 @@ struct Records {
 
 impl Records {
     fn open(path: &Path) -> Result<Records> {
-        let mut reader = open_maybe_gz(path)?;
+        let (mut reader, length) = open_with_length(path)?;
         let header = read_header(path, &mut reader)?;
+        // Sizes the file cannot hold are refused before anything is allocated from them: a
+        // plain file's length is known, a gzipped file's is counted in one streaming pass
+        // (constant memory), since ingest sizes its shards from the record count.
+        let len = match length {
+            Some(len) => len,
+            None => {
+                let mut whole = crate::data::csv::open_maybe_gz(path)?;
+                std::io::copy(&mut whole, &mut std::io::sink()).map_err(|e| Error::io(path, e))?
+            }
+        };
+        if len != header.expected() {
+            return Err(length_message(path, &header, len));
+        }
         let per_record = header.per_record();
+        if per_record > MAX_FEATURES {
+            return Err(Error::input(
+                path,
+                None,
+                None,
+                format!(
+                    "sizes {:?}: records of {per_record} values, more than the {MAX_FEATURES} features a row of a run holds",
+                    header.dims
+                ),
+            ));
+        }
         Ok(Records {
             path: path.to_path_buf(),
             reader,
-            body: vec![0u8; per_record * header.size],
-            values: vec![0f32; per_record],
+            // Grown as bytes arrive.
+            body: Vec::new(),
+            values: Vec::new(),
             read: header.len as u64,
             header,
             next: 0,
@@ -411,9 +425,14 @@ impl Records {
             }
             return Ok(None);
         }
-        let got = fill(&mut self.reader, &mut self.body, path)?;
+        let want = self.header.per_record() * self.header.size;
+        self.body.clear();
+        let got = (&mut self.reader)
+            .take(want as u64)
+            .read_to_end(&mut self.body)
+            .map_err(|e| Error::io(path, e))?;
         self.read += got as u64;
-        if got < self.body.len() {
+        if got < want {
             return Err(length_error(
                 path,
                 &self.header,
@@ -421,6 +440,7 @@ impl Records {
                 self.read,
             ));
         }
+        self.values.resize(self.header.per_record(), 0.0);
         decode(self.header.code, &self.body, &mut self.values);
         self.next += 1;
         if let Some(i) = self.values.iter().position(|v| !v.is_finite()) {
@@ -494,6 +514,7 @@ pub fn for_each_labelled(
     role: Role,
     mut on_event: impl FnMut(Event<'_>) -> Result<()>,
 ) -> Result<Vec<String>> {
+    let mut records = Records::open(images)?;
     let labels_path = match labels {
         Some(p) => p.to_path_buf(),
         None => labels_path_for(images).ok_or_else(|| {
@@ -505,7 +526,6 @@ pub fn for_each_labelled(
             )
         })?,
     };
-    let mut records = Records::open(images)?;
     let dims = records.dims().to_vec();
     if dims.len() < 2 || dims[1..].iter().product::<usize>() == 0 {
         return Err(Error::input(
@@ -605,7 +625,9 @@ mod tests {
         let lab = dir.path().join("train-labels-idx1-ubyte");
         std::fs::write(&lab, idx_bytes(&[3], &[7, 0, 9])).unwrap();
         assert_eq!(labels_path_for(&img), Some(lab.clone()));
-        assert!(is_idx(&img).unwrap() && is_idx(&lab).unwrap());
+        let idx = crate::data::format::Format::Idx;
+        assert!(crate::data::format::sniff(&img).unwrap() == idx);
+        assert!(crate::data::format::sniff(&lab).unwrap() == idx);
         let rule = UserRule::Uniform { users: 2 };
         let t = crate::data::read_labelled(
             &img,
@@ -632,10 +654,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.csv");
         std::fs::write(&p, "user_id,label,a\nu,1,2\n").unwrap();
-        assert!(!is_idx(&p).unwrap());
+        let sniff = crate::data::format::sniff;
+        assert_eq!(sniff(&p).unwrap(), crate::data::format::Format::Csv);
         let short = dir.path().join("short");
         std::fs::write(&short, [0u8, 0]).unwrap();
-        assert!(!is_idx(&short).unwrap());
+        assert_eq!(sniff(&short).unwrap(), crate::data::format::Format::Idx);
     }
 
     #[test]

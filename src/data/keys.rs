@@ -44,6 +44,15 @@ impl Secret {
         Ok(Secret(arr))
     }
 
+    /// `HMAC-SHA256(secret, "sisa-secret-check")` in hex, kept in `run.json` so that a
+    /// changed or damaged secret is refused instead of silently giving every user a new key.
+    pub fn check_value(&self) -> String {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts keys of any length");
+        mac.update(b"sisa-secret-check");
+        hex::encode(mac.finalize().into_bytes())
+    }
+
     /// The key of `user_id` under this secret.
     pub fn key(&self, user_id: &str) -> UserKey {
         let mut mac =

@@ -5,6 +5,7 @@
 //! shard's rows in one checksummed file.
 
 pub mod csv;
+pub mod format;
 pub mod idx;
 pub mod keys;
 pub mod rows;
@@ -58,7 +59,7 @@ pub fn for_each_labelled(
     role: Role,
     mut on_event: impl FnMut(Event<'_>) -> Result<()>,
 ) -> Result<Vec<String>> {
-    if idx::is_idx(path)? {
+    if format::sniff(path)? == format::Format::Idx {
         let rule = users.ok_or_else(|| {
             Error::input(
                 path,

@@ -24,6 +24,18 @@ pub enum OptimizerKind {
     Adam,
 }
 
+/// Largest batch size accepted.
+pub const MAX_BATCH: usize = 1 << 16;
+/// Largest epoch count accepted.
+pub const MAX_EPOCHS: u32 = 100_000;
+/// Largest hidden-layer width accepted.
+pub const MAX_WIDTH: usize = 1 << 16;
+/// Most hidden layers accepted.
+pub const MAX_LAYERS: usize = 64;
+/// Most parameters (weights and biases) a shard model may have: 2²⁷, half a GiB of `f32`
+/// before gradients and optimizer state.
+pub const MAX_PARAMETERS: u64 = 1 << 27;
+
 fn default_momentum() -> f32 {
     0.9
 }
@@ -76,38 +88,68 @@ impl ModelSpec {
         let text = std::fs::read_to_string(path).at(path)?;
         let spec: ModelSpec = toml::from_str(&text)
             .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?;
-        spec.validate()
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        spec.validate().map_err(|e| match e {
+            Error::Field { field, message } => {
+                Error::Config(format!("{}: {field} {message}", path.display()))
+            }
+            other => other,
+        })?;
         Ok(spec)
     }
 
-    /// Refuse values that cannot train.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    /// Refuse values that cannot train; the error names the field.
+    pub fn validate(&self) -> Result<()> {
         if !(self.lr.is_finite() && self.lr > 0.0 && self.lr < 100.0) {
-            return Err(format!("lr must be in (0, 100), got {}", self.lr));
+            return Err(Error::field(
+                "lr",
+                format!("must be in (0, 100), got {}", self.lr),
+            ));
         }
         if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
-            return Err(format!("momentum must be in [0, 1), got {}", self.momentum));
+            return Err(Error::field(
+                "momentum",
+                format!("must be in [0, 1), got {}", self.momentum),
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(format!(
-                "weight_decay must be >= 0, got {}",
-                self.weight_decay
+            return Err(Error::field(
+                "weight_decay",
+                format!("must be >= 0, got {}", self.weight_decay),
             ));
         }
-        if !(1..=1 << 16).contains(&self.batch_size) {
-            return Err(format!(
-                "batch_size must be in 1..=65536, got {}",
-                self.batch_size
+        Error::check_range("batch_size", self.batch_size, 1..=MAX_BATCH)?;
+        Error::check_range("epochs", self.epochs as usize, 1..=MAX_EPOCHS as usize)?;
+        for &w in &self.hidden {
+            Error::check_range("hidden", w, 1..=MAX_WIDTH)?;
+        }
+        if self.hidden.len() > MAX_LAYERS {
+            return Err(Error::field(
+                "hidden",
+                format!("has {} layers; at most {MAX_LAYERS}", self.hidden.len()),
             ));
-        }
-        if !(1..=100_000).contains(&self.epochs) {
-            return Err(format!("epochs must be in 1..=100000, got {}", self.epochs));
-        }
-        if let Some(w) = self.hidden.iter().find(|&&w| !(1..=1 << 16).contains(&w)) {
-            return Err(format!("hidden layer width must be in 1..=65536, got {w}"));
         }
         Ok(())
+    }
+
+    /// Refuse a network too large to hold: more than [`MAX_PARAMETERS`] weights for
+    /// `features` inputs and `classes` outputs. The error names the field `model`.
+    pub fn check_size(&self, features: usize, classes: usize) -> Result<()> {
+        let dims = self.dims(features, classes);
+        let params = dims.windows(2).try_fold(0u64, |acc, w| {
+            (w[0] as u64)
+                .checked_mul(w[1] as u64)
+                .and_then(|p| p.checked_add(w[1] as u64))
+                .and_then(|p| acc.checked_add(p))
+        });
+        match params {
+            Some(p) if p <= MAX_PARAMETERS => Ok(()),
+            _ => Err(Error::field(
+                "model",
+                format!(
+                    "{dims:?} (inputs, hidden widths, classes) needs more than {MAX_PARAMETERS} parameters"
+                ),
+            )),
+        }
     }
 
     /// Layer widths from input to output.

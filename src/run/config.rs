@@ -7,8 +7,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
-/// Schema tag of `run.json`.
-pub const RUN_FORMAT: &str = "sisa-run/1";
+/// Schema tag of `run.json`. Version 2 added the check values (`secret_check`, `check`).
+pub const RUN_FORMAT: &str = "sisa-run/2";
+
+/// The key under which `run.json` keeps the SHA-256 of the rest of its contents.
+const CHECK_KEY: &str = "check";
 
 /// How shard models are combined into one prediction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -31,7 +34,12 @@ impl Aggregation {
 }
 
 /// The run's configuration, saved as `run.json`.
+///
+/// The file also holds `check`, the SHA-256 of every other field ([`RunConfig::to_json`]):
+/// any edit or flipped bit in a field that changes behaviour (a feature name, a column, the
+/// aggregation) is refused as corruption of `run.json` by every command that opens the run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunConfig {
     /// Schema tag, [`RUN_FORMAT`].
     pub format: String,
@@ -63,6 +71,12 @@ pub struct RunConfig {
     pub cpu: String,
     /// `sisa` version that created the run.
     pub created_by: String,
+    /// `HMAC-SHA256(secret, "sisa-secret-check")` in hex: a changed or damaged `secret` would
+    /// give every user another key (a forgotten user would no longer be recognised), so the
+    /// run refuses to open when the secret does not give this value ([`Secret::check_value`]).
+    ///
+    /// [`Secret::check_value`]: crate::data::Secret::check_value
+    pub secret_check: String,
 }
 
 /// The part of the configuration that determines trained weights.
@@ -90,23 +104,57 @@ impl RunConfig {
     /// SHA-256 of everything that determines the trained weights (floats by their bits); part
     /// of every lineage. Names, columns and the CPU string are left out.
     pub fn digest(&self) -> [u8; 32] {
+        // Destructured field by field, so a new field cannot stay out of the digest unnoticed:
+        // each is either part of the training identity or named here as outside it.
+        let RunConfig {
+            format: _,
+            name: _,
+            model,
+            shards,
+            slices,
+            stage_epochs,
+            seed,
+            shard_by,
+            features,
+            classes,
+            user_column: _,
+            label_column: _,
+            aggregation: _,
+            cpu: _,
+            created_by: _,
+            secret_check: _,
+        } = self;
+        let ModelSpec {
+            name: _,
+            description: _,
+            hidden,
+            activation,
+            optimizer,
+            lr,
+            momentum,
+            weight_decay,
+            batch_size,
+            // Enters through the stage epochs it was recalibrated into.
+            epochs: _,
+            standardize,
+        } = model;
         let id = TrainingIdentity {
             format: RUN_FORMAT,
-            hidden: &self.model.hidden,
-            activation: self.model.activation,
-            optimizer: self.model.optimizer,
-            lr: self.model.lr.to_bits(),
-            momentum: self.model.momentum.to_bits(),
-            weight_decay: self.model.weight_decay.to_bits(),
-            batch_size: self.model.batch_size,
-            standardize: self.model.standardize,
-            shards: self.shards,
-            slices: self.slices,
-            stage_epochs: &self.stage_epochs,
-            seed: self.seed,
-            shard_by: self.shard_by,
-            features: self.features.len(),
-            classes: self.classes,
+            hidden,
+            activation: *activation,
+            optimizer: *optimizer,
+            lr: lr.to_bits(),
+            momentum: momentum.to_bits(),
+            weight_decay: weight_decay.to_bits(),
+            batch_size: *batch_size,
+            standardize: *standardize,
+            shards: *shards,
+            slices: *slices,
+            stage_epochs,
+            seed: *seed,
+            shard_by: *shard_by,
+            features: features.len(),
+            classes: *classes,
         };
         let json = serde_json::to_vec(&id).expect("serializing plain data cannot fail");
         Sha256::digest(json).into()
@@ -117,11 +165,52 @@ impl RunConfig {
         self.model.dims(self.features.len(), self.classes)
     }
 
-    /// Read and check `run.json`.
+    /// SHA-256 of the serialized fields, in hex: the `check` value of `run.json`.
+    fn check_value(&self) -> String {
+        let json = serde_json::to_vec(self).expect("serializing plain data cannot fail");
+        hex::encode(Sha256::digest(json))
+    }
+
+    /// The contents of `run.json`: every field, and `check` over them.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut value = serde_json::to_value(self).expect("serializing plain data cannot fail");
+        if let serde_json::Value::Object(map) = &mut value {
+            map.insert(CHECK_KEY.into(), self.check_value().into());
+        }
+        serde_json::to_vec_pretty(&value).expect("serializing plain data cannot fail")
+    }
+
+    /// Read and check `run.json`: its check value, schema and ranges.
     pub fn load(path: &Path) -> Result<RunConfig> {
         let bytes = std::fs::read(path).at(path)?;
-        let config: RunConfig = serde_json::from_slice(&bytes)
+        let mut value: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| Error::corrupt(path, format!("not a valid run.json: {e}")))?;
+        let format = value.get("format").and_then(|f| f.as_str()).unwrap_or("");
+        if format != RUN_FORMAT {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "format '{format}' is not {RUN_FORMAT}{}",
+                    if format == "sisa-run/1" {
+                        " (the run was created by an earlier sisa, before run.json had check values; train it again)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        let check = match value.as_object_mut().and_then(|m| m.remove(CHECK_KEY)) {
+            Some(serde_json::Value::String(c)) => c,
+            _ => return Err(Error::corrupt(path, "no check value")),
+        };
+        let config: RunConfig = serde_json::from_value(value)
+            .map_err(|e| Error::corrupt(path, format!("not a valid run.json: {e}")))?;
+        if config.check_value() != check {
+            return Err(Error::corrupt(
+                path,
+                "its contents do not match its check value: run.json was edited or damaged",
+            ));
+        }
         if config.format != RUN_FORMAT {
             return Err(Error::corrupt(
                 path,
@@ -131,7 +220,7 @@ impl RunConfig {
         config
             .model
             .validate()
-            .map_err(|e| Error::corrupt(path, e))?;
+            .map_err(|e| Error::corrupt(path, e.to_string()))?;
         if config.shards == 0 || config.slices == 0 || config.stage_epochs.len() != config.slices {
             return Err(Error::corrupt(
                 path,

@@ -111,6 +111,24 @@ mod failpoints {
     }
 }
 
+/// Permission bits of every file a run, ledger or receipt gets: the owner's alone, whatever
+/// the umask, since the run holds the remaining users' rows.
+pub const FILE_MODE: u32 = 0o600;
+/// Permission bits of every directory created for a run, a ledger or receipts.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Open options that create files with [`FILE_MODE`].
+pub fn private_options() -> OpenOptions {
+    #[allow(unused_mut)]
+    let mut opts = OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(FILE_MODE);
+    }
+    opts
+}
+
 /// fsync a directory, so that renames and removals inside it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     let d = File::open(dir).at(dir)?;
@@ -125,7 +143,14 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_dir_all(parent)?;
     }
-    fs::create_dir(dir)
+    let mut builder = fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(DIR_MODE);
+    }
+    builder
+        .create(dir)
         .or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })
         .at(dir)?;
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -136,13 +161,8 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
 
 /// Write `bytes` to `path` atomically and durably: `path.tmp`, fsync, rename, fsync the
 /// directory. `point` names the failpoints along the way (`<point>.write`, `<point>.rename`,
-/// `<point>.done`).
+/// `<point>.done`). The file gets [`FILE_MODE`].
 pub fn write_atomic(path: &Path, bytes: &[u8], point: &str) -> Result<()> {
-    write_atomic_mode(path, bytes, point, None)
-}
-
-/// [`write_atomic`] with Unix permission bits for the new file (for the secret: 0600).
-pub fn write_atomic_mode(path: &Path, bytes: &[u8], point: &str, mode: Option<u32>) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -151,16 +171,19 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], point: &str, mode: Option<u3
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
     {
-        let mut opts = OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
+        let mut f = private_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .at(&tmp)?;
+        // A temp file left by an earlier crash keeps the bits it had: set them again.
         #[cfg(unix)]
-        if let Some(m) = mode {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(m);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(FILE_MODE))
+                .at(&tmp)?;
         }
-        #[cfg(not(unix))]
-        let _ = mode;
-        let mut f = opts.open(&tmp).at(&tmp)?;
         // A torn write: half the bytes reach the temp file, then the process dies.
         if cfg!(feature = "failpoints")
             && std::env::var("SISA_FAILPOINT").is_ok_and(|s| s == format!("torn:{point}"))
@@ -199,7 +222,7 @@ pub fn remove_file(path: &Path, point: &str) -> Result<()> {
 /// Append one line to a file and fsync it; creates the file (durably) if needed.
 pub fn append_line(path: &Path, line: &str, point: &str) -> Result<()> {
     let existed = path.exists();
-    let mut f = OpenOptions::new()
+    let mut f = private_options()
         .create(true)
         .append(true)
         .open(path)

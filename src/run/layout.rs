@@ -8,6 +8,7 @@
 //!   secret                           HMAC key for user keys (0600)
 //!   LOCK                             locked by the process recovering or changing the run
 //!   ledger.jsonl                     deletion requests (may live elsewhere: --ledger)
+//!   ledger-location.json             where the ledger lives, if elsewhere, and its last head
 //!   data/shard-<k>-<digest>.rows     a shard's rows, named by their digest
 //!   data/test-<digest>.rows          held-out rows
 //!   checkpoints/shard-<k>/<lineage>.safetensors
@@ -34,6 +35,8 @@ pub enum RunFile<'a> {
     Lock,
     /// `ledger.jsonl` (the default ledger location).
     Ledger,
+    /// `ledger-location.json`: where the ledger lives when it is not `ledger.jsonl`.
+    LedgerLocation,
     /// `data/`.
     DataDir,
     /// `data/shard-<k>-<digest16>.rows`.
@@ -79,6 +82,7 @@ impl RunDir {
             RunFile::Secret => self.root.join("secret"),
             RunFile::Lock => self.root.join("LOCK"),
             RunFile::Ledger => self.root.join("ledger.jsonl"),
+            RunFile::LedgerLocation => self.root.join("ledger-location.json"),
             RunFile::DataDir => self.root.join("data"),
             RunFile::ShardData(k, digest) => self
                 .root

@@ -7,10 +7,12 @@
 pub mod config;
 pub mod durable;
 pub mod layout;
+pub mod lock;
 pub mod manifest;
 
 pub use config::{Aggregation, RunConfig};
 pub use layout::{RunDir, RunFile};
+pub use lock::RunLock;
 pub use manifest::{DataRef, Manifest, ShardEntry, StageEntry};
 
 use crate::checkpoint::Checkpoint;
@@ -54,7 +56,15 @@ impl Run {
             return Err(Error::run(root, "not a sisa run (no run.json)"));
         }
         let config = RunConfig::load(&dir.path(RunFile::Config))?;
-        let secret = Secret::load(&dir.path(RunFile::Secret))?;
+        let secret_path = dir.path(RunFile::Secret);
+        let secret = Secret::load(&secret_path)?;
+        if secret.check_value() != config.secret_check {
+            return Err(Error::corrupt(
+                &secret_path,
+                "does not give the check value in run.json: the secret was changed or damaged, \
+                 and under another secret no user (forgotten or not) would be recognised",
+            ));
+        }
         let manifest = Manifest::load_current(&dir)?;
         let config_digest = config.digest();
         if manifest.config_digest != hex::encode(config_digest) {

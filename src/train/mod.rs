@@ -21,7 +21,7 @@ use crate::plan::{self, ShardBy};
 use crate::run::config::{cpu_model, RUN_FORMAT};
 use crate::run::manifest::MANIFEST_FORMAT;
 use crate::run::{
-    durable, Aggregation, Manifest, RowsFile, Run, RunConfig, RunDir, RunFile, ShardEntry,
+    durable, Aggregation, Manifest, RowsFile, Run, RunConfig, RunDir, RunFile, RunLock, ShardEntry,
     StageEntry,
 };
 use rayon::prelude::*;
@@ -33,6 +33,10 @@ use std::time::Instant;
 pub const MAX_SHARDS: usize = 4096;
 /// Largest slice count accepted.
 pub const MAX_SLICES: usize = 1024;
+/// Most worker threads accepted (the pool never starts more threads than it has shards).
+pub const MAX_THREADS: usize = 1024;
+/// Most classes accepted: one more than the largest label a file may hold.
+pub const MAX_CLASSES: usize = crate::data::csv::MAX_LABEL as usize + 1;
 
 /// One shard to (re)train from stage `first`.
 pub struct Job<'a> {
@@ -63,8 +67,10 @@ pub fn train_jobs(
     progress: &Progress,
     sink: &(dyn Fn(&Checkpoint, u32, u64) -> Result<StageEntry> + Sync),
 ) -> Result<Vec<Trained>> {
+    // No more workers than jobs: an idle worker costs its stack and start-up.
+    let threads = threads.clamp(1, jobs.len().max(1));
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
+        .num_threads(threads)
         .thread_name(|i| format!("sisa-shard-{i}"))
         .build()
         .map_err(|e| Error::Config(format!("cannot start {threads} worker threads: {e}")))?;
@@ -142,6 +148,9 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Default aggregation saved in the run.
     pub aggregation: Aggregation,
+    /// A deletion ledger outside the run (recorded in the run, so that a restored backup
+    /// cannot be opened without it). Default: `RUN/ledger.jsonl`. Must be new or empty.
+    pub ledger: Option<PathBuf>,
 }
 
 /// What `sisa train` did.
@@ -155,18 +164,27 @@ pub struct TrainSummary {
     pub rows_epochs: u64,
 }
 
-fn check_counts(shards: usize, slices: usize) -> Result<()> {
-    if !(1..=MAX_SHARDS).contains(&shards) {
-        return Err(Error::Config(format!(
-            "--shards must be in 1..={MAX_SHARDS}, got {shards}"
-        )));
+fn check_counts(opts: &TrainOptions) -> Result<()> {
+    Error::check_range("shards", opts.shards, 1..=MAX_SHARDS)?;
+    Error::check_range("slices", opts.slices, 1..=MAX_SLICES)?;
+    Error::check_range("threads", opts.threads, 1..=MAX_THREADS)?;
+    if let Some(c) = opts.classes {
+        Error::check_range("classes", c, 2..=MAX_CLASSES)?;
     }
-    if !(1..=MAX_SLICES).contains(&slices) {
-        return Err(Error::Config(format!(
-            "--slices must be in 1..={MAX_SLICES}, got {slices}"
-        )));
+    opts.model.validate()
+}
+
+/// Refuse a ledger for a new run that already holds entries (another run's requests).
+fn check_new_ledger(ledger: Option<&Path>) -> Result<()> {
+    let Some(path) = ledger else { return Ok(()) };
+    crate::unlearn::ledger::check_location(path)?;
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > 0 => Err(Error::run(
+            path,
+            "already holds deletion requests; a new run needs a new ledger",
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Refuse an `--out` that exists and is not an empty directory.
@@ -218,9 +236,9 @@ pub fn read_tables(opts: &TrainOptions) -> Result<(Table, Option<Table>)> {
 /// Read, validate and place the training (and held-out) data of a new run, streaming each
 /// file straight into its shards: ingest holds one copy of the data, in the shards.
 pub fn ingest(opts: &TrainOptions) -> Result<(RunConfig, Secret, Vec<Rows>, Option<Rows>)> {
-    check_counts(opts.shards, opts.slices)?;
-    opts.model.validate().map_err(Error::Config)?;
+    check_counts(opts)?;
     check_out(&opts.out)?;
+    check_new_ledger(opts.ledger.as_deref())?;
     let secret = Secret::generate()?;
     let placement = Placement {
         seed: opts.seed,
@@ -255,7 +273,7 @@ pub fn ingest(opts: &TrainOptions) -> Result<(RunConfig, Secret, Vec<Rows>, Opti
         }
         None => None,
     };
-    let config = new_config(opts, names, max_label)?;
+    let config = new_config(opts, names, max_label, &secret)?;
     Ok((config, secret, shards, test))
 }
 
@@ -301,17 +319,36 @@ fn stream_placed(
 }
 
 /// The configuration of a new run on data with features `names` and labels up to `max_label`.
-fn new_config(opts: &TrainOptions, names: Vec<String>, max_label: u32) -> Result<RunConfig> {
+fn new_config(
+    opts: &TrainOptions,
+    names: Vec<String>,
+    max_label: u32,
+    secret: &Secret,
+) -> Result<RunConfig> {
     let max_label = max_label as usize;
     let classes = match opts.classes {
         Some(c) if c <= max_label => {
-            return Err(Error::Config(format!(
-                "--classes {c} is too small: the data has label {max_label}"
-            )))
+            return Err(Error::field(
+                "classes",
+                format!("{c} is too small: the data has label {max_label}"),
+            ))
         }
         Some(c) => c,
         None => (max_label + 1).max(2),
     };
+    if names.len() > crate::data::rows::MAX_FEATURES {
+        return Err(Error::input(
+            &opts.data,
+            None,
+            None,
+            format!(
+                "{} features per row; a run stores at most {}",
+                names.len(),
+                crate::data::rows::MAX_FEATURES
+            ),
+        ));
+    }
+    opts.model.check_size(names.len(), classes)?;
     let name = opts
         .out
         .file_name()
@@ -335,6 +372,7 @@ fn new_config(opts: &TrainOptions, names: Vec<String>, max_label: u32) -> Result
         aggregation: opts.aggregation,
         cpu: cpu_model(),
         created_by: format!("sisa {}", env!("CARGO_PKG_VERSION")),
+        secret_check: secret.check_value(),
     })
 }
 
@@ -345,9 +383,9 @@ pub fn ingest_tables(
     train: &Table,
     test: Option<&Table>,
 ) -> Result<(RunConfig, Secret, Vec<Rows>, Option<Rows>)> {
-    check_counts(opts.shards, opts.slices)?;
-    opts.model.validate().map_err(Error::Config)?;
+    check_counts(opts)?;
     check_out(&opts.out)?;
+    check_new_ledger(opts.ledger.as_deref())?;
     for t in std::iter::once(train).chain(test) {
         if t.user_ids.is_none() || t.labels.is_none() {
             return Err(Error::input(
@@ -369,8 +407,8 @@ pub fn ingest_tables(
         .copied()
         .max()
         .unwrap_or(0);
-    let config = new_config(opts, train.feature_names.clone(), max_label)?;
     let secret = Secret::generate()?;
+    let config = new_config(opts, train.feature_names.clone(), max_label, &secret)?;
     let placement = Placement {
         seed: opts.seed,
         shards: opts.shards,
@@ -423,8 +461,9 @@ fn train_placed(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     durable::create_dir_all(parent)?;
+    remove_abandoned_builds(parent)?;
     let tmp = parent.join(format!(
-        ".{}.partial-{}",
+        ".{}{PARTIAL}{}",
         opts.out
             .file_name()
             .and_then(|n| n.to_str())
@@ -434,31 +473,123 @@ fn train_placed(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    let result = build_run(&tmp, &config, &secret, &shards, test.as_ref(), opts);
-    match result {
-        Ok((manifest, seconds, rows_epochs)) => {
-            if opts.out.exists() {
-                // check_out allowed only an empty directory; rename needs it gone.
-                std::fs::remove_dir(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
-            }
-            std::fs::rename(&tmp, &opts.out).map_err(|e| Error::io(&opts.out, e))?;
-            durable::sync_dir(parent)?;
-            let run = Run::from_parts(RunDir::new(&opts.out), config, manifest, secret);
-            Ok(TrainSummary {
-                run,
-                seconds,
-                rows_epochs,
-            })
+    let build = PartialBuild::start(tmp)?;
+    let (manifest, seconds, rows_epochs) =
+        build_run(&build.dir, &config, &secret, &shards, test.as_ref(), opts)?;
+    if opts.out.exists() {
+        // check_out allowed only an empty directory; rename needs it gone.
+        std::fs::remove_dir(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    }
+    build.finish(&opts.out)?;
+    durable::sync_dir(parent)?;
+    let run = Run::from_parts(RunDir::new(&opts.out), config, manifest, secret);
+    Ok(TrainSummary {
+        run,
+        seconds,
+        rows_epochs,
+    })
+}
+
+/// What a run being built is called beside its `--out`: `.<name>.partial-<pid>`.
+const PARTIAL: &str = ".partial-";
+
+/// A run being built in its temp directory. Dropped before [`PartialBuild::finish`] (an
+/// error, or a panic unwinding), it removes the directory and everything in it (rows and the
+/// secret included). It holds the directory's lock while it lives, so a process killed
+/// mid-build leaves a directory that nobody holds, which the next train beside it removes
+/// ([`remove_abandoned_builds`]).
+struct PartialBuild {
+    dir: PathBuf,
+    lock: Option<RunLock>,
+}
+
+impl PartialBuild {
+    fn start(dir: PathBuf) -> Result<PartialBuild> {
+        durable::create_dir_all(&dir)?;
+        let mut build = PartialBuild { dir, lock: None };
+        build.lock = Some(RunLock::acquire(&build.dir)?);
+        Ok(build)
+    }
+
+    /// Rename the finished run to `out`; from here on it is kept.
+    fn finish(mut self, out: &Path) -> Result<()> {
+        std::fs::rename(&self.dir, out).map_err(|e| Error::io(out, e))?;
+        self.lock = None;
+        self.dir = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for PartialBuild {
+    fn drop(&mut self) {
+        self.lock = None;
+        if self.dir.as_os_str().is_empty() {
+            return;
         }
-        Err(e) => {
-            if let Err(cleanup) = std::fs::remove_dir_all(&tmp) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
                 eprintln!(
-                    "sisa: warning: could not remove {}: {cleanup}",
-                    tmp.display()
+                    "sisa: warning: could not remove the unfinished run {}: {e}",
+                    self.dir.display()
                 );
             }
-            Err(e)
         }
+    }
+}
+
+/// Remove the unfinished runs in `parent` that no live process is building: those left by a
+/// process that was killed, or whose clean-up failed. One whose builder still runs holds its
+/// lock and is left alone.
+fn remove_abandoned_builds(parent: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(parent).map_err(|e| Error::io(parent, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(parent, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(PARTIAL))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        if !path.is_dir() || pid == std::process::id() {
+            continue;
+        }
+        let lock_file = RunDir::new(&path).path(RunFile::Lock);
+        let abandoned = if lock_file.exists() {
+            RunLock::try_acquire(&path)?.is_some()
+        } else {
+            // Killed before it took its lock, or just starting: only a dead builder's goes.
+            !process_alive(pid)
+        };
+        if abandoned {
+            eprintln!(
+                "sisa: removing {}, an unfinished run left by an earlier train",
+                path.display()
+            );
+            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a process with this id exists.
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
     }
 }
 
@@ -471,19 +602,13 @@ fn build_run(
     opts: &TrainOptions,
 ) -> Result<(Manifest, f64, u64)> {
     let dir = RunDir::new(root);
-    durable::create_dir_all(root)?;
-    durable::write_atomic_mode(
-        &dir.path(RunFile::Secret),
-        secret.as_bytes(),
-        "secret",
-        Some(0o600),
-    )?;
-    let config_json =
-        serde_json::to_vec_pretty(config).expect("serializing plain data cannot fail");
-    durable::write_atomic(&dir.path(RunFile::Config), &config_json, "config")?;
+    durable::write_atomic(&dir.path(RunFile::Secret), secret.as_bytes(), "secret")?;
+    durable::write_atomic(&dir.path(RunFile::Config), &config.to_json(), "config")?;
+    if let Some(ledger) = &opts.ledger {
+        crate::unlearn::location::record(root, &crate::unlearn::Ledger::open(ledger)?)?;
+    }
     durable::create_dir_all(&dir.path(RunFile::DataDir))?;
     durable::create_dir_all(&dir.path(RunFile::ReceiptsDir))?;
-    durable::write_atomic(&dir.path(RunFile::Lock), b"", "lock")?;
     let digest = config.digest();
     let mut data_refs = Vec::new();
     for (k, rows) in shards.iter().enumerate() {

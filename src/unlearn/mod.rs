@@ -8,6 +8,7 @@
 
 pub mod add;
 pub mod ledger;
+pub mod location;
 pub mod plan;
 pub mod receipt;
 
@@ -25,7 +26,6 @@ use ledger::ShardBefore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -47,36 +47,7 @@ impl Default for Options {
     }
 }
 
-/// An exclusive lock on a run, held while it is recovered or changed.
-#[derive(Debug)]
-pub struct RunLock {
-    _file: File,
-}
-
-impl RunLock {
-    /// Wait for and take the run's lock.
-    pub fn acquire(root: &Path) -> Result<RunLock> {
-        let path = crate::run::RunDir::new(root).path(RunFile::Lock);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                eprintln!(
-                    "sisa: waiting for another process working on {} to finish",
-                    root.display()
-                );
-                file.lock().map_err(|e| Error::io(&path, e))?;
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
-        }
-        Ok(RunLock { _file: file })
-    }
-}
+pub use crate::run::RunLock;
 
 /// The ledger path of a run: `--ledger` if given, else `RUN/ledger.jsonl`.
 pub fn ledger_path(run_root: &Path, ledger: Option<&Path>) -> PathBuf {
@@ -107,8 +78,10 @@ pub fn open(
     }
     let lock = RunLock::acquire(root)?;
     let mut run = Run::open(root)?;
-    let mut ledger = Ledger::open(&ledger_path(root, ledger))?;
+    let mut ledger = Ledger::open(&location::resolve(root, ledger)?)?;
+    location::check(root, &ledger)?;
     let report = recover(&mut run, &mut ledger, opts)?;
+    location::record(root, &ledger)?;
     Ok((run, ledger, lock, report))
 }
 
@@ -301,6 +274,7 @@ pub fn complete_with_rows(
     }
     failpoint("unlearn.receipt");
     append_once(ledger, r, Event::Done)?;
+    location::record(run.dir.root(), ledger)?;
     Ok(receipt)
 }
 

@@ -1,0 +1,100 @@
+//! Which kind of file an input is, told from its first bytes (after gunzipping), never from
+//! its name: CSV and IDX are read; other formats are named in the refusal, so a Parquet or
+//! NumPy file is not reported as a CSV with bad UTF-8.
+
+use crate::data::csv::open_maybe_gz;
+use crate::error::{Error, Result};
+use std::io::Read;
+use std::path::Path;
+
+/// How many leading bytes are looked at.
+const SNIFF: usize = 4096;
+
+/// What a file's first bytes say it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Text: read as CSV.
+    Csv,
+    /// Starts with two zero bytes, as every IDX file does (its header is checked on read).
+    Idx,
+    /// Another format, named for the message (`"Parquet"`, `"NumPy .npy"`, `"binary"`).
+    Other(&'static str),
+}
+
+/// What sisa reads, for messages that refuse a file.
+pub const READ_FORMATS: &str =
+    "sisa reads CSV files and IDX images files (`*-images-idx3-ubyte`), either gzipped or not";
+
+/// Tell the format of `path` from its first bytes.
+pub fn sniff(path: &Path) -> Result<Format> {
+    let mut head = Vec::with_capacity(SNIFF);
+    open_maybe_gz(path)?
+        .take(SNIFF as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(classify(&head))
+}
+
+fn classify(head: &[u8]) -> Format {
+    let known: [(&[u8], &'static str); 6] = [
+        (b"PAR1", "Parquet"),
+        (b"\x93NUMPY", "NumPy .npy"),
+        (b"PK\x03\x04", "zip (NumPy .npz?)"),
+        (b"\x89HDF\r\n\x1a\n", "HDF5"),
+        (b"ARROW1", "Arrow IPC"),
+        (b"\x80", "Python pickle"),
+    ];
+    if head.len() >= 2 && head[0] == 0 && head[1] == 0 {
+        return Format::Idx;
+    }
+    if let Some((_, name)) = known.iter().find(|(magic, _)| head.starts_with(magic)) {
+        return Format::Other(name);
+    }
+    let text = match std::str::from_utf8(head) {
+        Ok(_) => true,
+        // Cut in the middle of a character by the sniffing window: still text.
+        Err(e) => e.error_len().is_none(),
+    };
+    if !text || head.contains(&0) {
+        return Format::Other("binary");
+    }
+    Format::Csv
+}
+
+/// The refusal for a file of format `other` where `wanted` was expected.
+pub fn unreadable(path: &Path, other: Format, wanted: &str) -> Error {
+    let what = match other {
+        Format::Csv => "a CSV file".to_string(),
+        Format::Idx => "an IDX file".to_string(),
+        Format::Other("binary") => "a binary file of a kind sisa does not read".to_string(),
+        Format::Other(name) => format!("a {name} file, which sisa does not read yet"),
+    };
+    Error::input(
+        path,
+        None,
+        None,
+        format!("this is {what}, where {wanted} was expected; {READ_FORMATS}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_are_told_by_content() {
+        assert_eq!(classify(b"user_id,label,x\nu,1,2\n"), Format::Csv);
+        assert_eq!(classify(b"\0\0\x08\x03\0\0\0\x01"), Format::Idx);
+        assert_eq!(classify(b"\0\0\x42\x03"), Format::Idx);
+        assert_eq!(classify(b"PAR1\x15\x04"), Format::Other("Parquet"));
+        assert_eq!(classify(b"\x93NUMPY\x01\x00"), Format::Other("NumPy .npy"));
+        assert_eq!(classify(b"PK\x03\x04"), Format::Other("zip (NumPy .npz?)"));
+        assert_eq!(classify(b"a,b\n\xff\xfe"), Format::Other("binary"));
+        assert_eq!(classify(b"a,b\n1,\0"), Format::Other("binary"));
+        // A multi-byte character cut by the window is still text.
+        assert_eq!(
+            classify("a,é".as_bytes().split_last().unwrap().1),
+            Format::Csv
+        );
+    }
+}
