@@ -22,8 +22,8 @@
 use crate::data::csv::{self, Columns, Need};
 use crate::ensemble::Ensemble;
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 use crate::run::{Aggregation, Run};
-use crate::train::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

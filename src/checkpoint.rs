@@ -6,21 +6,21 @@
 //! hand) is refused rather than continued from.
 
 use crate::error::{Error, Result};
-use crate::model::{Activation, Dense, ModelSpec, Network, Norm};
+use crate::model::{self, Backend, ModelConfig, Norm, ShardModel};
 use crate::plan::Lineage;
-use crate::train::optim::Optimizer;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Format tag written into every checkpoint's metadata.
-pub const FORMAT: &str = "sisa-checkpoint/1";
+/// Format tag written into every checkpoint's metadata. Version 2 names its backend.
+pub const FORMAT: &str = "sisa-checkpoint/2";
 
 /// The checkpoint's own metadata.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Header {
     format: String,
+    backend: Backend,
     lineage: String,
     shard: usize,
     stage: usize,
@@ -28,12 +28,12 @@ struct Header {
 }
 
 /// Everything needed to continue training a shard, or to serve it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Checkpoint {
-    /// The model.
-    pub net: Network,
-    /// The optimizer and its state.
-    pub opt: Optimizer,
+    /// The shard's standardization (fitted on its first slice).
+    pub norm: Norm,
+    /// The model and its optimizer state.
+    pub model: Box<dyn ShardModel>,
     /// Lineage of the stage this checkpoint ends.
     pub lineage: Lineage,
     /// The shard.
@@ -42,56 +42,75 @@ pub struct Checkpoint {
     pub stage: usize,
 }
 
+impl PartialEq for Checkpoint {
+    fn eq(&self, other: &Self) -> bool {
+        self.norm == other.norm
+            && model::same_model(self.model.as_ref(), other.model.as_ref())
+            && self.lineage == other.lineage
+            && self.shard == other.shard
+            && self.stage == other.stage
+    }
+}
+
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// The model's tensors in a fixed order: `(name, shape, values)`.
-pub fn model_tensors(net: &Network) -> Vec<(String, Vec<usize>, &[f32])> {
-    let d = net.inputs();
-    let mut out: Vec<(String, Vec<usize>, &[f32])> = vec![
-        ("norm.mean".into(), vec![d], &net.norm.mean),
-        ("norm.scale".into(), vec![d], &net.norm.scale),
-        (
-            "norm.clip".into(),
-            vec![1],
-            std::slice::from_ref(&net.norm.clip),
-        ),
+/// The served model's tensors in a fixed order: the standardization (`norm.mean`,
+/// `norm.scale`, `norm.clip`), then the model's parameters.
+pub fn model_tensors(norm: &Norm, model: &dyn ShardModel) -> Vec<model::Tensor> {
+    let d = norm.mean.len();
+    let mut out = vec![
+        model::Tensor {
+            name: "norm.mean".into(),
+            shape: vec![d],
+            data: norm.mean.clone(),
+        },
+        model::Tensor {
+            name: "norm.scale".into(),
+            shape: vec![d],
+            data: norm.scale.clone(),
+        },
+        model::Tensor {
+            name: "norm.clip".into(),
+            shape: vec![1],
+            data: vec![norm.clip],
+        },
     ];
-    for (i, l) in net.layers.iter().enumerate() {
-        out.push((format!("l{i}.w"), vec![l.inputs, l.outputs], &l.w));
-        out.push((format!("l{i}.b"), vec![l.outputs], &l.b));
-    }
+    out.extend(model.parameters());
     out
 }
 
-/// SHA-256 over the model's tensors (name, shape, little-endian bytes): equal digests mean
-/// equal weights, whatever file they were read from.
-pub fn model_digest(net: &Network) -> String {
+/// SHA-256 over the served model's tensors (name, shape, little-endian bytes): equal digests
+/// mean equal weights, whatever file they were read from.
+pub fn model_digest(norm: &Norm, model: &dyn ShardModel) -> String {
     let mut h = Sha256::new();
-    for (name, shape, values) in model_tensors(net) {
-        h.update((name.len() as u64).to_le_bytes());
-        h.update(name.as_bytes());
-        h.update((shape.len() as u64).to_le_bytes());
-        for s in shape {
-            h.update((s as u64).to_le_bytes());
+    for t in model_tensors(norm, model) {
+        h.update((t.name.len() as u64).to_le_bytes());
+        h.update(t.name.as_bytes());
+        h.update((t.shape.len() as u64).to_le_bytes());
+        for s in &t.shape {
+            h.update((*s as u64).to_le_bytes());
         }
-        crate::data::rows::update_f32(&mut h, values);
+        crate::data::rows::update_f32(&mut h, &t.data);
     }
     hex::encode(h.finalize())
 }
 
 impl Checkpoint {
+    /// The digest of the model this checkpoint holds ([`model_digest`]).
+    pub fn digest(&self) -> String {
+        model_digest(&self.norm, self.model.as_ref())
+    }
+
     /// The safetensors bytes of this checkpoint.
     pub fn encode(&self) -> Vec<u8> {
-        let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = model_tensors(&self.net)
-            .into_iter()
-            .map(|(n, s, v)| (n, s, f32_bytes(v)))
-            .collect();
-        let names = Optimizer::buffer_names(self.opt.kind, self.net.layers.len());
-        for (name, buf) in names.into_iter().zip(&self.opt.buffers) {
-            owned.push((name, vec![buf.len()], f32_bytes(buf)));
-        }
+        let owned: Vec<(String, Vec<usize>, Vec<u8>)> =
+            model_tensors(&self.norm, self.model.as_ref())
+                .into_iter()
+                .chain(self.model.optimizer_state())
+                .map(|t| (t.name, t.shape, f32_bytes(&t.data)))
+                .collect();
         let views: Vec<(String, TensorView<'_>)> = owned
             .iter()
             .map(|(n, s, b)| {
@@ -104,10 +123,11 @@ impl Checkpoint {
         // entries would make equal checkpoints differ in bytes.
         let header = Header {
             format: FORMAT.to_string(),
+            backend: self.model.backend(),
             lineage: self.lineage.to_hex(),
             shard: self.shard,
             stage: self.stage,
-            step: self.opt.step,
+            step: self.model.steps(),
         };
         let meta: HashMap<String, String> = [(
             "sisa".to_string(),
@@ -119,12 +139,11 @@ impl Checkpoint {
     }
 
     /// Parse a checkpoint read from `path`, refusing it unless it is the checkpoint of
-    /// `lineage` for `shard` with the architecture of `spec` on `dims`.
+    /// `lineage` for `shard` of a model built by `config`.
     pub fn decode(
         path: &Path,
         bytes: &[u8],
-        spec: &ModelSpec,
-        dims: &[usize],
+        config: &ModelConfig,
         shard: usize,
         lineage: &Lineage,
     ) -> Result<Checkpoint> {
@@ -138,6 +157,13 @@ impl Checkpoint {
             .ok_or_else(|| bad("metadata has no valid 'sisa' header".into()))?;
         if header.format != FORMAT {
             return Err(bad(format!("format is not {FORMAT}")));
+        }
+        if header.backend != config.backend {
+            return Err(bad(format!(
+                "trained by the {} backend, and the run uses {}",
+                header.backend.name(),
+                config.backend.name()
+            )));
         }
         let stage = header.stage;
         if header.lineage != lineage.to_hex() || header.shard != shard {
@@ -153,10 +179,9 @@ impl Checkpoint {
                 ),
             });
         }
-        let step = header.step;
         let st =
             SafeTensors::deserialize(bytes).map_err(|e| bad(format!("unreadable tensors: {e}")))?;
-        let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+        let mut read = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
             let t = st
                 .tensor(name)
                 .map_err(|_| bad(format!("missing tensor {name}")))?;
@@ -171,43 +196,17 @@ impl Checkpoint {
                 .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
                 .collect())
         };
-        let d = dims[0];
-        let clip = read("norm.clip", &[1])?[0];
+        let d = config.arch.input.len();
         let norm = Norm {
             mean: read("norm.mean", &[d])?,
             scale: read("norm.scale", &[d])?,
-            clip,
+            clip: read("norm.clip", &[1])?[0],
         };
-        let mut layers = Vec::new();
-        for (i, w) in dims.windows(2).enumerate() {
-            layers.push(Dense {
-                inputs: w[0],
-                outputs: w[1],
-                w: read(&format!("l{i}.w"), &[w[0], w[1]])?,
-                b: read(&format!("l{i}.b"), &[w[1]])?,
-            });
-        }
-        let activation: Activation = spec.activation;
-        let net = Network {
-            norm,
-            layers,
-            activation,
-        };
-        let mut opt = Optimizer::new(
-            spec.optimizer,
-            spec.lr,
-            spec.momentum,
-            spec.weight_decay,
-            &net,
-        );
-        opt.step = step;
-        let names = Optimizer::buffer_names(spec.optimizer, net.layers.len());
-        for (name, buf) in names.iter().zip(opt.buffers.iter_mut()) {
-            *buf = read(name, &[buf.len()])?;
-        }
+        let mut model = model::build(config)?;
+        model.restore(&mut read, header.step)?;
         Ok(Checkpoint {
-            net,
-            opt,
+            norm,
+            model,
             lineage: *lineage,
             shard,
             stage,
@@ -218,56 +217,53 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::OptimizerKind;
+    use crate::model::{ModelSpec, OptimizerKind};
 
-    fn spec() -> ModelSpec {
-        ModelSpec {
-            name: "t".into(),
-            description: String::new(),
-            hidden: vec![4],
-            activation: Activation::Tanh,
+    pub(crate) fn config(hidden: Vec<usize>, features: usize, classes: usize) -> ModelConfig {
+        let spec: ModelSpec = toml::from_str(&format!(
+            "name = \"t\"\noptimizer = \"adam\"\nlr = 0.01\nbatch_size = 8\nepochs = 2\nhidden = {hidden:?}\n"
+        ))
+        .unwrap();
+        ModelConfig {
+            arch: spec.architecture(features, classes).unwrap(),
+            backend: Backend::Dense,
             optimizer: OptimizerKind::Adam,
             lr: 0.01,
             momentum: 0.9,
             weight_decay: 0.0,
             batch_size: 8,
-            epochs: 2,
-            standardize: true,
+            init_seed: 1,
+            dropout_seed: 2,
         }
     }
 
     #[test]
     fn round_trip_and_refusals() {
-        let s = spec();
-        let dims = [3, 4, 2];
-        let net = Network::init(&dims, s.activation, Norm::identity(3), 1);
-        let mut opt = Optimizer::new(s.optimizer, s.lr, s.momentum, s.weight_decay, &net);
-        opt.step = 17;
-        opt.buffers[0][1] = 0.5;
+        let cfg = config(vec![4], 3, 2);
+        let mut model = model::build(&cfg).unwrap();
+        model
+            .train_step(&[0.5, -1.0, 2.0, 1.0, 0.0, -0.5], &[1, 0], 2)
+            .unwrap();
         let lin = Lineage([7; 32]);
         let ck = Checkpoint {
-            net,
-            opt,
+            norm: Norm::identity(3),
+            model,
             lineage: lin,
             shard: 2,
             stage: 3,
         };
         let bytes = ck.encode();
-        let back = Checkpoint::decode(Path::new("c"), &bytes, &s, &dims, 2, &lin).unwrap();
+        let back = Checkpoint::decode(Path::new("c"), &bytes, &cfg, 2, &lin).unwrap();
         assert_eq!(back, ck);
-        assert_eq!(model_digest(&back.net), model_digest(&ck.net));
-        let err = Checkpoint::decode(Path::new("c"), &bytes, &s, &dims, 2, &Lineage([8; 32]))
-            .unwrap_err();
+        assert_eq!(back.model.steps(), 1);
+        assert_eq!(back.digest(), ck.digest());
+        let err =
+            Checkpoint::decode(Path::new("c"), &bytes, &cfg, 2, &Lineage([8; 32])).unwrap_err();
         assert!(err.to_string().contains("refused"), "{err}");
-        assert!(Checkpoint::decode(Path::new("c"), &bytes, &s, &[3, 5, 2], 2, &lin).is_err());
-        assert!(Checkpoint::decode(
-            Path::new("c"),
-            &bytes[..bytes.len() / 2],
-            &s,
-            &dims,
-            2,
-            &lin
-        )
-        .is_err());
+        assert!(
+            Checkpoint::decode(Path::new("c"), &bytes, &config(vec![5], 3, 2), 2, &lin).is_err()
+        );
+        let e = Checkpoint::decode(Path::new("c"), &bytes[..bytes.len() / 2], &cfg, 2, &lin);
+        assert!(e.is_err());
     }
 }

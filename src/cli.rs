@@ -225,6 +225,11 @@ struct TrainArgs {
     /// Default aggregation saved in the run. Default: mean.
     #[arg(long, value_enum, default_value = "mean")]
     aggregate: Aggregation,
+    /// Backend that trains the shard models: dense (hand-written CPU code, the fastest exact
+    /// path, every layer kind) or candle (candle tensors: the code that runs on CUDA).
+    /// Default: dense.
+    #[arg(long, value_enum)]
+    backend: Option<sisa::model::Backend>,
     /// Keep the deletion ledger at this path, outside the run (new or empty). The run records
     /// it, and every later command must pass the same --ledger. Default: RUN/ledger.jsonl.
     #[arg(long)]
@@ -496,6 +501,7 @@ fn train_options(a: &TrainArgs) -> Result<TrainOptions> {
         progress: !a.common.quiet,
         aggregation: a.aggregate,
         ledger: a.ledger.clone(),
+        backend: a.backend.unwrap_or_default(),
     })
 }
 
@@ -1096,6 +1102,7 @@ fn quickstart(a: QuickstartArgs) -> Result<i32> {
         classes: None,
         aggregate: Aggregation::Mean,
         ledger: None,
+        backend: None,
         json: false,
         common: a.common.clone(),
     };

@@ -1,7 +1,7 @@
 //! The ensemble: every non-empty shard's model, combined by posterior mean or majority vote.
 
 use crate::error::{Error, Result};
-use crate::model::Network;
+use crate::model::{predict_raw, Norm, ShardModel};
 use crate::run::{Aggregation, Run};
 
 /// One shard's model in the ensemble.
@@ -9,8 +9,17 @@ use crate::run::{Aggregation, Run};
 pub struct Member {
     /// The shard.
     pub shard: usize,
+    /// Its standardization.
+    pub norm: Norm,
     /// Its model.
-    pub net: Network,
+    pub model: Box<dyn ShardModel>,
+}
+
+impl Member {
+    /// Class probabilities for `n` raw rows.
+    pub fn predict_proba(&self, x: &[f32], n: usize) -> Vec<f32> {
+        predict_raw(&self.norm, self.model.as_ref(), x, n)
+    }
 }
 
 /// The published models of one ensemble version.
@@ -41,9 +50,11 @@ impl Ensemble {
         let mut members = Vec::new();
         for s in &run.manifest.shards {
             if s.data.rows > 0 {
+                let ck = run.model(s.shard)?;
                 members.push(Member {
                     shard: s.shard,
-                    net: run.model(s.shard)?,
+                    norm: ck.norm,
+                    model: ck.model,
                 });
             }
         }
@@ -63,10 +74,7 @@ impl Ensemble {
 
     /// Each member's class probabilities for `n` rows, in member order.
     pub fn member_probs(&self, x: &[f32], n: usize) -> Vec<Vec<f32>> {
-        self.members
-            .iter()
-            .map(|m| m.net.predict_proba(x, n))
-            .collect()
+        self.members.iter().map(|m| m.predict_proba(x, n)).collect()
     }
 
     /// Predict `n` rows with every member.
@@ -87,7 +95,7 @@ impl Ensemble {
             .members
             .iter()
             .filter(|m| !excluded.contains(&m.shard))
-            .map(|m| m.net.predict_proba(x, n))
+            .map(|m| m.predict_proba(x, n))
             .collect();
         aggregate(&probs, n, self.classes, agg)
     }

@@ -46,7 +46,7 @@ pub enum Error {
 
     /// One setting (a count, a rate, a size) out of its range. The library names the field
     /// (`shards`, `classes`); the binary maps it to its flag.
-    #[error("invalid configuration: {field} {message}")]
+    #[error("invalid configuration: {field}{}{message}", if message.starts_with('[') { "" } else { " " })]
     Field {
         /// The setting, as named in `run.json` and the presets (`shards`, `batch_size`).
         field: &'static str,

@@ -9,6 +9,7 @@
 //! - [`error`]: one error type that names the file, line, column, shard or request at fault.
 //! - [`data`]: CSV and IDX ingest with validation, seeded user rules for data without users,
 //!   the checksummed row store, HMAC user keys.
+//! - [`rng`]: SplitMix64, the one seeded random number generator.
 //! - [`plan`]: pure functions for shard and slice assignment, stage epochs and lineage hashes.
 //! - [`model`]: model presets and the dense networks they describe, with hand-derived gradients.
 //! - [`train`]: deterministic, seeded, shard-parallel training with our own optimizers.
@@ -33,6 +34,7 @@ pub mod ensemble;
 pub mod error;
 pub mod model;
 pub mod plan;
+pub mod rng;
 pub mod run;
 pub mod serve;
 pub mod train;

@@ -6,7 +6,7 @@
 //! every deletion so far left exactly the model a from-scratch run would have trained. Results
 //! are bitwise on the same kind of CPU (see `run.json`'s `cpu`).
 
-use crate::checkpoint::{model_digest, Checkpoint};
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::run::{Run, StageEntry};
 use crate::train::{self, Job, Progress, ShardData};
@@ -91,7 +91,7 @@ pub fn verify(
                 .zip(&entry.stages)
                 .filter(|(a, b)| a == b)
                 .count();
-            let retrained = model_digest(&t.last.net);
+            let retrained = t.last.digest();
             ShardVerdict {
                 shard: t.shard,
                 identical: retrained == entry.model_digest && stages_matching == entry.stages.len(),

@@ -421,3 +421,70 @@ fn bad_idx_files_are_refused_while_streaming_and_create_nothing() {
         );
     }
 }
+
+#[test]
+fn a_preset_with_a_bad_layer_is_refused_naming_the_preset_and_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, _) = digits();
+    let out = tmp.path().join("run");
+    for (layers, want) in [
+        (
+            "input = [1, 8, 8]\nlayers = [{ kind = \"conv2d\", filters = 4, kernel = 9 }, { kind = \"flatten\" }]",
+            "layers[0] (conv2d): kernel 9 is larger than its input 1×8×8",
+        ),
+        (
+            "input = [1, 8, 8]\nlayers = [{ kind = \"conv2d\", filters = 0, kernel = 3 }, { kind = \"flatten\" }]",
+            "layers[0] (conv2d): filters must be in 1..=4096, got 0",
+        ),
+        (
+            "input = [1, 8, 8]\nlayers = [{ kind = \"conv3d\", filters = 4, kernel = 3 }]",
+            "unknown variant `conv3d`",
+        ),
+        (
+            "input = [1, 28, 28]\nlayers = [{ kind = \"flatten\" }]",
+            "input is [1, 28, 28], which holds 784 features, but the data has 64",
+        ),
+        (
+            "input = [1, 8, 8]\nlayers = [{ kind = \"conv2d\", filters = 4, kernel = 3 }]",
+            "the output layer needs a flat input",
+        ),
+        (
+            "layers = [{ kind = \"maxpool2d\", size = 2 }]",
+            "layers[0] (maxpool2d): takes an image",
+        ),
+        (
+            "input = [1, 8, 8]\nlayers = [{ kind = \"dense\", units = 4 }]",
+            "layers[0] (dense): takes a flat input, but gets an image",
+        ),
+        (
+            "layers = [{ kind = \"dropout\", rate = 1.5 }]",
+            "layers[0] (dropout): rate must be in [0, 1)",
+        ),
+        (
+            "hidden = [4]\nlayers = [{ kind = \"relu\" }]",
+            "layers and hidden are both given",
+        ),
+    ] {
+        let preset = tmp.path().join("bad.toml");
+        std::fs::write(
+            &preset,
+            format!("name = \"x\"\noptimizer = \"adam\"\nlr = 0.01\nbatch_size = 8\nepochs = 1\n{layers}\n"),
+        )
+        .unwrap();
+        let before = tree_digest(tmp.path());
+        let r = sisa(&[
+            "train",
+            "--data",
+            train.to_str().unwrap(),
+            "--model",
+            preset.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{err}");
+        assert!(err.contains("bad.toml") && err.contains(want), "{want}: {err}");
+        assert!(!out.exists());
+        assert_eq!(tree_digest(tmp.path()), before, "nothing is created");
+    }
+}

@@ -5,7 +5,7 @@
 //! different summation orders); after a 40-step Adam stage, weights within 1e-4 absolute.
 
 use candle_core::{Device, Tensor, Var};
-use sisa::model::{Activation, Network, Norm, Workspace};
+use sisa::model::{Activation, Network, Workspace};
 use sisa::train::rng::SplitMix64;
 
 fn batch(b: usize, d: usize, classes: u32, seed: u64) -> (Vec<f32>, Vec<u32>) {
@@ -53,8 +53,8 @@ fn candle_loss(vars: &[(Var, Var)], act: Activation, x: &Tensor, onehot: &Tensor
 }
 
 fn to_vars(net: &Network) -> Vec<(Var, Var)> {
-    net.layers
-        .iter()
+    net.dense_layers()
+        .into_iter()
         .map(|l| {
             let w = Tensor::from_vec(l.w.clone(), (l.inputs, l.outputs), &Device::Cpu).unwrap();
             let b = Tensor::from_vec(l.b.clone(), (1, l.outputs), &Device::Cpu).unwrap();
@@ -83,12 +83,13 @@ fn inputs(x: &[f32], y: &[u32], b: usize, d: usize, classes: usize) -> (Tensor, 
 fn gradients_agree_with_candle_autograd() {
     for act in [Activation::Tanh, Activation::Relu] {
         for dims in [vec![20, 16, 7], vec![30, 5], vec![12, 10, 8, 4]] {
-            let net = Network::init(&dims, act, Norm::identity(dims[0]), 3);
+            let net = Network::mlp(&dims, act, 3);
             let b = 9;
             let classes = *dims.last().unwrap();
             let (x, y) = batch(b, dims[0], classes as u32, 17);
             let mut ws = Workspace::new(&net, b);
-            let ours = net.gradients(&mut ws, &x, &y, b) / b as f64;
+            let ours = net.gradients(&mut ws, &x, &y, b, 0) / b as f64;
+            let ours_grads: Vec<&Vec<f32>> = ws.grads().collect();
             let vars = to_vars(&net);
             let (xt, oh) = inputs(&x, &y, b, dims[0], classes);
             let loss = candle_loss(&vars, act, &xt, &oh);
@@ -101,10 +102,10 @@ fn gradients_agree_with_candle_autograd() {
             for (l, (w, bias)) in vars.iter().enumerate() {
                 let gw = flat(grads.get(w.as_tensor()).unwrap());
                 let gb = flat(grads.get(bias.as_tensor()).unwrap());
-                for (a, c) in ws.grad_w[l]
+                for (a, c) in ours_grads[2 * l]
                     .iter()
                     .zip(&gw)
-                    .chain(ws.grad_b[l].iter().zip(&gb))
+                    .chain(ours_grads[2 * l + 1].iter().zip(&gb))
                 {
                     assert!(
                         (a - c).abs() <= 1e-5 + 1e-4 * c.abs(),
@@ -119,7 +120,7 @@ fn gradients_agree_with_candle_autograd() {
 #[test]
 fn an_adam_stage_agrees_with_candle() {
     let dims = [24, 32, 6];
-    let mut net = Network::init(&dims, Activation::Tanh, Norm::identity(24), 5);
+    let mut net = Network::mlp(&dims, Activation::Tanh, 5);
     let vars = to_vars(&net);
     let (lr, wd, b1, b2, eps) = (0.01f64, 0.01f64, 0.9f64, 0.999f64, 1e-8f64);
     let mut opt = sisa::train::optim::Optimizer::new(
@@ -127,7 +128,7 @@ fn an_adam_stage_agrees_with_candle() {
         lr as f32,
         0.9,
         wd as f32,
-        &net,
+        net.params().map(Vec::len).collect::<Vec<_>>().into_iter(),
     );
     let mut moments: Vec<(Tensor, Tensor)> = vars
         .iter()
@@ -143,8 +144,8 @@ fn an_adam_stage_agrees_with_candle() {
     let mut ws = Workspace::new(&net, b);
     for step in 1..=40 {
         let (x, y) = batch(b, 24, 6, 100 + step);
-        net.gradients(&mut ws, &x, &y, b);
-        opt.step(&mut net, &ws);
+        net.gradients(&mut ws, &x, &y, b, step);
+        opt.update(net.params_mut(), ws.grads());
         // The same AdamW update over candle tensors, from candle's gradients.
         let (xt, oh) = inputs(&x, &y, b, 24, 6);
         let grads = candle_loss(&vars, Activation::Tanh, &xt, &oh)
@@ -168,10 +169,11 @@ fn an_adam_stage_agrees_with_candle() {
     }
     let mut worst = 0f32;
     for (l, (w, bias)) in vars.iter().enumerate() {
-        for (a, c) in net.layers[l].w.iter().zip(flat(w.as_tensor()).iter()) {
+        let layer = net.dense_layers()[l];
+        for (a, c) in layer.w.iter().zip(flat(w.as_tensor()).iter()) {
             worst = worst.max((a - c).abs());
         }
-        for (a, c) in net.layers[l].b.iter().zip(flat(bias.as_tensor()).iter()) {
+        for (a, c) in layer.b.iter().zip(flat(bias.as_tensor()).iter()) {
             worst = worst.max((a - c).abs());
         }
     }

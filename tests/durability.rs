@@ -241,8 +241,7 @@ fn an_old_checkpoint_copied_back_is_refused_and_removed() {
     let err = sisa::checkpoint::Checkpoint::decode(
         &target,
         &bytes,
-        &opened.config.model,
-        &opened.config.dims(),
+        &opened.config.model_config(shard as usize).unwrap(),
         shard as usize,
         &sisa::plan::Lineage::from_hex(&lineage).unwrap(),
     )

@@ -252,7 +252,7 @@ fn a_row_wider_than_the_row_store_is_refused_at_train_not_at_unlearn() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("model (in the model preset)") && err.contains("parameters"),
+        err.contains("huge.toml: model has") && err.contains("parameters"),
         "{err}"
     );
     assert!(!d.join("run").exists());

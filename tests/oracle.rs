@@ -1,12 +1,13 @@
 //! The central property: after any sequence of unlearning requests, every shard is bitwise
 //! identical to the shard trained from scratch, with the same configuration and seed, on what
-//! remains. Random deletion sequences, seeded, over both presets and both sharding rules.
+//! remains. Random deletion sequences, seeded, over the MLP, logistic regression and a CNN,
+//! both backends and both sharding rules.
 
 mod common;
 
 use common::*;
 use sisa::data::csv::Columns;
-use sisa::model::ModelSpec;
+use sisa::model::{Backend, ModelSpec};
 use sisa::plan::ShardBy;
 use sisa::run::{Aggregation, Run};
 use sisa::train::{self, TrainOptions};
@@ -24,8 +25,16 @@ impl Lcg {
     }
 }
 
-fn options(data: &Path, out: &Path, preset: &str, shard_by: ShardBy, seed: u64) -> TrainOptions {
-    let mut model = ModelSpec::load(&root().join("models").join(preset)).unwrap();
+/// One configuration of the oracle: a preset, its backend and the sharding rule.
+#[derive(Clone, Copy, Debug)]
+struct Config<'a> {
+    preset: &'a Path,
+    backend: Backend,
+    shard_by: ShardBy,
+}
+
+fn options(data: &Path, out: &Path, c: Config<'_>, seed: u64) -> TrainOptions {
+    let mut model = ModelSpec::load(c.preset).unwrap();
     model.epochs = 6;
     model.batch_size = 16;
     TrainOptions {
@@ -38,7 +47,7 @@ fn options(data: &Path, out: &Path, preset: &str, shard_by: ShardBy, seed: u64) 
         shards: 3,
         slices: 3,
         seed,
-        shard_by,
+        shard_by: c.shard_by,
         out: out.to_path_buf(),
         columns: Columns::default(),
         classes: Some(10),
@@ -46,6 +55,7 @@ fn options(data: &Path, out: &Path, preset: &str, shard_by: ShardBy, seed: u64) 
         progress: false,
         aggregation: Aggregation::Mean,
         ledger: None,
+        backend: c.backend,
     }
 }
 
@@ -75,21 +85,34 @@ fn random_deletion_sequences_equal_training_from_scratch() {
     let base = Csv::read(&base_csv);
     let users: Vec<String> = base.users().into_iter().map(|(u, _)| u).collect();
     let mut rng = Lcg(2021);
+    let (mlp, logreg) = (
+        root().join("models/mlp.toml"),
+        root().join("models/logreg.toml"),
+    );
+    let cnn = cnn_preset(tmp.path());
+    let config = |preset, backend, shard_by| Config {
+        preset,
+        backend,
+        shard_by,
+    };
     let configs = [
-        ("mlp.toml", ShardBy::User),
-        ("logreg.toml", ShardBy::User),
-        ("mlp.toml", ShardBy::Row),
+        config(&mlp, Backend::Dense, ShardBy::User),
+        config(&logreg, Backend::Dense, ShardBy::User),
+        config(&mlp, Backend::Dense, ShardBy::Row),
+        config(&cnn, Backend::Dense, ShardBy::User),
+        config(&cnn, Backend::Candle, ShardBy::User),
+        config(&mlp, Backend::Candle, ShardBy::Row),
     ];
     let mut bases = Vec::new();
-    for (i, (preset, by)) in configs.iter().enumerate() {
+    for (i, c) in configs.iter().enumerate() {
         let dir = tmp.path().join(format!("base-{i}"));
-        train::train_run(&options(&base_csv, &dir, preset, *by, 7)).unwrap();
+        train::train_run(&options(&base_csv, &dir, *c, 7)).unwrap();
         bases.push(dir);
     }
-    let cases = 24;
+    let cases = 30;
     for case in 0..cases {
         let which = case % configs.len();
-        let (preset, by) = configs[which];
+        let c = configs[which];
         let run_dir = tmp.path().join(format!("case-{case}"));
         copy_dir(&bases[which], &run_dir);
         // One to three requests of one to four users each, users never repeated.
@@ -134,13 +157,13 @@ fn random_deletion_sequences_equal_training_from_scratch() {
         let refs: Vec<&str> = gone.iter().map(String::as_str).collect();
         base.write_without(&refs, &reduced);
         let oracle_dir = tmp.path().join(format!("oracle-{case}"));
-        let oracle = train::train_run(&options(&reduced, &oracle_dir, preset, by, 7))
+        let oracle = train::train_run(&options(&reduced, &oracle_dir, c, 7))
             .unwrap()
             .run;
         assert_eq!(
             fingerprint(&run),
             fingerprint(&oracle),
-            "case {case} ({preset}, {by:?}): forgetting {gone:?} differs from training without them"
+            "case {case} ({c:?}): forgetting {gone:?} differs from training without them"
         );
         let ledger = Ledger::open(&run_dir.join("ledger.jsonl")).unwrap();
         assert!(ledger.requests().iter().all(|&r| ledger.is_done(r)));

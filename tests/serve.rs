@@ -62,7 +62,7 @@ fn mean_of(ensemble: &Ensemble, x: &[f32], n: usize, keep: impl Fn(usize) -> boo
         .members
         .iter()
         .filter(|m| keep(m.shard))
-        .map(|m| m.net.predict_proba(x, n))
+        .map(|m| m.predict_proba(x, n))
         .collect();
     let mut sum = vec![0f32; n * ensemble.classes];
     for p in &probs {

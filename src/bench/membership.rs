@@ -20,8 +20,8 @@ use crate::ensemble::{self, Ensemble};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use crate::plan::{self, ShardBy};
+use crate::rng::SplitMix64;
 use crate::run::{Aggregation, Run};
-use crate::train::rng::SplitMix64;
 use crate::train::{self, TrainOptions};
 use crate::unlearn;
 use std::collections::{HashMap, HashSet};
@@ -222,6 +222,7 @@ pub fn run(
         progress: false,
         aggregation: Aggregation::Mean,
         ledger: None,
+        backend: crate::model::Backend::Dense,
     };
     let trained = train::train_tables(&topts, &train_rows, None)?;
     let (_, train_accuracy) = losses(&trained.run, &train_rows)?;

@@ -21,9 +21,9 @@ use crate::ensemble::Ensemble;
 use crate::error::{Error, IoContext, Result};
 use crate::model::ModelSpec;
 use crate::plan::{self, ShardBy};
+use crate::rng::SplitMix64;
 use crate::run::config::cpu_model;
 use crate::run::{Aggregation, Run};
-use crate::train::rng::SplitMix64;
 use crate::train::{self, TrainOptions};
 use crate::unlearn;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -308,6 +308,7 @@ impl Context<'_> {
             progress: false,
             aggregation: Aggregation::Mean,
             ledger: None,
+            backend: crate::model::Backend::Dense,
         }
     }
 
@@ -689,6 +690,7 @@ pub fn run(opts: &BenchOptions) -> Result<(Report, Written)> {
         progress: false,
         aggregation: Aggregation::Mean,
         ledger: None,
+        backend: crate::model::Backend::Dense,
     };
     let (train_table, test_table) = train::read_tables(&template)?;
     let ids = train_table
@@ -730,6 +732,13 @@ pub fn run(opts: &BenchOptions) -> Result<(Report, Written)> {
     for p in &opts.presets {
         let spec = ModelSpec::load(p)?;
         seen_model |= spec.name == opts.model.name;
+        if spec
+            .input
+            .is_some_and(|[c, h, w]| c * h * w != train_table.dim())
+        {
+            // An image preset for another image size (the CNN on 8×8 digits): nothing to time.
+            continue;
+        }
         presets.push(throughput::measure_preset(
             &spec,
             &train_table,

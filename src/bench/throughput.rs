@@ -56,16 +56,19 @@ pub struct PresetThroughput {
     pub epochs: u32,
 }
 
-/// FLOPs of one sample's forward and backward pass through dense layers of widths `dims`.
-pub fn flops_per_sample(dims: &[usize]) -> f64 {
-    dims.windows(2)
+/// FLOPs of one sample's forward and backward pass through the dense and convolution layers
+/// of `arch`: 2 per multiply-add forward, 2 for the weight gradient, and 2 for the input
+/// gradient of every such layer but the first.
+pub fn flops_per_sample(arch: &crate::model::Architecture) -> f64 {
+    arch.layer_macs()
+        .iter()
+        .filter(|&&m| m > 0)
         .enumerate()
-        .map(|(l, w)| {
-            let mac = (w[0] * w[1]) as f64;
+        .map(|(l, &m)| {
             if l == 0 {
-                4.0 * mac
+                4.0 * m as f64
             } else {
-                6.0 * mac
+                6.0 * m as f64
             }
         })
         .sum()
@@ -213,6 +216,7 @@ pub fn measure_preset(
         shard_by: ShardBy::User,
         features: sub.feature_names.clone(),
         classes,
+        backend: crate::model::Backend::Dense,
         user_column: "user_id".into(),
         label_column: "label".into(),
         aggregation: Aggregation::Mean,
@@ -228,7 +232,7 @@ pub fn measure_preset(
     let placed = ingest::place_rows(&sub, placement, &Secret::generate()?, &HashMap::new())?;
     let digest = config.digest();
     let data = ShardData::new(&config, &digest, 0, &placed[0]);
-    let parameters = data.initial().net.parameters();
+    let parameters = config.architecture()?.parameters() as usize;
     let mut best = f64::INFINITY;
     for _ in 0..3 {
         let t = Instant::now();
@@ -236,7 +240,7 @@ pub fn measure_preset(
         best = best.min(t.elapsed().as_secs_f64());
     }
     let samples = (rows as f64 * epochs as f64) / best.max(1e-9);
-    let flops = flops_per_sample(&config.dims());
+    let flops = flops_per_sample(&config.architecture()?);
     let gflops = samples * flops / 1e9;
     Ok(PresetThroughput {
         preset: spec.name.clone(),
@@ -260,13 +264,27 @@ mod tests {
 
     #[test]
     fn flops_by_hand() {
+        let arch = |hidden: &str, f: usize| {
+            let spec: crate::model::ModelSpec = toml::from_str(&format!(
+                "name = \"t\"\noptimizer = \"adam\"\nlr = 0.01\nbatch_size = 8\nepochs = 2\n{hidden}\n"
+            ))
+            .unwrap();
+            spec.architecture(f, 10).unwrap()
+        };
         // 784→128→10: 4·784·128 + 6·128·10.
         assert_eq!(
-            flops_per_sample(&[784, 128, 10]),
+            flops_per_sample(&arch("hidden = [128]", 784)),
             4.0 * 100_352.0 + 6.0 * 1_280.0
         );
         // Logistic regression: one layer, forward and weight gradient only.
-        assert_eq!(flops_per_sample(&[64, 10]), 4.0 * 640.0);
+        assert_eq!(flops_per_sample(&arch("hidden = []", 64)), 4.0 * 640.0);
+        // A convolution counts its output positions × window: 8 filters of 3×3 over 1×4×4
+        // with padding 1 is 16·8·9 multiply-adds, then 4·4·8 → 10.
+        let conv = arch(
+            "input = [1, 4, 4]\nlayers = [{ kind = \"conv2d\", filters = 8, kernel = 3, padding = 1 }, { kind = \"flatten\" }]",
+            16,
+        );
+        assert_eq!(flops_per_sample(&conv), 4.0 * 1152.0 + 6.0 * 1280.0);
     }
 
     #[test]

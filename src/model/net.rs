@@ -1,12 +1,16 @@
-//! Dense networks (multi-layer perceptron, logistic regression) with hand-derived gradients.
+//! The dense backend: networks of dense, convolution, pooling, activation, dropout and flatten
+//! steps with hand-derived gradients, on the CPU.
 //!
-//! Forward and backward passes run on `matrixmultiply`'s single-threaded SGEMM with buffers
-//! allocated once per shard, so a training step allocates nothing and its result depends only
-//! on its inputs: the same rows in the same order give the same bits, on any number of threads.
+//! Forward and backward passes run on `matrixmultiply`'s single-threaded SGEMM (convolutions as
+//! im2col and one SGEMM per batch) with buffers allocated once per shard, so a training step
+//! allocates nothing and its result depends only on its inputs: the same rows in the same order
+//! give the same bits, on any number of threads. Images are held channels-last
+//! (`[height, width, channels]` per row) between steps; rows arrive channels-first.
 
-use crate::model::simd;
-use crate::model::spec::Activation;
-use crate::train::rng::SplitMix64;
+use crate::model::optim::Optimizer;
+use crate::model::spec::{Activation, Architecture, LayerSpec, Shape};
+use crate::model::{simd, Backend, ModelConfig, ShardModel, Tensor};
+use crate::rng::{mix, SplitMix64};
 
 /// Standardized inputs are clipped to this many standard deviations, so that a feature that
 /// barely varied in the slice the statistics came from cannot blow up later inputs.
@@ -98,15 +102,95 @@ pub struct Dense {
     pub b: Vec<f32>,
 }
 
-/// A model: standardization, dense layers, softmax output.
+/// A 2-D convolution over images held channels-last (`[height, width, channels]` per row):
+/// `filters` kernels of `kernel × kernel × channels`, computed as im2col and one SGEMM.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv2d {
+    /// Input `[channels, height, width]`.
+    pub input: [usize; 3],
+    /// Output `[filters, height, width]`.
+    pub output: [usize; 3],
+    /// Kernel height and width.
+    pub kernel: usize,
+    /// Step between windows.
+    pub stride: usize,
+    /// Zeros on every side.
+    pub padding: usize,
+    /// Weights `[filters, kernel, kernel, channels]`, row-major.
+    pub w: Vec<f32>,
+    /// Biases, `filters`.
+    pub b: Vec<f32>,
+}
+
+impl Conv2d {
+    /// Values in one window: `kernel · kernel · channels`.
+    fn window(&self) -> usize {
+        self.kernel * self.kernel * self.input[0]
+    }
+
+    /// Output positions of one image.
+    fn positions(&self) -> usize {
+        self.output[1] * self.output[2]
+    }
+}
+
+/// One step of a network, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Fully connected.
+    Dense(Dense),
+    /// Convolution.
+    Conv(Conv2d),
+    /// Maximum over `size × size` windows; input and output `[c, h, w]`.
+    MaxPool {
+        /// Window size (and stride).
+        size: usize,
+        /// Input shape.
+        input: [usize; 3],
+        /// Output shape.
+        output: [usize; 3],
+    },
+    /// Element-wise nonlinearity.
+    Act(Activation),
+    /// Inverted dropout while training.
+    Dropout {
+        /// Probability of dropping.
+        rate: f32,
+        /// Values per row.
+        width: usize,
+    },
+    /// Reinterpret an image as a flat vector (a copy: channels-last order is kept).
+    Flatten {
+        /// Values per row.
+        width: usize,
+    },
+}
+
+impl Op {
+    /// Values per row after this step.
+    fn width(&self) -> usize {
+        match self {
+            Op::Dense(d) => d.outputs,
+            Op::Conv(c) => c.output.iter().product(),
+            Op::MaxPool { output, .. } => output.iter().product(),
+            Op::Act(_) => 0,
+            Op::Dropout { width, .. } | Op::Flatten { width } => *width,
+        }
+    }
+}
+
+/// A model of the dense backend: its steps, then a softmax. Inputs arrive standardized.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Network {
-    /// Input standardization.
-    pub norm: Norm,
-    /// Layers from input to output.
-    pub layers: Vec<Dense>,
-    /// Nonlinearity after every layer but the last.
-    pub activation: Activation,
+    /// The steps, the output layer (dense to the classes) last.
+    pub ops: Vec<Op>,
+    /// Values per input row.
+    pub inputs: usize,
+    /// Channels of an image input (rows arrive channels-first and are turned channels-last
+    /// for the convolutions); 1 for flat inputs.
+    pub channels: usize,
+    /// Seed of the dropout masks (step `t` of layer `l` draws from `mix(seed ^ t) ^ l`).
+    pub dropout_seed: u64,
 }
 
 /// `c = a · b + beta · c` with explicit strides; `a` is m×k, `b` is k×n, `c` is m×n row-major.
@@ -150,135 +234,305 @@ fn sgemm(
 }
 
 impl Network {
-    /// A freshly initialised network: Glorot-uniform weights (He-uniform before ReLU), zero
-    /// biases, drawn from a generator seeded with `seed`.
-    pub fn init(dims: &[usize], activation: Activation, norm: Norm, seed: u64) -> Network {
+    /// A freshly initialised network for `arch`: Glorot-uniform weights (He-uniform before a
+    /// ReLU), zero biases, drawn in layer order from a generator seeded with `seed`.
+    pub fn new(arch: &Architecture, seed: u64, dropout_seed: u64) -> Network {
         let mut rng = SplitMix64::new(seed);
-        let last = dims.len() - 2;
-        let layers = dims
-            .windows(2)
-            .enumerate()
-            .map(|(l, w)| {
-                let (i, o) = (w[0], w[1]);
-                let bound = if l < last && activation == Activation::Relu {
-                    (6.0 / i as f32).sqrt()
-                } else {
-                    (6.0 / (i + o) as f32).sqrt()
-                };
-                let w = (0..i * o).map(|_| bound * rng.next_symmetric()).collect();
-                Dense {
-                    inputs: i,
-                    outputs: o,
-                    w,
-                    b: vec![0.0; o],
+        let mut ops = Vec::with_capacity(arch.layers.len());
+        let relu_after = |i: usize| {
+            arch.layers
+                .get(i + 1)
+                .is_some_and(|l| l.spec == LayerSpec::Relu)
+        };
+        for (i, layer) in arch.layers.iter().enumerate() {
+            let dims = |s: Shape| match s {
+                Shape::Image(d) => d,
+                Shape::Flat(n) => [n, 1, 1],
+            };
+            let op = match &layer.spec {
+                LayerSpec::Dense { units } => {
+                    let (i_, o) = (layer.input.len(), *units);
+                    let bound = if relu_after(i) {
+                        (6.0 / i_ as f32).sqrt()
+                    } else {
+                        (6.0 / (i_ + o) as f32).sqrt()
+                    };
+                    Op::Dense(Dense {
+                        inputs: i_,
+                        outputs: o,
+                        w: (0..i_ * o).map(|_| bound * rng.next_symmetric()).collect(),
+                        b: vec![0.0; o],
+                    })
                 }
-            })
-            .collect();
-        Network {
-            norm,
-            layers,
-            activation,
+                LayerSpec::Conv2d {
+                    filters,
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    let input = dims(layer.input);
+                    let (fan_in, fan_out) = (kernel * kernel * input[0], kernel * kernel * filters);
+                    let bound = if relu_after(i) {
+                        (6.0 / fan_in as f32).sqrt()
+                    } else {
+                        (6.0 / (fan_in + fan_out) as f32).sqrt()
+                    };
+                    Op::Conv(Conv2d {
+                        input,
+                        output: dims(layer.output),
+                        kernel: *kernel,
+                        stride: *stride,
+                        padding: *padding,
+                        w: (0..filters * fan_in)
+                            .map(|_| bound * rng.next_symmetric())
+                            .collect(),
+                        b: vec![0.0; *filters],
+                    })
+                }
+                LayerSpec::Maxpool2d { size } => Op::MaxPool {
+                    size: *size,
+                    input: dims(layer.input),
+                    output: dims(layer.output),
+                },
+                LayerSpec::Relu => Op::Act(Activation::Relu),
+                LayerSpec::Tanh => Op::Act(Activation::Tanh),
+                LayerSpec::Dropout { rate } => Op::Dropout {
+                    rate: *rate,
+                    width: layer.input.len(),
+                },
+                LayerSpec::Flatten => Op::Flatten {
+                    width: layer.input.len(),
+                },
+            };
+            ops.push(op);
         }
+        Network {
+            ops,
+            inputs: arch.input.len(),
+            channels: match arch.input {
+                Shape::Image([c, _, _]) => c,
+                Shape::Flat(_) => 1,
+            },
+            dropout_seed,
+        }
+    }
+
+    /// A multi-layer perceptron of widths `dims` (input first, classes last) with
+    /// `activation` after every hidden layer, initialised from `seed`.
+    pub fn mlp(dims: &[usize], activation: Activation, seed: u64) -> Network {
+        Network::new(&Architecture::dense(dims, activation), seed, 0)
+    }
+
+    /// The dense layers, in order.
+    pub fn dense_layers(&self) -> Vec<&Dense> {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Dense(d) => Some(d),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Number of input features.
     pub fn inputs(&self) -> usize {
-        self.layers[0].inputs
+        self.inputs
     }
 
     /// Number of classes.
     pub fn classes(&self) -> usize {
-        self.layers
-            .last()
-            .expect("a network has at least one layer")
-            .outputs
+        match self.ops.last() {
+            Some(Op::Dense(d)) => d.outputs,
+            _ => unreachable!("an architecture ends with its dense output layer"),
+        }
     }
 
     /// Number of trainable parameters.
     pub fn parameters(&self) -> usize {
-        self.layers.iter().map(|l| l.w.len() + l.b.len()).sum()
+        self.params().map(|p| p.len()).sum()
     }
 
-    /// Class probabilities for `n` raw (unstandardized) rows, `n × classes` row-major.
-    pub fn predict_proba(&self, x: &[f32], n: usize) -> Vec<f32> {
+    /// Every trainable tensor in order: each dense or convolution layer's weights, then its
+    /// biases.
+    pub fn params(&self) -> impl Iterator<Item = &Vec<f32>> {
+        self.ops.iter().flat_map(|op| match op {
+            Op::Dense(d) => vec![&d.w, &d.b],
+            Op::Conv(c) => vec![&c.w, &c.b],
+            _ => vec![],
+        })
+    }
+
+    /// [`Network::params`], mutable.
+    pub fn params_mut(&mut self) -> impl Iterator<Item = &mut Vec<f32>> {
+        self.ops.iter_mut().flat_map(|op| match op {
+            Op::Dense(d) => vec![&mut d.w, &mut d.b],
+            Op::Conv(c) => vec![&mut c.w, &mut c.b],
+            _ => vec![],
+        })
+    }
+
+    /// The shapes of [`Network::params`], as saved: dense `[inputs, outputs]`, convolution
+    /// `[filters, kernel, kernel, channels]`, biases `[outputs]`.
+    pub fn param_shapes(&self) -> Vec<Vec<usize>> {
+        self.ops
+            .iter()
+            .flat_map(|op| match op {
+                Op::Dense(d) => vec![vec![d.inputs, d.outputs], vec![d.outputs]],
+                Op::Conv(c) => vec![
+                    vec![c.output[0], c.kernel, c.kernel, c.input[0]],
+                    vec![c.output[0]],
+                ],
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    /// Class probabilities for `n` standardized rows, `n × classes` row-major, in chunks.
+    pub fn predict(&self, x: &[f32], n: usize) -> Vec<f32> {
         const CHUNK: usize = 256;
-        let d = self.inputs();
-        let c = self.classes();
+        let (d, c) = (self.inputs, self.classes());
         // Forward only: no gradient buffers (zeroing them cost more than the prediction).
         let mut ws = Workspace::forward_only(self, CHUNK.min(n.max(1)));
-        let mut xb = vec![0f32; CHUNK.min(n.max(1)) * d];
         let mut out = Vec::with_capacity(n * c);
         for start in (0..n).step_by(CHUNK) {
             let b = CHUNK.min(n - start);
-            simd::wide(
-                #[inline(always)]
-                || {
-                    for (row, out) in x[start * d..(start + b) * d]
-                        .chunks_exact(d)
-                        .zip(xb.chunks_exact_mut(d))
-                    {
-                        self.norm.apply(row, out);
-                    }
-                },
-            );
-            self.forward(&mut ws, &xb[..b * d], b);
-            out.extend_from_slice(&ws.acts.last().expect("at least one layer")[..b * c]);
+            self.forward(&mut ws, &x[start * d..(start + b) * d], b, None);
+            out.extend_from_slice(&ws.outs.last().expect("at least one layer")[..b * c]);
         }
         out
     }
 
+    /// Names of [`Network::params`]: `l<k>.w` and `l<k>.b` for the k-th layer with
+    /// parameters.
+    pub fn param_names(&self) -> Vec<String> {
+        let layers = self
+            .ops
+            .iter()
+            .filter(|op| matches!(op, Op::Dense(_) | Op::Conv(_)))
+            .count();
+        (0..layers)
+            .flat_map(|k| [format!("l{k}.w"), format!("l{k}.b")])
+            .collect()
+    }
+
     /// Forward pass over a standardized batch of `b` rows; probabilities land in the last
-    /// activation buffer.
-    fn forward(&self, ws: &mut Workspace, x: &[f32], b: usize) {
-        let last = self.layers.len() - 1;
-        for (l, layer) in self.layers.iter().enumerate() {
-            let (before, rest) = ws.acts.split_at_mut(l);
-            let out = &mut rest[0][..b * layer.outputs];
+    /// output buffer. `step` is the training step (dropout masks) or `None` when predicting.
+    fn forward(&self, ws: &mut Workspace, x: &[f32], b: usize, step: Option<u64>) {
+        let x = if self.channels > 1 {
+            channels_last(x, &mut ws.input, b, self.channels, self.inputs);
+            &ws.input[..b * self.inputs]
+        } else {
+            x
+        };
+        let last = self.ops.len() - 1;
+        for (l, op) in self.ops.iter().enumerate() {
+            let (before, rest) = ws.outs.split_at_mut(l);
             let input = if l == 0 {
                 x
             } else {
-                &before[l - 1][..b * layer.inputs]
+                &before[l - 1][..b * ws.widths[l - 1]]
             };
-            for row in out.chunks_exact_mut(layer.outputs) {
-                row.copy_from_slice(&layer.b);
-            }
-            sgemm(
-                (b, layer.inputs, layer.outputs),
-                input,
-                (layer.inputs, 1),
-                &layer.w,
-                (layer.outputs, 1),
-                1.0,
-                out,
-            );
-            let activation = self.activation;
-            simd::wide(
-                #[inline(always)]
-                || {
-                    if l < last {
-                        match activation {
-                            Activation::Tanh => out.iter_mut().for_each(|v| *v = tanh(*v)),
-                            Activation::Relu => out.iter_mut().for_each(|v| *v = v.max(0.0)),
-                        }
-                    } else {
-                        for row in out.chunks_exact_mut(layer.outputs) {
-                            softmax_in_place(row);
-                        }
+            match op {
+                Op::Dense(layer) => {
+                    let out = &mut rest[0][..b * layer.outputs];
+                    for row in out.chunks_exact_mut(layer.outputs) {
+                        row.copy_from_slice(&layer.b);
                     }
-                },
-            );
+                    sgemm(
+                        (b, layer.inputs, layer.outputs),
+                        input,
+                        (layer.inputs, 1),
+                        &layer.w,
+                        (layer.outputs, 1),
+                        1.0,
+                        out,
+                    );
+                    if l == last {
+                        simd::wide(
+                            #[inline(always)]
+                            || {
+                                for row in out.chunks_exact_mut(layer.outputs) {
+                                    softmax_in_place(row);
+                                }
+                            },
+                        );
+                    }
+                }
+                Op::Conv(conv) => {
+                    let (rows, window, filters) = (conv.positions(), conv.window(), conv.output[0]);
+                    let cols = &mut ws.cols[l][..b * rows * window];
+                    im2col(conv, input, cols, b);
+                    let out = &mut rest[0][..b * rows * filters];
+                    for row in out.chunks_exact_mut(filters) {
+                        row.copy_from_slice(&conv.b);
+                    }
+                    sgemm(
+                        (b * rows, window, filters),
+                        cols,
+                        (window, 1),
+                        &conv.w,
+                        (1, window),
+                        1.0,
+                        out,
+                    );
+                }
+                Op::MaxPool {
+                    size,
+                    input: shape,
+                    output,
+                } => {
+                    let out = &mut rest[0][..b * output.iter().product::<usize>()];
+                    max_pool(*size, *shape, *output, input, out, &mut ws.argmax[l], b);
+                }
+                Op::Act(activation) => {
+                    let out = &mut rest[0][..input.len()];
+                    let activation = *activation;
+                    simd::wide(
+                        #[inline(always)]
+                        || match activation {
+                            Activation::Tanh => {
+                                out.iter_mut().zip(input).for_each(|(o, v)| *o = tanh(*v))
+                            }
+                            Activation::Relu => {
+                                out.iter_mut().zip(input).for_each(|(o, v)| *o = v.max(0.0))
+                            }
+                        },
+                    );
+                }
+                Op::Dropout { rate, width } => {
+                    let out = &mut rest[0][..b * width];
+                    match step {
+                        Some(t) => {
+                            let mask = &mut ws.masks[l][..b * width];
+                            let seed = mix(self.dropout_seed ^ t) ^ l as u64;
+                            dropout_mask(*rate, seed, mask);
+                            for ((o, v), m) in out.iter_mut().zip(input).zip(mask.iter()) {
+                                *o = v * m;
+                            }
+                        }
+                        None => out.copy_from_slice(input),
+                    }
+                }
+                Op::Flatten { width } => rest[0][..b * width].copy_from_slice(input),
+            }
         }
     }
 
-    /// One forward and backward pass over a standardized batch of `b` rows with labels `y`.
-    /// Gradients of the mean cross-entropy land in `ws.grad_w` / `ws.grad_b`; returns the summed
-    /// loss of the batch.
-    pub fn gradients(&self, ws: &mut Workspace, x: &[f32], y: &[u32], b: usize) -> f64 {
-        self.forward(ws, x, b);
+    /// One forward and backward pass over a standardized batch of `b` rows with labels `y` at
+    /// training step `step`. Gradients of the mean cross-entropy land in `ws.grad_w` /
+    /// `ws.grad_b` (per step, empty for steps without parameters); returns the summed loss.
+    pub fn gradients(&self, ws: &mut Workspace, x: &[f32], y: &[u32], b: usize, step: u64) -> f64 {
+        self.forward(ws, x, b, Some(step));
+        let x = if self.channels > 1 {
+            &ws.input[..b * self.inputs]
+        } else {
+            x
+        };
         let c = self.classes();
-        let probs = &ws.acts[self.layers.len() - 1];
+        let last = self.ops.len() - 1;
+        let probs = &ws.outs[last];
         let mut loss = 0f64;
-        let delta = &mut ws.delta[..b * c];
+        let delta = &mut ws.deltas[last][..b * c];
         let inv_b = 1.0 / b as f32;
         for (r, &yr) in y[..b].iter().enumerate() {
             loss -= (probs[r * c + yr as usize].max(1e-30) as f64).ln();
@@ -294,71 +548,434 @@ impl Network {
                 }
             },
         );
-        for l in (0..self.layers.len()).rev() {
-            let layer = &self.layers[l];
-            let input = if l == 0 {
+        for l in (0..self.ops.len()).rev() {
+            let input: &[f32] = if l == 0 {
                 x
             } else {
-                &ws.acts[l - 1][..b * layer.inputs]
+                &ws.outs[l - 1][..b * ws.widths[l - 1]]
             };
-            let delta = &ws.delta[..b * layer.outputs];
-            // grad_w = inputᵀ · delta
-            sgemm(
-                (layer.inputs, b, layer.outputs),
-                input,
-                (1, layer.inputs),
-                delta,
-                (layer.outputs, 1),
-                0.0,
-                &mut ws.grad_w[l],
-            );
-            let gb = &mut ws.grad_b[l];
-            simd::wide(
-                #[inline(always)]
-                || {
-                    gb.copy_from_slice(&delta[..layer.outputs]);
-                    for row in delta.chunks_exact(layer.outputs).skip(1) {
-                        for (g, v) in gb.iter_mut().zip(row) {
-                            *g += v;
+            let (below, here) = ws.deltas.split_at_mut(l);
+            let delta = &here[0][..b * ws.widths[l]];
+            let prev: Option<&mut [f32]> = if l > 0 {
+                let width = input.len();
+                Some(&mut below[l - 1][..width])
+            } else {
+                None
+            };
+            match &self.ops[l] {
+                Op::Dense(layer) => {
+                    // grad_w = inputᵀ · delta
+                    sgemm(
+                        (layer.inputs, b, layer.outputs),
+                        input,
+                        (1, layer.inputs),
+                        delta,
+                        (layer.outputs, 1),
+                        0.0,
+                        &mut ws.grad_w[l],
+                    );
+                    bias_gradient(delta, layer.outputs, &mut ws.grad_b[l]);
+                    if let Some(prev) = prev {
+                        // delta_prev = delta · wᵀ
+                        sgemm(
+                            (b, layer.outputs, layer.inputs),
+                            delta,
+                            (layer.outputs, 1),
+                            &layer.w,
+                            (1, layer.outputs),
+                            0.0,
+                            prev,
+                        );
+                    }
+                }
+                Op::Conv(conv) => {
+                    let (rows, window, filters) = (conv.positions(), conv.window(), conv.output[0]);
+                    let cols = &ws.cols[l][..b * rows * window];
+                    // grad_w[f, window] = deltaᵀ · cols
+                    sgemm(
+                        (filters, b * rows, window),
+                        delta,
+                        (1, filters),
+                        cols,
+                        (window, 1),
+                        0.0,
+                        &mut ws.grad_w[l],
+                    );
+                    bias_gradient(delta, filters, &mut ws.grad_b[l]);
+                    if let Some(prev) = prev {
+                        let grad_cols = &mut ws.grad_cols[..b * rows * window];
+                        sgemm(
+                            (b * rows, filters, window),
+                            delta,
+                            (filters, 1),
+                            &conv.w,
+                            (window, 1),
+                            0.0,
+                            grad_cols,
+                        );
+                        col2im(conv, grad_cols, prev, b);
+                    }
+                }
+                Op::MaxPool { .. } => {
+                    if let Some(prev) = prev {
+                        prev.fill(0.0);
+                        for (d, &i) in delta.iter().zip(&ws.argmax[l]) {
+                            prev[i as usize] += d;
                         }
                     }
-                },
-            );
-            if l > 0 {
-                // delta_prev = (delta · wᵀ) ⊙ act'(a_prev)
-                let prev = &mut ws.delta_prev[..b * layer.inputs];
-                sgemm(
-                    (b, layer.outputs, layer.inputs),
-                    delta,
-                    (layer.outputs, 1),
-                    &layer.w,
-                    (1, layer.outputs),
-                    0.0,
-                    prev,
-                );
-                let a_prev = &ws.acts[l - 1][..b * layer.inputs];
-                let activation = self.activation;
-                simd::wide(
-                    #[inline(always)]
-                    || match activation {
-                        Activation::Tanh => {
-                            for (g, a) in prev.iter_mut().zip(a_prev) {
-                                *g *= 1.0 - a * a;
-                            }
-                        }
-                        Activation::Relu => {
-                            for (g, a) in prev.iter_mut().zip(a_prev) {
-                                if *a <= 0.0 {
-                                    *g = 0.0;
+                }
+                Op::Act(activation) => {
+                    if let Some(prev) = prev {
+                        let out = &ws.outs[l][..prev.len()];
+                        let activation = *activation;
+                        simd::wide(
+                            #[inline(always)]
+                            || match activation {
+                                Activation::Tanh => {
+                                    for ((g, d), a) in prev.iter_mut().zip(delta).zip(out) {
+                                        *g = d * (1.0 - a * a);
+                                    }
                                 }
-                            }
+                                Activation::Relu => {
+                                    for ((g, d), a) in prev.iter_mut().zip(delta).zip(out) {
+                                        *g = if *a <= 0.0 { 0.0 } else { *d };
+                                    }
+                                }
+                            },
+                        );
+                    }
+                }
+                Op::Dropout { .. } => {
+                    if let Some(prev) = prev {
+                        for ((g, d), m) in prev.iter_mut().zip(delta).zip(&ws.masks[l]) {
+                            *g = d * m;
                         }
-                    },
-                );
-                std::mem::swap(&mut ws.delta, &mut ws.delta_prev);
+                    }
+                }
+                Op::Flatten { .. } => {
+                    if let Some(prev) = prev {
+                        prev.copy_from_slice(delta);
+                    }
+                }
             }
         }
         loss
+    }
+}
+
+impl Op {
+    /// Values per row after this step; `input` for element-wise steps.
+    fn width_or(&self, input: usize) -> usize {
+        match self {
+            Op::Act(_) => input,
+            op => op.width(),
+        }
+    }
+}
+
+/// `grad_b = column sums of delta` (rows of `width`), summed in row order.
+#[inline(always)]
+fn bias_gradient(delta: &[f32], width: usize, gb: &mut [f32]) {
+    simd::wide(
+        #[inline(always)]
+        || {
+            gb.copy_from_slice(&delta[..width]);
+            for row in delta.chunks_exact(width).skip(1) {
+                for (g, v) in gb.iter_mut().zip(row) {
+                    *g += v;
+                }
+            }
+        },
+    );
+}
+
+/// Rows channels-first (`[c, h·w]`) to channels-last (`[h·w, c]`).
+fn channels_last(x: &[f32], out: &mut [f32], b: usize, c: usize, width: usize) {
+    let hw = width / c;
+    for (src, dst) in x[..b * width]
+        .chunks_exact(width)
+        .zip(out.chunks_exact_mut(width))
+    {
+        for ch in 0..c {
+            for p in 0..hw {
+                dst[p * c + ch] = src[ch * hw + p];
+            }
+        }
+    }
+}
+
+/// For output position `(oy, ox)` and kernel row `ky`: the input pixel row `iy`, or `None` in
+/// the padding, and the range `kx_lo..kx_hi` of kernel columns that fall inside the image (the
+/// window's values for `ky` are then one contiguous run of the channels-last input).
+#[inline(always)]
+fn window_row(
+    conv: &Conv2d,
+    oy: usize,
+    ox: usize,
+    ky: usize,
+) -> Option<(usize, isize, usize, usize)> {
+    let [_, h, w] = conv.input;
+    let (k, s, p) = (conv.kernel, conv.stride, conv.padding as isize);
+    let iy = (oy * s + ky) as isize - p;
+    if iy < 0 || iy >= h as isize {
+        return None;
+    }
+    let ix0 = (ox * s) as isize - p;
+    let lo = (-ix0).clamp(0, k as isize) as usize;
+    let hi = (w as isize - ix0).clamp(0, k as isize) as usize;
+    Some((iy as usize, ix0, lo, hi.max(lo)))
+}
+
+/// Unfold `b` channels-last images into rows of windows: row `(image, position)` holds the
+/// window's values in `(ky, kx, channel)` order, zeros where it overlaps the padding.
+fn im2col(conv: &Conv2d, input: &[f32], cols: &mut [f32], b: usize) {
+    let [c, _, w] = conv.input;
+    let [_, oh, ow] = conv.output;
+    let k = conv.kernel;
+    let in_width = conv.input.iter().product::<usize>();
+    let (rows, window) = (conv.positions(), conv.window());
+    let span = k * c;
+    for n in 0..b {
+        let image = &input[n * in_width..(n + 1) * in_width];
+        let out = &mut cols[n * rows * window..(n + 1) * rows * window];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let row = &mut out[(oy * ow + ox) * window..(oy * ow + ox + 1) * window];
+                for ky in 0..k {
+                    let dst = &mut row[ky * span..(ky + 1) * span];
+                    match window_row(conv, oy, ox, ky) {
+                        None => dst.fill(0.0),
+                        Some((iy, ix0, lo, hi)) => {
+                            dst[..lo * c].fill(0.0);
+                            dst[hi * c..].fill(0.0);
+                            let from = (iy * w) as isize + ix0;
+                            let (a, z) =
+                                ((from + lo as isize) as usize, (from + hi as isize) as usize);
+                            dst[lo * c..hi * c].copy_from_slice(&image[a * c..z * c]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: add every window row back onto the pixels it was read from, in
+/// a fixed order (image, position, kernel row, kernel column, channel).
+fn col2im(conv: &Conv2d, cols: &[f32], grad: &mut [f32], b: usize) {
+    let [c, _, w] = conv.input;
+    let [_, oh, ow] = conv.output;
+    let k = conv.kernel;
+    let in_width = conv.input.iter().product::<usize>();
+    let (rows, window) = (conv.positions(), conv.window());
+    let span = k * c;
+    grad[..b * in_width].fill(0.0);
+    for n in 0..b {
+        let image = &mut grad[n * in_width..(n + 1) * in_width];
+        let src = &cols[n * rows * window..(n + 1) * rows * window];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let row = &src[(oy * ow + ox) * window..(oy * ow + ox + 1) * window];
+                for ky in 0..k {
+                    if let Some((iy, ix0, lo, hi)) = window_row(conv, oy, ox, ky) {
+                        let from = (iy * w) as isize + ix0;
+                        let (a, z) = ((from + lo as isize) as usize, (from + hi as isize) as usize);
+                        let values = &row[ky * span + lo * c..ky * span + hi * c];
+                        simd::wide(
+                            #[inline(always)]
+                            || {
+                                for (g, v) in image[a * c..z * c].iter_mut().zip(values) {
+                                    *g += v;
+                                }
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Max pooling of `b` channels-last images; `argmax` gets, for every output value, the index
+/// (into the batch's input) of the value it took (the first of equal values, in window order).
+fn max_pool(
+    size: usize,
+    [c, h, w]: [usize; 3],
+    [_, oh, ow]: [usize; 3],
+    input: &[f32],
+    out: &mut [f32],
+    argmax: &mut [u32],
+    b: usize,
+) {
+    let _ = h;
+    let (in_width, out_width) = (c * h * w, c * oh * ow);
+    for n in 0..b {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let o = n * out_width + (oy * ow + ox) * c;
+                let (best, at) = (&mut out[o..o + c], &mut argmax[o..o + c]);
+                for ky in 0..size {
+                    for kx in 0..size {
+                        let i = n * in_width + ((oy * size + ky) * w + ox * size + kx) * c;
+                        let values = &input[i..i + c];
+                        if ky == 0 && kx == 0 {
+                            best.copy_from_slice(values);
+                            for (ch, a) in at.iter_mut().enumerate() {
+                                *a = (i + ch) as u32;
+                            }
+                            continue;
+                        }
+                        for (ch, ((bv, a), v)) in
+                            best.iter_mut().zip(at.iter_mut()).zip(values).enumerate()
+                        {
+                            if *v > *bv {
+                                *bv = *v;
+                                *a = (i + ch) as u32;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Inverted-dropout scales for one batch: 0 with probability `rate`, else `1 / (1 - rate)`,
+/// drawn from a generator seeded with `seed`.
+fn dropout_mask(rate: f32, seed: u64, mask: &mut [f32]) {
+    let mut rng = SplitMix64::new(seed);
+    let keep = 1.0 / (1.0 - rate);
+    for m in mask.iter_mut() {
+        let u = (rng.next_u64() >> 40) as f32 / (1u32 << 24) as f32;
+        *m = if u < rate { 0.0 } else { keep };
+    }
+}
+
+/// The dense backend's [`ShardModel`]: a [`Network`], its optimizer, and training buffers
+/// sized once for the batch.
+#[derive(Debug)]
+pub struct DenseModel {
+    /// The network.
+    pub net: Network,
+    /// Its optimizer.
+    pub opt: Optimizer,
+    batch: usize,
+    ws: Option<Workspace>,
+}
+
+impl DenseModel {
+    /// A fresh, seeded model.
+    pub fn new(config: &ModelConfig) -> DenseModel {
+        let net = Network::new(&config.arch, config.init_seed, config.dropout_seed);
+        let opt = Optimizer::new(
+            config.optimizer,
+            config.lr,
+            config.momentum,
+            config.weight_decay,
+            net.params().map(Vec::len).collect::<Vec<_>>().into_iter(),
+        );
+        DenseModel {
+            net,
+            opt,
+            batch: config.batch_size,
+            ws: None,
+        }
+    }
+
+    fn named(&self, values: impl Iterator<Item = Vec<f32>>, prefix: &str) -> Vec<Tensor> {
+        self.net
+            .param_names()
+            .into_iter()
+            .zip(self.net.param_shapes())
+            .zip(values)
+            .map(|((name, shape), data)| Tensor {
+                name: format!("{prefix}{name}"),
+                shape,
+                data,
+            })
+            .collect()
+    }
+}
+
+impl ShardModel for DenseModel {
+    fn backend(&self) -> Backend {
+        Backend::Dense
+    }
+
+    fn classes(&self) -> usize {
+        self.net.classes()
+    }
+
+    fn parameters(&self) -> Vec<Tensor> {
+        self.named(self.net.params().cloned(), "")
+    }
+
+    fn gradients(&self) -> Vec<Tensor> {
+        match &self.ws {
+            Some(ws) => self.named(ws.grads().cloned(), ""),
+            None => self.named(self.net.params().map(|p| vec![0.0; p.len()]), ""),
+        }
+    }
+
+    fn optimizer_state(&self) -> Vec<Tensor> {
+        let per = self.net.param_names().len();
+        let mut out = Vec::new();
+        for (i, prefix) in self.opt.kind.state_prefixes().iter().enumerate() {
+            let bufs = self.opt.buffers[i * per..(i + 1) * per].iter().cloned();
+            out.extend(self.named(bufs, &format!("opt.{prefix}.")));
+        }
+        out
+    }
+
+    fn steps(&self) -> u64 {
+        self.opt.step
+    }
+
+    fn restore(
+        &mut self,
+        read: &mut crate::model::TensorSource<'_>,
+        steps: u64,
+    ) -> crate::Result<()> {
+        let names = self.net.param_names();
+        let shapes = self.net.param_shapes();
+        for ((p, name), shape) in self.net.params_mut().zip(&names).zip(&shapes) {
+            *p = read(name, shape)?;
+        }
+        let per = names.len();
+        for (i, prefix) in self.opt.kind.state_prefixes().iter().enumerate() {
+            for (j, (name, shape)) in names.iter().zip(&shapes).enumerate() {
+                self.opt.buffers[i * per + j] = read(&format!("opt.{prefix}.{name}"), shape)?;
+            }
+        }
+        self.opt.step = steps;
+        Ok(())
+    }
+
+    fn train_step(&mut self, x: &[f32], y: &[u32], b: usize) -> crate::Result<f64> {
+        let DenseModel {
+            net,
+            opt,
+            batch,
+            ws,
+            ..
+        } = self;
+        let ws = ws.get_or_insert_with(|| Workspace::new(net, *batch));
+        let loss = net.gradients(ws, x, y, b, opt.step);
+        opt.update(net.params_mut(), ws.grads());
+        Ok(loss)
+    }
+
+    fn predict(&self, x: &[f32], n: usize) -> Vec<f32> {
+        self.net.predict(x, n)
+    }
+
+    fn boxed_clone(&self) -> Box<dyn ShardModel> {
+        Box::new(DenseModel {
+            net: self.net.clone(),
+            opt: self.opt.clone(),
+            batch: self.batch,
+            ws: None,
+        })
     }
 }
 
@@ -442,90 +1059,237 @@ fn softmax_in_place(row: &mut [f32]) {
 /// Buffers for one shard's training, sized once for the largest batch.
 #[derive(Clone, Debug)]
 pub struct Workspace {
-    acts: Vec<Vec<f32>>,
-    delta: Vec<f32>,
-    delta_prev: Vec<f32>,
-    /// Weight gradients per layer, same layout as [`Dense::w`].
+    /// Values per row after every step.
+    widths: Vec<usize>,
+    /// The batch turned channels-last (image inputs of several channels).
+    input: Vec<f32>,
+    /// Output of every step.
+    outs: Vec<Vec<f32>>,
+    /// Gradient of the loss with respect to every step's output.
+    deltas: Vec<Vec<f32>>,
+    /// im2col rows of every convolution's input (kept for its backward pass).
+    cols: Vec<Vec<f32>>,
+    /// Gradient of the widest convolution's rows.
+    grad_cols: Vec<f32>,
+    /// Where each pooled value came from.
+    argmax: Vec<Vec<u32>>,
+    /// Dropout scales of the current step.
+    masks: Vec<Vec<f32>>,
+    /// Weight gradients per step, same layout as the weights (empty without parameters).
     pub grad_w: Vec<Vec<f32>>,
-    /// Bias gradients per layer.
+    /// Bias gradients per step.
     pub grad_b: Vec<Vec<f32>>,
 }
 
 impl Workspace {
     /// Buffers for batches of up to `batch` rows through `net`.
     pub fn new(net: &Network, batch: usize) -> Workspace {
-        let widest = net
-            .layers
-            .iter()
-            .map(|l| l.outputs.max(l.inputs))
-            .max()
-            .unwrap_or(1);
-        Workspace {
-            delta: vec![0.0; batch * widest],
-            delta_prev: vec![0.0; batch * widest],
-            grad_w: net.layers.iter().map(|l| vec![0.0; l.w.len()]).collect(),
-            grad_b: net.layers.iter().map(|l| vec![0.0; l.b.len()]).collect(),
-            ..Workspace::forward_only(net, batch)
+        let mut ws = Workspace::forward_only(net, batch);
+        ws.deltas = ws.widths.iter().map(|w| vec![0.0; batch * w]).collect();
+        let mut widest_cols = 0;
+        for op in &net.ops {
+            let (w, b) = match op {
+                Op::Dense(d) => (d.w.len(), d.b.len()),
+                Op::Conv(c) => {
+                    widest_cols = widest_cols.max(batch * c.positions() * c.window());
+                    (c.w.len(), c.b.len())
+                }
+                _ => (0, 0),
+            };
+            ws.grad_w.push(vec![0.0; w]);
+            ws.grad_b.push(vec![0.0; b]);
         }
+        ws.grad_cols = vec![0.0; widest_cols];
+        ws.masks = net
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Dropout { width, .. } => vec![0.0; batch * width],
+                _ => Vec::new(),
+            })
+            .collect();
+        ws
     }
 
-    /// Buffers for forward passes only (activations), for batches of up to `batch` rows; the
-    /// gradient buffers stay empty.
-    fn forward_only(net: &Network, batch: usize) -> Workspace {
+    /// Buffers for forward passes only, for batches of up to `batch` rows; the gradient
+    /// buffers stay empty.
+    pub fn forward_only(net: &Network, batch: usize) -> Workspace {
+        let mut widths = Vec::with_capacity(net.ops.len());
+        let mut width = net.inputs;
+        for op in &net.ops {
+            width = op.width_or(width);
+            widths.push(width);
+        }
+        let outs = widths.iter().map(|w| vec![0.0; batch * w]).collect();
         Workspace {
-            acts: net
-                .layers
+            widths,
+            input: if net.channels > 1 {
+                vec![0.0; batch * net.inputs]
+            } else {
+                Vec::new()
+            },
+            outs,
+            deltas: Vec::new(),
+            cols: net
+                .ops
                 .iter()
-                .map(|l| vec![0.0; batch * l.outputs])
+                .map(|op| match op {
+                    Op::Conv(c) => vec![0.0; batch * c.positions() * c.window()],
+                    _ => Vec::new(),
+                })
                 .collect(),
-            delta: Vec::new(),
-            delta_prev: Vec::new(),
+            grad_cols: Vec::new(),
+            argmax: net
+                .ops
+                .iter()
+                .map(|op| match op {
+                    Op::MaxPool { output, .. } => vec![0; batch * output.iter().product::<usize>()],
+                    _ => Vec::new(),
+                })
+                .collect(),
+            masks: Vec::new(),
             grad_w: Vec::new(),
             grad_b: Vec::new(),
         }
+    }
+
+    /// Every parameter's gradient, in the order of [`Network::params`].
+    pub fn grads(&self) -> impl Iterator<Item = &Vec<f32>> {
+        self.grad_w
+            .iter()
+            .zip(&self.grad_b)
+            .filter(|(w, _)| !w.is_empty())
+            .flat_map(|(w, b)| [w, b])
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::spec::ModelSpec;
 
-    fn loss_of(net: &Network, x: &[f32], y: &[u32], b: usize) -> f64 {
+    fn loss_of(net: &Network, x: &[f32], y: &[u32], b: usize, step: u64) -> f64 {
         let mut ws = Workspace::new(net, b);
-        net.gradients(&mut ws, x, y, b) / b as f64
+        net.gradients(&mut ws, x, y, b, step) / b as f64
+    }
+
+    fn arch(preset: &str, features: usize, classes: usize) -> Architecture {
+        let spec: ModelSpec = toml::from_str(&format!(
+            "name = \"t\"\noptimizer = \"adam\"\nlr = 0.01\nbatch_size = 8\nepochs = 2\n{preset}\n"
+        ))
+        .unwrap();
+        spec.architecture(features, classes).unwrap()
+    }
+
+    /// Every parameter's gradient (a few entries of each) against central differences.
+    fn check_gradients(net: &Network, features: usize, classes: u32, what: &str) {
+        let mut rng = SplitMix64::new(3);
+        let b = 5;
+        let x: Vec<f32> = (0..b * features).map(|_| rng.next_symmetric()).collect();
+        let y: Vec<u32> = (0..b as u32).map(|i| i % classes).collect();
+        let step = 7;
+        let mut ws = Workspace::new(net, b);
+        net.gradients(&mut ws, &x, &y, b, step);
+        let grads: Vec<Vec<f32>> = ws.grads().cloned().collect();
+        let params = net.params().count();
+        assert_eq!(grads.len(), params);
+        for (p, grad) in grads.iter().enumerate() {
+            let n = grad.len();
+            for j in [0, n / 3, n / 2, n - 1] {
+                let h = 5e-3f32;
+                let mut plus = net.clone();
+                plus.params_mut().nth(p).unwrap()[j] += h;
+                let mut minus = net.clone();
+                minus.params_mut().nth(p).unwrap()[j] -= h;
+                let numeric = (loss_of(&plus, &x, &y, b, step) - loss_of(&minus, &x, &y, b, step))
+                    / (2.0 * h as f64);
+                let analytic = grad[j] as f64;
+                assert!(
+                    (numeric - analytic).abs() < 2e-3 + 3e-2 * numeric.abs(),
+                    "{what}: parameter {p}[{j}]: numeric {numeric} vs analytic {analytic}"
+                );
+            }
+        }
     }
 
     #[test]
     fn gradients_match_finite_differences() {
         for act in [Activation::Tanh, Activation::Relu] {
-            let net = Network::init(&[5, 7, 4, 3], act, Norm::identity(5), 11);
-            let mut rng = SplitMix64::new(3);
-            let b = 6;
-            let x: Vec<f32> = (0..b * 5).map(|_| rng.next_symmetric()).collect();
-            let y: Vec<u32> = (0..b as u32).map(|i| i % 3).collect();
-            let mut ws = Workspace::new(&net, b);
-            net.gradients(&mut ws, &x, &y, b);
-            for l in 0..net.layers.len() {
-                for j in [0, net.layers[l].w.len() / 2, net.layers[l].w.len() - 1] {
-                    let h = 1e-2f32;
-                    let mut plus = net.clone();
-                    plus.layers[l].w[j] += h;
-                    let mut minus = net.clone();
-                    minus.layers[l].w[j] -= h;
-                    let numeric =
-                        (loss_of(&plus, &x, &y, b) - loss_of(&minus, &x, &y, b)) / (2.0 * h as f64);
-                    let analytic = ws.grad_w[l][j] as f64;
+            let net = Network::mlp(&[5, 7, 4, 3], act, 11);
+            check_gradients(&net, 5, 3, &format!("mlp {act:?}"));
+        }
+        // Two input channels (turned channels-last), padding, stride, pooling with a
+        // remainder, dropout, flatten: every step's backward pass.
+        let cnn = arch(
+            r#"input = [2, 7, 7]
+layers = [
+  { kind = "conv2d", filters = 3, kernel = 3, padding = 1 },
+  { kind = "relu" },
+  { kind = "maxpool2d", size = 2 },
+  { kind = "conv2d", filters = 4, kernel = 2, stride = 1 },
+  { kind = "tanh" },
+  { kind = "flatten" },
+  { kind = "dropout", rate = 0.25 },
+  { kind = "dense", units = 6 },
+  { kind = "tanh" },
+]"#,
+            98,
+            3,
+        );
+        check_gradients(&Network::new(&cnn, 5, 9), 98, 3, "cnn");
+        let strided = arch(
+            r#"input = [1, 6, 6]
+layers = [{ kind = "conv2d", filters = 2, kernel = 3, stride = 2, padding = 1 }, { kind = "flatten" }]"#,
+            36,
+            2,
+        );
+        check_gradients(&Network::new(&strided, 1, 0), 36, 2, "strided conv");
+    }
+
+    #[test]
+    fn a_convolution_equals_the_direct_sum() {
+        let a = arch(
+            r#"input = [2, 4, 5]
+layers = [{ kind = "conv2d", filters = 3, kernel = 3, stride = 2, padding = 1 }, { kind = "flatten" }]"#,
+            40,
+            2,
+        );
+        let net = Network::new(&a, 4, 0);
+        let Op::Conv(conv) = &net.ops[0] else {
+            panic!("first step is the convolution")
+        };
+        let mut rng = SplitMix64::new(9);
+        let x: Vec<f32> = (0..40).map(|_| rng.next_symmetric()).collect();
+        let mut ws = Workspace::forward_only(&net, 1);
+        net.forward(&mut ws, &x, 1, None);
+        let [c, h, w] = conv.input;
+        let [f, oh, ow] = conv.output;
+        let k = conv.kernel;
+        for o in 0..f {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut sum = conv.b[o] as f64;
+                    for ch in 0..c {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * 2 + ky) as isize - 1;
+                                let ix = (ox * 2 + kx) as isize - 1;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                // Input channels-first; weights [f, ky, kx, c].
+                                let xv = x[ch * h * w + iy as usize * w + ix as usize];
+                                let wv = conv.w[((o * k + ky) * k + kx) * c + ch];
+                                sum += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    let got = ws.outs[0][(oy * ow + ox) * f + o] as f64;
                     assert!(
-                        (numeric - analytic).abs() < 2e-3 + 2e-2 * numeric.abs(),
-                        "{act:?} layer {l} w[{j}]: {numeric} vs {analytic}"
+                        (got - sum).abs() < 1e-5,
+                        "({o}, {oy}, {ox}): {got} vs {sum}"
                     );
                 }
-                let mut plus = net.clone();
-                plus.layers[l].b[0] += 1e-2;
-                let mut minus = net.clone();
-                minus.layers[l].b[0] -= 1e-2;
-                let numeric = (loss_of(&plus, &x, &y, b) - loss_of(&minus, &x, &y, b)) / 2e-2;
-                assert!((numeric - ws.grad_b[l][0] as f64).abs() < 2e-3 + 2e-2 * numeric.abs());
             }
         }
     }
@@ -555,10 +1319,28 @@ mod tests {
         let mut out = [0.0; 2];
         norm.apply(&[1000.0, 10.0], &mut out);
         assert_eq!(out, [CLIP, 0.0]);
-        let net = Network::init(&[2, 3], Activation::Tanh, norm, 1);
-        let p = net.predict_proba(&[1.0, 2.0, 3.0, 4.0], 2);
+        let net = Network::mlp(&[2, 3], Activation::Tanh, 1);
+        let p = net.predict(&[1.0, 2.0, 3.0, 4.0], 2);
         for row in p.chunks(3) {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn dropout_is_the_identity_when_predicting_and_seeded_when_training() {
+        let a = arch(
+            "layers = [{ kind = \"dense\", units = 8 }, { kind = \"dropout\", rate = 0.5 }]",
+            4,
+            2,
+        );
+        let net = Network::new(&a, 1, 2);
+        let x = [0.5f32, -1.0, 0.25, 2.0];
+        let mut ws = Workspace::new(&net, 1);
+        let l1 = net.gradients(&mut ws, &x, &[1], 1, 3);
+        let l2 = net.gradients(&mut ws, &x, &[1], 1, 3);
+        let l3 = net.gradients(&mut ws, &x, &[1], 1, 4);
+        assert_eq!(l1, l2, "the same step draws the same mask");
+        assert_ne!(l1, l3, "another step draws another mask");
+        assert_eq!(net.predict(&x, 1), net.predict(&x, 1));
     }
 }

@@ -24,6 +24,11 @@ pub enum OptimizerKind {
     Adam,
 }
 
+/// Largest number of filters, kernel size, stride, padding or pooling size accepted.
+pub const MAX_KERNEL: usize = 64;
+/// Largest number of convolution filters accepted.
+pub const MAX_FILTERS: usize = 4096;
+
 /// Largest batch size accepted.
 pub const MAX_BATCH: usize = 1 << 16;
 /// Largest epoch count accepted.
@@ -80,14 +85,193 @@ pub struct ModelSpec {
     /// Standardize features per shard (from the shard's first slice). Default: true.
     #[serde(default = "default_true")]
     pub standardize: bool,
+    /// Input shape `[channels, height, width]` of image presets: features are read row-major
+    /// as C×H×W. Default: a flat vector of the data's features.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<[usize; 3]>,
+    /// The layers before the output layer, in order. The output layer, dense to the class
+    /// count with a softmax, is always added. Default: `hidden` as dense layers, each followed
+    /// by `activation`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerSpec>,
+    /// Where the preset was read from, for messages (not saved).
+    #[serde(skip)]
+    pub source: Option<String>,
+}
+
+/// One layer of a preset (`layers = [{ kind = "conv2d", filters = 32, kernel = 3 }, ...]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum LayerSpec {
+    /// Fully connected: `units` outputs from a flat input.
+    Dense {
+        /// Output width.
+        units: usize,
+    },
+    /// 2-D convolution over an image input, `filters` output channels of `kernel`×`kernel`.
+    Conv2d {
+        /// Output channels.
+        filters: usize,
+        /// Kernel height and width.
+        kernel: usize,
+        /// Step between windows. Default: 1.
+        #[serde(default = "one")]
+        stride: usize,
+        /// Zeros added on every side. Default: 0.
+        #[serde(default)]
+        padding: usize,
+    },
+    /// Maximum over `size`×`size` windows with stride `size` (a remainder is dropped).
+    Maxpool2d {
+        /// Window height and width.
+        size: usize,
+    },
+    /// An image as a flat vector (row-major).
+    Flatten,
+    /// `max(x, 0)`.
+    Relu,
+    /// Hyperbolic tangent.
+    Tanh,
+    /// Inverted dropout while training (masks drawn from the derived seeds, so still
+    /// deterministic); the identity when predicting.
+    Dropout {
+        /// Probability of dropping a value, in [0, 1).
+        rate: f32,
+    },
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The shape of the values between two layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Shape {
+    /// A flat vector.
+    Flat(usize),
+    /// An image, `[channels, height, width]`.
+    Image([usize; 3]),
+}
+
+impl Shape {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match *self {
+            Shape::Flat(n) => n,
+            Shape::Image([c, h, w]) => c * h * w,
+        }
+    }
+
+    /// True for a shape of no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shape::Flat(n) => write!(f, "{n} values"),
+            Shape::Image([c, h, w]) => write!(f, "{c}×{h}×{w}"),
+        }
+    }
+}
+
+/// A layer with its input and output shapes: what the backends build.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layer {
+    /// The layer.
+    pub spec: LayerSpec,
+    /// Shape of its input.
+    pub input: Shape,
+    /// Shape of its output.
+    pub output: Shape,
+}
+
+/// A checked architecture: every layer's shapes resolved for the data's feature and class
+/// counts, the output layer included. Only [`ModelSpec::architecture`] makes one, so a model
+/// can only be built from a preset that was checked against its data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Architecture {
+    /// Shape of a row.
+    pub input: Shape,
+    /// The layers, the output layer (dense to `classes`) last.
+    pub layers: Vec<Layer>,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+impl Architecture {
+    /// Dense layers of widths `dims` (input first, classes last) with `activation` after
+    /// every hidden layer.
+    pub fn dense(dims: &[usize], activation: Activation) -> Architecture {
+        let act = match activation {
+            Activation::Tanh => LayerSpec::Tanh,
+            Activation::Relu => LayerSpec::Relu,
+        };
+        let mut layers = Vec::new();
+        let last = dims.len() - 2;
+        for (i, w) in dims.windows(2).enumerate() {
+            layers.push(Layer {
+                spec: LayerSpec::Dense { units: w[1] },
+                input: Shape::Flat(w[0]),
+                output: Shape::Flat(w[1]),
+            });
+            if i < last {
+                layers.push(Layer {
+                    spec: act.clone(),
+                    input: Shape::Flat(w[1]),
+                    output: Shape::Flat(w[1]),
+                });
+            }
+        }
+        Architecture {
+            input: Shape::Flat(dims[0]),
+            layers,
+            classes: dims[dims.len() - 1],
+        }
+    }
+
+    /// Number of trainable parameters.
+    pub fn parameters(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|l| match (&l.spec, l.input) {
+                (LayerSpec::Dense { units }, i) => (i.len() as u64 + 1) * *units as u64,
+                (
+                    LayerSpec::Conv2d {
+                        filters, kernel, ..
+                    },
+                    Shape::Image([c, _, _]),
+                ) => (*kernel as u64 * *kernel as u64 * c as u64 + 1) * *filters as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Multiply-adds of one forward pass of one row, per layer (0 for layers without
+    /// weights).
+    pub fn layer_macs(&self) -> Vec<u64> {
+        self.layers
+            .iter()
+            .map(|l| match (&l.spec, l.input, l.output) {
+                (LayerSpec::Dense { units }, i, _) => i.len() as u64 * *units as u64,
+                (LayerSpec::Conv2d { kernel, .. }, Shape::Image([c, _, _]), out) => {
+                    out.len() as u64 * (*kernel * *kernel * c) as u64
+                }
+                _ => 0,
+            })
+            .collect()
+    }
 }
 
 impl ModelSpec {
     /// Read a preset file and check it.
     pub fn load(path: &Path) -> Result<ModelSpec> {
         let text = std::fs::read_to_string(path).at(path)?;
-        let spec: ModelSpec = toml::from_str(&text)
+        let mut spec: ModelSpec = toml::from_str(&text)
             .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?;
+        spec.source = Some(path.display().to_string());
         spec.validate().map_err(|e| match e {
             Error::Field { field, message } => {
                 Error::Config(format!("{}: {field} {message}", path.display()))
@@ -131,32 +315,181 @@ impl ModelSpec {
         Ok(())
     }
 
-    /// Refuse a network too large to hold: more than [`MAX_PARAMETERS`] weights for
-    /// `features` inputs and `classes` outputs. The error names the field `model`.
-    pub fn check_size(&self, features: usize, classes: usize) -> Result<()> {
-        let dims = self.dims(features, classes);
-        let params = dims.windows(2).try_fold(0u64, |acc, w| {
-            (w[0] as u64)
-                .checked_mul(w[1] as u64)
-                .and_then(|p| p.checked_add(w[1] as u64))
-                .and_then(|p| acc.checked_add(p))
-        });
-        match params {
-            Some(p) if p <= MAX_PARAMETERS => Ok(()),
-            _ => Err(Error::field(
-                "model",
-                format!(
-                    "{dims:?} (inputs, hidden widths, classes) needs more than {MAX_PARAMETERS} parameters"
-                ),
-            )),
+    /// The layers before the output layer: `layers`, or `hidden` with `activation`.
+    pub fn hidden_layers(&self) -> Vec<LayerSpec> {
+        if !self.layers.is_empty() {
+            return self.layers.clone();
         }
+        let act = match self.activation {
+            Activation::Tanh => LayerSpec::Tanh,
+            Activation::Relu => LayerSpec::Relu,
+        };
+        self.hidden
+            .iter()
+            .flat_map(|&units| [LayerSpec::Dense { units }, act.clone()])
+            .collect()
     }
 
-    /// Layer widths from input to output.
-    pub fn dims(&self, features: usize, classes: usize) -> Vec<usize> {
-        let mut d = vec![features];
-        d.extend(&self.hidden);
-        d.push(classes);
-        d
+    /// Check the preset against data of `features` features and `classes` classes and
+    /// resolve every layer's shapes. Errors name the field (`input`, `layers[2]`, `model`).
+    pub fn architecture(&self, features: usize, classes: usize) -> Result<Architecture> {
+        let input = match self.input {
+            None => Shape::Flat(features),
+            Some([c, h, w]) => {
+                for (name, v) in [("channels", c), ("height", h), ("width", w)] {
+                    if !(1..=1 << 16).contains(&v) {
+                        return Err(Error::field(
+                            "input",
+                            format!("{name} must be in 1..=65536, got {v}"),
+                        ));
+                    }
+                }
+                let shape = Shape::Image([c, h, w]);
+                if shape.len() != features {
+                    return Err(Error::field(
+                        "input",
+                        format!(
+                            "is [{c}, {h}, {w}], which holds {} features, but the data has {features}",
+                            shape.len()
+                        ),
+                    ));
+                }
+                shape
+            }
+        };
+        if !self.layers.is_empty() && !self.hidden.is_empty() {
+            return Err(Error::field(
+                "layers",
+                "and hidden are both given; give one of them",
+            ));
+        }
+        let specs = self.hidden_layers();
+        if specs.len() > 4 * MAX_LAYERS {
+            return Err(Error::field(
+                "layers",
+                format!("has {} layers; at most {}", specs.len(), 4 * MAX_LAYERS),
+            ));
+        }
+        let mut layers = Vec::with_capacity(specs.len() + 1);
+        let mut shape = input;
+        for (i, spec) in specs
+            .iter()
+            .cloned()
+            .chain([LayerSpec::Dense { units: classes }])
+            .enumerate()
+        {
+            let output = if i == specs.len() {
+                match shape {
+                    Shape::Flat(_) => Shape::Flat(classes),
+                    Shape::Image(_) => {
+                        return Err(Error::field(
+                            "layers",
+                            format!(
+                                "end on an image ({shape}); the output layer needs a flat input: add {{ kind = \"flatten\" }}"
+                            ),
+                        ))
+                    }
+                }
+            } else {
+                output_shape(&spec, shape).map_err(|m| Error::Field {
+                    field: "layers",
+                    message: format!("[{i}] ({}): {m}", kind_name(&spec)),
+                })?
+            };
+            layers.push(Layer {
+                spec,
+                input: shape,
+                output,
+            });
+            shape = output;
+        }
+        let arch = Architecture {
+            input,
+            layers,
+            classes,
+        };
+        if arch.parameters() > MAX_PARAMETERS {
+            return Err(Error::field(
+                "model",
+                format!(
+                    "has {} parameters on {features} features and {classes} classes, more than {MAX_PARAMETERS}",
+                    arch.parameters()
+                ),
+            ));
+        }
+        Ok(arch)
+    }
+}
+
+fn kind_name(spec: &LayerSpec) -> &'static str {
+    match spec {
+        LayerSpec::Dense { .. } => "dense",
+        LayerSpec::Conv2d { .. } => "conv2d",
+        LayerSpec::Maxpool2d { .. } => "maxpool2d",
+        LayerSpec::Flatten => "flatten",
+        LayerSpec::Relu => "relu",
+        LayerSpec::Tanh => "tanh",
+        LayerSpec::Dropout { .. } => "dropout",
+    }
+}
+
+/// The output shape of `spec` on input `shape`, or why it cannot take that input.
+fn output_shape(spec: &LayerSpec, shape: Shape) -> std::result::Result<Shape, String> {
+    let in_range = |name: &str, v: usize, lo: usize, hi: usize| {
+        if (lo..=hi).contains(&v) {
+            Ok(())
+        } else {
+            Err(format!("{name} must be in {lo}..={hi}, got {v}"))
+        }
+    };
+    match (spec, shape) {
+        (LayerSpec::Dense { units }, Shape::Flat(_)) => {
+            in_range("units", *units, 1, MAX_WIDTH)?;
+            Ok(Shape::Flat(*units))
+        }
+        (LayerSpec::Dense { .. }, Shape::Image(_)) => Err(format!(
+            "takes a flat input, but gets an image ({shape}): add {{ kind = \"flatten\" }} before it"
+        )),
+        (
+            LayerSpec::Conv2d {
+                filters,
+                kernel,
+                stride,
+                padding,
+            },
+            Shape::Image([_, h, w]),
+        ) => {
+            in_range("filters", *filters, 1, MAX_FILTERS)?;
+            in_range("kernel", *kernel, 1, MAX_KERNEL)?;
+            in_range("stride", *stride, 1, MAX_KERNEL)?;
+            in_range("padding", *padding, 0, MAX_KERNEL)?;
+            if *kernel > h + 2 * padding || *kernel > w + 2 * padding {
+                return Err(format!(
+                    "kernel {kernel} is larger than its input {shape} with padding {padding}"
+                ));
+            }
+            let oh = (h + 2 * padding - kernel) / stride + 1;
+            let ow = (w + 2 * padding - kernel) / stride + 1;
+            Ok(Shape::Image([*filters, oh, ow]))
+        }
+        (LayerSpec::Maxpool2d { size }, Shape::Image([c, h, w])) => {
+            in_range("size", *size, 1, MAX_KERNEL)?;
+            if *size > h || *size > w {
+                return Err(format!("size {size} is larger than its input {shape}"));
+            }
+            Ok(Shape::Image([c, h / size, w / size]))
+        }
+        (LayerSpec::Conv2d { .. } | LayerSpec::Maxpool2d { .. }, Shape::Flat(_)) => Err(format!(
+            "takes an image, but gets {shape}: give the preset input = [channels, height, width]"
+        )),
+        (LayerSpec::Flatten, s) => Ok(Shape::Flat(s.len())),
+        (LayerSpec::Relu | LayerSpec::Tanh, s) => Ok(s),
+        (LayerSpec::Dropout { rate }, s) => {
+            if rate.is_finite() && (0.0..1.0).contains(rate) {
+                Ok(s)
+            } else {
+                Err(format!("rate must be in [0, 1), got {rate}"))
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! `run.json`: everything that determined the run's models, fixed at train time.
 
 use crate::error::{Error, IoContext, Result};
-use crate::model::ModelSpec;
+use crate::model::{Architecture, Backend, LayerSpec, ModelConfig, ModelSpec};
 use crate::plan::ShardBy;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -61,6 +61,8 @@ pub struct RunConfig {
     pub features: Vec<String>,
     /// Number of classes (largest label + 1, or `--classes`).
     pub classes: usize,
+    /// The backend that trains and runs the shard models.
+    pub backend: Backend,
     /// User id column of the input files.
     pub user_column: String,
     /// Label column of the input files.
@@ -83,8 +85,9 @@ pub struct RunConfig {
 #[derive(Serialize)]
 struct TrainingIdentity<'a> {
     format: &'a str,
-    hidden: &'a [usize],
-    activation: crate::model::Activation,
+    backend: Backend,
+    input: Option<[usize; 3]>,
+    layers: Vec<LayerSpec>,
     optimizer: crate::model::OptimizerKind,
     lr: u32,
     momentum: u32,
@@ -117,6 +120,7 @@ impl RunConfig {
             shard_by,
             features,
             classes,
+            backend,
             user_column: _,
             label_column: _,
             aggregation: _,
@@ -127,8 +131,12 @@ impl RunConfig {
         let ModelSpec {
             name: _,
             description: _,
-            hidden,
-            activation,
+            // Both enter as the layers they stand for.
+            hidden: _,
+            activation: _,
+            input,
+            layers: _,
+            source: _,
             optimizer,
             lr,
             momentum,
@@ -140,8 +148,9 @@ impl RunConfig {
         } = model;
         let id = TrainingIdentity {
             format: RUN_FORMAT,
-            hidden,
-            activation: *activation,
+            backend: *backend,
+            input: *input,
+            layers: model.hidden_layers(),
             optimizer: *optimizer,
             lr: lr.to_bits(),
             momentum: momentum.to_bits(),
@@ -160,9 +169,26 @@ impl RunConfig {
         Sha256::digest(json).into()
     }
 
-    /// Layer widths, input to output.
-    pub fn dims(&self) -> Vec<usize> {
-        self.model.dims(self.features.len(), self.classes)
+    /// The model's layers and shapes on this run's features and classes.
+    pub fn architecture(&self) -> crate::Result<Architecture> {
+        self.model.architecture(self.features.len(), self.classes)
+    }
+
+    /// What builds shard `shard`'s model: the architecture, optimizer, backend and the seeds
+    /// derived for the shard.
+    pub fn model_config(&self, shard: usize) -> crate::Result<ModelConfig> {
+        let m = &self.model;
+        Ok(ModelConfig {
+            arch: self.architecture()?,
+            backend: self.backend,
+            optimizer: m.optimizer,
+            lr: m.lr,
+            momentum: m.momentum,
+            weight_decay: m.weight_decay,
+            batch_size: m.batch_size,
+            init_seed: crate::plan::derive_seed(self.seed, shard, 0, 0, "init"),
+            dropout_seed: crate::plan::derive_seed(self.seed, shard, 0, 0, "dropout"),
+        })
     }
 
     /// SHA-256 of the serialized fields, in hex: the `check` value of `run.json`.
@@ -220,6 +246,9 @@ impl RunConfig {
         config
             .model
             .validate()
+            .map_err(|e| Error::corrupt(path, e.to_string()))?;
+        config
+            .architecture()
             .map_err(|e| Error::corrupt(path, e.to_string()))?;
         if config.shards == 0 || config.slices == 0 || config.stage_epochs.len() != config.slices {
             return Err(Error::corrupt(

@@ -18,7 +18,6 @@ pub use manifest::{DataRef, Manifest, ShardEntry, StageEntry};
 use crate::checkpoint::Checkpoint;
 use crate::data::{Rows, Secret, UserKey};
 use crate::error::{Error, IoContext, Result};
-use crate::model::Network;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -165,16 +164,15 @@ impl Run {
         Checkpoint::decode(
             &path,
             &bytes,
-            &self.config.model,
-            &self.config.dims(),
+            &self.config.model_config(k)?,
             k,
             &entry.lineage,
         )
     }
 
     /// Shard `k`'s published model (its last stage's checkpoint).
-    pub fn model(&self, k: usize) -> Result<Network> {
-        Ok(self.checkpoint(k, self.config.slices)?.net)
+    pub fn model(&self, k: usize) -> Result<Checkpoint> {
+        self.checkpoint(k, self.config.slices)
     }
 
     /// Write a row file durably; returns its manifest entry.

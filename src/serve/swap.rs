@@ -298,7 +298,7 @@ fn watch(
 mod tests {
     use super::*;
     use crate::ensemble::Member;
-    use crate::model::{Activation, Network, Norm};
+    use crate::model::{build, Activation, ModelConfig, Norm};
 
     fn ensemble(version: u64, shards: &[usize]) -> Ensemble {
         Ensemble {
@@ -309,7 +309,8 @@ mod tests {
                 .iter()
                 .map(|&k| Member {
                     shard: k,
-                    net: Network::init(&[2, 2], Activation::Tanh, Norm::identity(2), k as u64),
+                    norm: Norm::identity(2),
+                    model: build(&ModelConfig::dense(&[2, 2], Activation::Tanh, k as u64)).unwrap(),
                 })
                 .collect(),
         }

@@ -3,15 +3,18 @@
 //! Shards train side by side on an explicit rayon pool, one shard per worker, each shard's math
 //! on one thread in a fixed order, so results are bitwise identical for any `--threads`.
 
-pub mod optim;
 pub mod progress;
-pub mod rng;
 pub mod shard;
+
+/// The optimizers, kept beside the models whose state they update.
+pub use crate::model::optim;
+/// The random number generator, kept below every module that draws from it.
+pub use crate::rng;
 
 pub use progress::Progress;
 pub use shard::ShardData;
 
-use crate::checkpoint::{model_digest, Checkpoint};
+use crate::checkpoint::Checkpoint;
 use crate::data::csv::{self, Columns, Table};
 use crate::data::ingest::{self, Placement, Placer};
 use crate::data::{self, Event, Role, Rows, Secret, UserRule};
@@ -148,6 +151,8 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Default aggregation saved in the run.
     pub aggregation: Aggregation,
+    /// The backend that trains the shard models.
+    pub backend: crate::model::Backend,
     /// A deletion ledger outside the run (recorded in the run, so that a restored backup
     /// cannot be opened without it). Default: `RUN/ledger.jsonl`. Must be new or empty.
     pub ledger: Option<PathBuf>,
@@ -348,7 +353,9 @@ fn new_config(
             ),
         ));
     }
-    opts.model.check_size(names.len(), classes)?;
+    opts.model
+        .architecture(names.len(), classes)
+        .map_err(|e| preset_error(opts, e))?;
     let name = opts
         .out
         .file_name()
@@ -367,6 +374,7 @@ fn new_config(
         shard_by: opts.shard_by,
         features: names,
         classes,
+        backend: opts.backend,
         user_column: opts.columns.user.clone(),
         label_column: opts.columns.label.clone(),
         aggregation: opts.aggregation,
@@ -374,6 +382,20 @@ fn new_config(
         created_by: format!("sisa {}", env!("CARGO_PKG_VERSION")),
         secret_check: secret.check_value(),
     })
+}
+
+/// A preset that does not fit the data: the message names the preset file, its field and the
+/// data file.
+fn preset_error(opts: &TrainOptions, e: Error) -> Error {
+    match e {
+        Error::Field { field, message } => Error::Config(format!(
+            "{}: {field}{}{message} (data {})",
+            opts.model.source.as_deref().unwrap_or("the model preset"),
+            if message.starts_with('[') { "" } else { " " },
+            opts.data.display()
+        )),
+        other => other,
+    }
 }
 
 /// Validate and place already-read tables (every row with a user and a label) for a new run
@@ -648,7 +670,7 @@ fn build_run(
             data,
             slice_rows,
             stages: t.stages,
-            model_digest: model_digest(&t.last.net),
+            model_digest: t.last.digest(),
         })
         .collect();
     let manifest = Manifest {

@@ -9,11 +9,10 @@
 use crate::checkpoint::Checkpoint;
 use crate::data::{Rows, SliceIndex};
 use crate::error::{Error, Result};
-use crate::model::{simd, Network, Norm, Workspace};
+use crate::model::{simd, Norm};
 use crate::plan::{self, Lineage};
+use crate::rng::mix;
 use crate::run::RunConfig;
-use crate::train::optim::Optimizer;
-use crate::train::rng::mix;
 use indicatif::ProgressBar;
 
 /// One shard's rows with everything derived from them: slices and stage lineages.
@@ -84,9 +83,8 @@ impl<'a> ShardData<'a> {
     }
 
     /// The untrained model and optimizer: standardization fitted on slice 1, seeded init.
-    pub fn initial(&self) -> Checkpoint {
+    pub fn initial(&self) -> Result<Checkpoint> {
         let c = self.config;
-        let dims = c.dims();
         let norm = if c.model.standardize {
             let first: Vec<usize> = (0..self.rows.len())
                 .filter(|&i| self.index.slice_of_row[i] == 0)
@@ -95,22 +93,13 @@ impl<'a> ShardData<'a> {
         } else {
             Norm::identity(self.rows.dim)
         };
-        let seed = plan::derive_seed(c.seed, self.shard, 0, 0, "init");
-        let net = Network::init(&dims, c.model.activation, norm, seed);
-        let opt = Optimizer::new(
-            c.model.optimizer,
-            c.model.lr,
-            c.model.momentum,
-            c.model.weight_decay,
-            &net,
-        );
-        Checkpoint {
-            net,
-            opt,
+        Ok(Checkpoint {
+            norm,
+            model: crate::model::build(&c.model_config(self.shard)?)?,
             lineage: self.root,
             shard: self.shard,
             stage: 0,
-        }
+        })
     }
 
     /// Train stages `first..=R`. `start` must be the checkpoint of stage `first - 1` (ignored,
@@ -126,7 +115,7 @@ impl<'a> ShardData<'a> {
     ) -> Result<Checkpoint> {
         let c = self.config;
         let mut state = if first <= 1 {
-            self.initial()
+            self.initial()?
         } else {
             let ck = start.ok_or_else(|| Error::Lineage {
                 shard: self.shard,
@@ -145,7 +134,6 @@ impl<'a> ShardData<'a> {
         let d = self.rows.dim;
         let n = self.rows.len();
         let bs = c.model.batch_size;
-        let mut ws = Workspace::new(&state.net, bs);
         let mut xb = vec![0f32; bs * d];
         let mut yb = vec![0u32; bs];
         let mut members: Vec<(u64, u32)> = Vec::with_capacity(n);
@@ -165,7 +153,7 @@ impl<'a> ShardData<'a> {
                 for batch in members.chunks(bs) {
                     let b = batch.len();
                     // Gather the batch, standardizing each row as it is copied.
-                    let norm = &state.net.norm;
+                    let norm = &state.norm;
                     simd::wide(
                         #[inline(always)]
                         || {
@@ -183,8 +171,7 @@ impl<'a> ShardData<'a> {
                             }
                         },
                     );
-                    loss += state.net.gradients(&mut ws, &xb[..b * d], &yb[..b], b);
-                    state.opt.step(&mut state.net, &ws);
+                    loss += state.model.train_step(&xb[..b * d], &yb[..b], b)?;
                     bar.inc(b as u64);
                     on_rows(b as u64);
                 }

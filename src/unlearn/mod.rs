@@ -16,7 +16,7 @@ pub use ledger::{Event, Ledger, RequestId};
 pub use plan::{plan_unlearning, ShardPlan, UnlearnPlan};
 pub use receipt::Receipt;
 
-use crate::checkpoint::{model_digest, Checkpoint};
+use crate::checkpoint::Checkpoint;
 use crate::data::{Rows, UserKey};
 use crate::error::{Error, Result};
 use crate::run::durable::{self, failpoint};
@@ -396,7 +396,7 @@ pub(crate) fn retrain_into(
         let first = run.config.slices - t.stages.len();
         entry.stages.truncate(first);
         entry.stages.extend(t.stages);
-        entry.model_digest = model_digest(&t.last.net);
+        entry.model_digest = t.last.digest();
     }
     Ok(())
 }

@@ -103,6 +103,23 @@ impl Csv {
             lines: it.map(str::to_string).collect(),
         }
     }
+    /// [`Csv::read`], gunzipping a `.gz` file.
+    pub fn read_any(path: &Path) -> Csv {
+        if path.extension().is_some_and(|e| e == "gz") {
+            use std::io::Read;
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+                .read_to_string(&mut text)
+                .unwrap();
+            let mut it = text.lines();
+            let header = it.next().unwrap().to_string();
+            return Csv {
+                header,
+                lines: it.map(str::to_string).collect(),
+            };
+        }
+        Csv::read(path)
+    }
     pub fn user(line: &str) -> &str {
         line.split(',').next().unwrap()
     }
@@ -144,4 +161,34 @@ pub fn digits() -> (PathBuf, PathBuf) {
         root().join("datasets/digits/train.csv"),
         root().join("datasets/digits/test.csv"),
     )
+}
+
+/// A small convolutional preset for the bundled 8×8 digits: the CNN preset's shape, scaled
+/// down, with dropout, so every layer kind trains in the tests.
+pub const CNN_8X8: &str = r#"name = "cnn8"
+description = "conv 8 3x3 > relu > maxpool 2 > conv 16 3x3 > relu > maxpool 2 > dropout > dense 32 > relu"
+input = [1, 8, 8]
+layers = [
+  { kind = "conv2d", filters = 8, kernel = 3, padding = 1 },
+  { kind = "relu" },
+  { kind = "maxpool2d", size = 2 },
+  { kind = "conv2d", filters = 16, kernel = 3, padding = 1 },
+  { kind = "relu" },
+  { kind = "maxpool2d", size = 2 },
+  { kind = "flatten" },
+  { kind = "dropout", rate = 0.1 },
+  { kind = "dense", units = 32 },
+  { kind = "relu" },
+]
+optimizer = "adam"
+lr = 0.003
+batch_size = 32
+epochs = 4
+"#;
+
+/// Write [`CNN_8X8`] into `dir`; returns its path.
+pub fn cnn_preset(dir: &Path) -> PathBuf {
+    let p = dir.join("cnn8.toml");
+    std::fs::write(&p, CNN_8X8).unwrap();
+    p
 }

@@ -3,7 +3,7 @@
 //! The state (velocities or moments, and the step count) goes into every checkpoint, so a
 //! stage resumed from a checkpoint continues exactly as if training had never stopped.
 
-use crate::model::{simd, Network, OptimizerKind, Workspace};
+use crate::model::{simd, OptimizerKind};
 
 const BETA1: f32 = 0.9;
 const BETA2: f32 = 0.999;
@@ -27,24 +27,17 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
-    /// Fresh state (zeros) for `net`.
+    /// Fresh state (zeros) for parameters of `sizes` values each.
     pub fn new(
         kind: OptimizerKind,
         lr: f32,
         momentum: f32,
         weight_decay: f32,
-        net: &Network,
+        sizes: impl Iterator<Item = usize> + Clone,
     ) -> Self {
         let mut buffers = Vec::new();
-        let copies = match kind {
-            OptimizerKind::Sgd => 1,
-            OptimizerKind::Adam => 2,
-        };
-        for _ in 0..copies {
-            for l in &net.layers {
-                buffers.push(vec![0.0; l.w.len()]);
-                buffers.push(vec![0.0; l.b.len()]);
-            }
+        for _ in kind.state_prefixes() {
+            buffers.extend(sizes.clone().map(|n| vec![0.0; n]));
         }
         Optimizer {
             kind,
@@ -56,27 +49,13 @@ impl Optimizer {
         }
     }
 
-    /// Names of the state buffers, in order: `opt.{m|v}.l{i}.{w|b}`.
-    pub fn buffer_names(kind: OptimizerKind, layers: usize) -> Vec<String> {
-        let prefixes: &[&str] = match kind {
-            OptimizerKind::Sgd => &["m"],
-            OptimizerKind::Adam => &["m", "v"],
-        };
-        let mut names = Vec::new();
-        for p in prefixes {
-            for l in 0..layers {
-                names.push(format!("opt.{p}.l{l}.w"));
-                names.push(format!("opt.{p}.l{l}.b"));
-            }
-        }
-        names
-    }
-
-    /// Apply the gradients in `ws` to `net`.
-    pub fn step(&mut self, net: &mut Network, ws: &Workspace) {
+    /// Apply `grads` to `params` (the same order and sizes as at [`Optimizer::new`]).
+    pub fn update<'p, 'g>(
+        &mut self,
+        params: impl Iterator<Item = &'p mut Vec<f32>>,
+        grads: impl Iterator<Item = &'g Vec<f32>>,
+    ) {
         self.step += 1;
-        let params = net.layers.iter_mut().flat_map(|l| [&mut l.w, &mut l.b]);
-        let grads = ws.grad_w.iter().zip(&ws.grad_b).flat_map(|(w, b)| [w, b]);
         let n = self.buffers.len();
         match self.kind {
             OptimizerKind::Sgd => {
@@ -123,33 +102,13 @@ impl Optimizer {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{Activation, Norm};
-
-    #[test]
-    fn both_optimizers_reduce_the_loss() {
-        for kind in [OptimizerKind::Sgd, OptimizerKind::Adam] {
-            let mut net = Network::init(&[2, 8, 2], Activation::Tanh, Norm::identity(2), 5);
-            let lr = if kind == OptimizerKind::Sgd {
-                0.1
-            } else {
-                0.01
-            };
-            let mut opt = Optimizer::new(kind, lr, 0.9, 0.0, &net);
-            let x = [1.0, 1.0, -1.0, -1.0, 1.0, -1.0, -1.0, 1.0];
-            let y = [0, 0, 1, 1];
-            let mut ws = Workspace::new(&net, 4);
-            let first = net.gradients(&mut ws, &x, &y, 4);
-            let mut last = first;
-            for _ in 0..200 {
-                last = net.gradients(&mut ws, &x, &y, 4);
-                opt.step(&mut net, &ws);
-            }
-            assert!(last < first * 0.2, "{kind:?}: {first} -> {last}");
-            assert_eq!(opt.step, 200);
-            assert_eq!(opt.buffers.len(), Optimizer::buffer_names(kind, 2).len());
+impl OptimizerKind {
+    /// The state each parameter gets, by name prefix: `m` (SGD's velocity, Adam's first
+    /// moment) and `v` (Adam's second moment).
+    pub fn state_prefixes(self) -> &'static [&'static str] {
+        match self {
+            OptimizerKind::Sgd => &["m"],
+            OptimizerKind::Adam => &["m", "v"],
         }
     }
 }
