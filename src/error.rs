@@ -10,12 +10,14 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An operating-system I/O error on a named file.
-    #[error("{path}: {source}")]
+    // The OS error is part of the message, not a separate cause in the chain, so `{:#}` does
+    // not print it twice.
+    #[error("{path}: {error}")]
     Io {
         /// The file or directory the operation was on.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// A CSV or IDX input file that cannot be used, with the place of the problem.
@@ -126,10 +128,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// An I/O error on `path`.
-    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+    pub fn io(path: impl AsRef<Path>, error: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            error,
         }
     }
 

@@ -29,6 +29,8 @@ use std::str::FromStr;
 pub const MAX_VALUES: u64 = 1 << 31;
 /// Largest number of users a [`UserRule`] may name.
 pub const MAX_USERS: u32 = 100_000_000;
+/// Most users of a zipf rule (its table of cumulative weights is 8 bytes a user: 32 MiB).
+pub const MAX_ZIPF_USERS: u32 = 1 << 22;
 
 /// A rule that assigns the rows of a file without a user column to users.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -85,10 +87,14 @@ impl FromStr for UserRule {
                     Ok(x) if x.is_finite() && (0.0..=10.0).contains(&x) => x,
                     _ => return Err(format!("the zipf exponent must be in 0..=10, got '{e}'")),
                 };
-                Ok(UserRule::Zipf {
-                    users: users(u)?,
-                    exponent,
-                })
+                let users = users(u)?;
+                // The rule keeps a table of one cumulative weight per user.
+                if users > MAX_ZIPF_USERS {
+                    return Err(format!(
+                        "a zipf rule takes at most {MAX_ZIPF_USERS} users, got {users}"
+                    ));
+                }
+                Ok(UserRule::Zipf { users, exponent })
             }
             _ => Err(format!(
                 "'{s}' is not a user rule: expected uniform:U or zipf:U:s (e.g. uniform:10000, zipf:10000:1.1)"

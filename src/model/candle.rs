@@ -640,11 +640,7 @@ impl ShardModel for CandleModel {
         self.opt.step
     }
 
-    fn restore(
-        &mut self,
-        read: &mut crate::model::TensorSource<'_>,
-        steps: u64,
-    ) -> Result<()> {
+    fn restore(&mut self, read: &mut crate::model::TensorSource<'_>, steps: u64) -> Result<()> {
         // Read everything first, so that a failed read leaves the model as it was.
         let mut params = Vec::with_capacity(self.params.len());
         let mut m = Vec::with_capacity(self.params.len());

@@ -125,11 +125,7 @@ pub trait ShardModel: Send + Sync + std::fmt::Debug {
     /// Replace parameters and optimizer state with tensors `read(name, shape)` returns (every
     /// name [`ShardModel::parameters`] and [`ShardModel::optimizer_state`] list), after
     /// `steps` steps.
-    fn restore(
-        &mut self,
-        read: &mut TensorSource<'_>,
-        steps: u64,
-    ) -> Result<()>;
+    fn restore(&mut self, read: &mut TensorSource<'_>, steps: u64) -> Result<()>;
     /// One optimizer step on `b` standardized rows `x` with labels `y`; returns the summed
     /// cross-entropy of the batch before the step.
     fn train_step(&mut self, x: &[f32], y: &[u32], b: usize) -> Result<f64>;

@@ -98,7 +98,12 @@ impl Manifest {
         let version = parse_manifest_name(name)
             .ok_or_else(|| Error::corrupt(&current, format!("'{name}' is not a manifest name")))?;
         let path = dir.path(RunFile::Manifest(version));
-        let bytes = std::fs::read(&path).at(&path)?;
+        let bytes = std::fs::read(&path).map_err(|e| {
+            Error::corrupt(
+                &current,
+                format!("names {}, which cannot be read: {e}", path.display()),
+            )
+        })?;
         if hex::encode(Sha256::digest(&bytes)) != digest {
             return Err(Error::corrupt(
                 &path,

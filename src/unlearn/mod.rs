@@ -334,17 +334,9 @@ fn apply(
     let mut jobs = Vec::new();
     for (p, (k, rows)) in plan.shards.iter().zip(&kept) {
         let data = ShardData::new(&run.config, &run.config_digest, *k, rows);
-        let start: Option<Checkpoint> = if p.first_stage > 1 && p.first_stage <= run.config.slices {
-            Some(run.checkpoint(*k, p.first_stage - 1)?)
-        } else {
-            None
-        };
+        let (first, start) = start_checkpoint(run, *k, p.first_stage);
         manifest.shards[*k].slice_rows = data.index.counts.clone();
-        jobs.push(Job {
-            data,
-            first: p.first_stage,
-            start,
-        });
+        jobs.push(Job { data, first, start });
     }
     let jobs: Vec<Job> = jobs
         .into_iter()
@@ -371,6 +363,35 @@ fn apply(
     manifest.publish(&run.dir)?;
     run.manifest = manifest;
     Ok(run.manifest.version)
+}
+
+/// Where shard `k` resumes to retrain from stage `first`: the checkpoint of stage `first - 1`
+/// and `first`, or, when that checkpoint is missing or damaged, the latest earlier one that
+/// reads back (from scratch if none does). Training is deterministic, so retraining more
+/// stages gives the same bits; a deletion already acknowledged is never stopped by a damaged
+/// checkpoint the deletion would not even keep.
+pub(crate) fn start_checkpoint(run: &Run, k: usize, first: usize) -> (usize, Option<Checkpoint>) {
+    if first <= 1 || first > run.config.slices {
+        return (first, None);
+    }
+    for stage in (1..first).rev() {
+        match run.checkpoint(k, stage) {
+            Ok(ck) => {
+                if stage + 1 < first {
+                    eprintln!(
+                        "sisa: shard {k}: retraining from stage {} instead of {first}",
+                        stage + 1
+                    );
+                }
+                return (stage + 1, Some(ck));
+            }
+            Err(e) => {
+                eprintln!("sisa: warning: shard {k}, stage {stage}: {e}; trying an earlier one")
+            }
+        }
+    }
+    eprintln!("sisa: shard {k}: retraining from scratch instead of from stage {first}");
+    (1, None)
 }
 
 /// Retrain `jobs`, storing each stage's checkpoint in the run, and splice the new stages and
