@@ -810,8 +810,9 @@ fn an_acknowledged_deletion_completes_past_a_damaged_checkpoint_it_would_resume_
 fn a_zipf_rule_for_more_users_than_its_table_holds_is_refused() {
     // Found by the fuzz suite: zipf:100000000:1.1 built a 800 MB table of weights.
     let (train, _) = digits();
+    let tmp = tempfile::tempdir().unwrap();
     let m = measured(
-        &root(),
+        tmp.path(),
         &[
             "train",
             "--data",

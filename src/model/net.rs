@@ -132,6 +132,12 @@ impl Conv2d {
     fn positions(&self) -> usize {
         self.output[1] * self.output[2]
     }
+
+    /// Images unfolded at a time: as many as keep the unfolded rows near 1 MiB (at least
+    /// one). A function of the layer's shape alone, so the summation order is fixed.
+    fn chunk(&self) -> usize {
+        ((1 << 18) / (self.positions() * self.window())).max(1)
+    }
 }
 
 /// One step of a network, in order.
@@ -339,6 +345,19 @@ impl Network {
         self.inputs
     }
 
+    /// Values of the largest chunk of unfolded rows any convolution holds, for batches of up
+    /// to `batch` rows.
+    fn widest_chunk(&self, batch: usize) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::Conv(c) => c.chunk().min(batch) * c.positions() * c.window(),
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Number of classes.
     pub fn classes(&self) -> usize {
         match self.ops.last() {
@@ -460,21 +479,34 @@ impl Network {
                 }
                 Op::Conv(conv) => {
                     let (rows, window, filters) = (conv.positions(), conv.window(), conv.output[0]);
-                    let cols = &mut ws.cols[l][..b * rows * window];
-                    im2col(conv, input, cols, b);
-                    let out = &mut rest[0][..b * rows * filters];
-                    for row in out.chunks_exact_mut(filters) {
-                        row.copy_from_slice(&conv.b);
+                    let in_width = conv.input.iter().product::<usize>();
+                    // A few images at a time, so the unfolded rows stay in cache between
+                    // im2col and the SGEMM that packs them.
+                    let per = conv.chunk();
+                    for start in (0..b).step_by(per) {
+                        let n = per.min(b - start);
+                        let cols = &mut ws.cols[..n * rows * window];
+                        im2col(
+                            conv,
+                            &input[start * in_width..(start + n) * in_width],
+                            cols,
+                            n,
+                        );
+                        let out =
+                            &mut rest[0][start * rows * filters..(start + n) * rows * filters];
+                        for row in out.chunks_exact_mut(filters) {
+                            row.copy_from_slice(&conv.b);
+                        }
+                        sgemm(
+                            (n * rows, window, filters),
+                            cols,
+                            (window, 1),
+                            &conv.w,
+                            (1, window),
+                            1.0,
+                            out,
+                        );
                     }
-                    sgemm(
-                        (b * rows, window, filters),
-                        cols,
-                        (window, 1),
-                        &conv.w,
-                        (1, window),
-                        1.0,
-                        out,
-                    );
                 }
                 Op::MaxPool {
                     size,
@@ -482,7 +514,11 @@ impl Network {
                     output,
                 } => {
                     let out = &mut rest[0][..b * output.iter().product::<usize>()];
-                    max_pool(*size, *shape, *output, input, out, &mut ws.argmax[l], b);
+                    let argmax = &mut ws.argmax[l];
+                    simd::wide(
+                        #[inline(always)]
+                        || max_pool(*size, *shape, *output, input, out, argmax, b),
+                    );
                 }
                 Op::Act(activation) => {
                     let out = &mut rest[0][..input.len()];
@@ -590,31 +626,51 @@ impl Network {
                 }
                 Op::Conv(conv) => {
                     let (rows, window, filters) = (conv.positions(), conv.window(), conv.output[0]);
-                    let cols = &ws.cols[l][..b * rows * window];
-                    // grad_w[f, window] = deltaᵀ · cols
-                    sgemm(
-                        (filters, b * rows, window),
-                        delta,
-                        (1, filters),
-                        cols,
-                        (window, 1),
-                        0.0,
-                        &mut ws.grad_w[l],
-                    );
-                    bias_gradient(delta, filters, &mut ws.grad_b[l]);
-                    if let Some(prev) = prev {
-                        let grad_cols = &mut ws.grad_cols[..b * rows * window];
-                        sgemm(
-                            (b * rows, filters, window),
-                            delta,
-                            (filters, 1),
-                            &conv.w,
-                            (window, 1),
-                            0.0,
-                            grad_cols,
+                    let in_width = conv.input.iter().product::<usize>();
+                    let per = conv.chunk();
+                    let mut prev = prev;
+                    // Chunk by chunk as in the forward pass (the rows unfolded again, while in
+                    // cache); the weight gradient sums the chunks in order.
+                    for start in (0..b).step_by(per) {
+                        let n = per.min(b - start);
+                        let cols = &mut ws.cols[..n * rows * window];
+                        im2col(
+                            conv,
+                            &input[start * in_width..(start + n) * in_width],
+                            cols,
+                            n,
                         );
-                        col2im(conv, grad_cols, prev, b);
+                        let d = &delta[start * rows * filters..(start + n) * rows * filters];
+                        // grad_w[f, window] (+)= deltaᵀ · cols
+                        sgemm(
+                            (filters, n * rows, window),
+                            d,
+                            (1, filters),
+                            cols,
+                            (window, 1),
+                            if start == 0 { 0.0 } else { 1.0 },
+                            &mut ws.grad_w[l],
+                        );
+                        if let Some(prev) = prev.as_deref_mut() {
+                            let grad_cols = &mut ws.grad_cols[..n * rows * window];
+                            sgemm(
+                                (n * rows, filters, window),
+                                d,
+                                (filters, 1),
+                                &conv.w,
+                                (window, 1),
+                                0.0,
+                                grad_cols,
+                            );
+                            col2im(
+                                conv,
+                                grad_cols,
+                                &mut prev[start * in_width..(start + n) * in_width],
+                                n,
+                            );
+                        }
                     }
+                    bias_gradient(delta, filters, &mut ws.grad_b[l]);
                 }
                 Op::MaxPool { .. } => {
                     if let Some(prev) = prev {
@@ -798,6 +854,7 @@ fn col2im(conv: &Conv2d, cols: &[f32], grad: &mut [f32], b: usize) {
 
 /// Max pooling of `b` channels-last images; `argmax` gets, for every output value, the index
 /// (into the batch's input) of the value it took (the first of equal values, in window order).
+#[inline(always)]
 fn max_pool(
     size: usize,
     [c, h, w]: [usize; 3],
@@ -1067,9 +1124,9 @@ pub struct Workspace {
     outs: Vec<Vec<f32>>,
     /// Gradient of the loss with respect to every step's output.
     deltas: Vec<Vec<f32>>,
-    /// im2col rows of every convolution's input (kept for its backward pass).
-    cols: Vec<Vec<f32>>,
-    /// Gradient of the widest convolution's rows.
+    /// im2col rows of one chunk of images (the largest any convolution unfolds).
+    cols: Vec<f32>,
+    /// Their gradient.
     grad_cols: Vec<f32>,
     /// Where each pooled value came from.
     argmax: Vec<Vec<u32>>,
@@ -1086,20 +1143,16 @@ impl Workspace {
     pub fn new(net: &Network, batch: usize) -> Workspace {
         let mut ws = Workspace::forward_only(net, batch);
         ws.deltas = ws.widths.iter().map(|w| vec![0.0; batch * w]).collect();
-        let mut widest_cols = 0;
         for op in &net.ops {
             let (w, b) = match op {
                 Op::Dense(d) => (d.w.len(), d.b.len()),
-                Op::Conv(c) => {
-                    widest_cols = widest_cols.max(batch * c.positions() * c.window());
-                    (c.w.len(), c.b.len())
-                }
+                Op::Conv(c) => (c.w.len(), c.b.len()),
                 _ => (0, 0),
             };
             ws.grad_w.push(vec![0.0; w]);
             ws.grad_b.push(vec![0.0; b]);
         }
-        ws.grad_cols = vec![0.0; widest_cols];
+        ws.grad_cols = vec![0.0; net.widest_chunk(batch)];
         ws.masks = net
             .ops
             .iter()
@@ -1130,14 +1183,7 @@ impl Workspace {
             },
             outs,
             deltas: Vec::new(),
-            cols: net
-                .ops
-                .iter()
-                .map(|op| match op {
-                    Op::Conv(c) => vec![0.0; batch * c.positions() * c.window()],
-                    _ => Vec::new(),
-                })
-                .collect(),
+            cols: vec![0.0; net.widest_chunk(batch)],
             grad_cols: Vec::new(),
             argmax: net
                 .ops
@@ -1244,6 +1290,24 @@ layers = [{ kind = "conv2d", filters = 2, kernel = 3, stride = 2, padding = 1 },
             2,
         );
         check_gradients(&Network::new(&strided, 1, 0), 36, 2, "strided conv");
+        // An image large enough that a chunk holds one image: five chunks per batch.
+        let chunked = arch(
+            r#"input = [2, 64, 64]
+layers = [
+  { kind = "conv2d", filters = 2, kernel = 1 },
+  { kind = "tanh" },
+  { kind = "conv2d", filters = 4, kernel = 5, padding = 2 },
+  { kind = "flatten" },
+]"#,
+            8192,
+            2,
+        );
+        let net = Network::new(&chunked, 2, 0);
+        let Op::Conv(conv) = &net.ops[2] else {
+            panic!("the third step is the chunked convolution")
+        };
+        assert_eq!(conv.chunk(), 1);
+        check_gradients(&net, 8192, 2, "chunked conv");
     }
 
     #[test]
