@@ -12,11 +12,15 @@
 //! R=10, beside the size of the data and of the checkpoints being written, when the dataset
 //! is installed (`apt-get install dataset-fashion-mnist`, or `SISA_FASHION_MNIST=DIR`).
 //!
+//! FLOPs are counted as 6 × the multiply-adds of one row's forward pass (forward, weight
+//! gradient, input gradient): for dense layers that is about 6 × the parameters; for the CNN,
+//! whose convolutions reuse their weights, the multiply-adds are what counts.
+//!
 //!     cargo bench --bench train_throughput            # everything
 //!     cargo bench --bench train_throughput -- Purchase   # only cases whose name matches
 
 use sisa::data::{Rows, UserKey};
-use sisa::model::{Activation, ModelSpec, OptimizerKind};
+use sisa::model::{Activation, LayerSpec, ModelSpec, OptimizerKind};
 use sisa::plan::ShardBy;
 use sisa::run::config::RUN_FORMAT;
 use sisa::run::{Aggregation, RunConfig};
@@ -31,6 +35,12 @@ struct Case {
     inputs: usize,
     hidden: Vec<usize>,
     classes: usize,
+    /// An image preset's input shape and layers (empty `layers`: dense `hidden`).
+    image: Option<[usize; 3]>,
+    layers: Vec<LayerSpec>,
+    /// Rows and epochs of one timed run (the CNN costs about 60 times an MLP row).
+    rows: usize,
+    epochs: u32,
 }
 
 fn cases() -> Vec<Case> {
@@ -40,18 +50,46 @@ fn cases() -> Vec<Case> {
             inputs: 600,
             hidden: vec![128],
             classes: 100,
+            image: None,
+            layers: vec![],
+            rows: ROWS,
+            epochs: EPOCHS,
         },
         Case {
             name: "mlp (MNIST: 784-128-10)",
             inputs: 784,
             hidden: vec![128],
             classes: 10,
+            image: None,
+            layers: vec![],
+            rows: ROWS,
+            epochs: EPOCHS,
         },
         Case {
             name: "logreg (600-100)",
             inputs: 600,
             hidden: vec![],
             classes: 100,
+            image: None,
+            layers: vec![],
+            rows: ROWS,
+            epochs: EPOCHS,
+        },
+        {
+            let preset = ModelSpec::load(
+                &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cnn.toml"),
+            )
+            .expect("models/cnn.toml loads");
+            Case {
+                name: "cnn (models/cnn.toml: 1x28x28, 10 classes)",
+                inputs: 784,
+                hidden: vec![],
+                classes: 10,
+                image: preset.input,
+                layers: preset.layers,
+                rows: CNN_ROWS,
+                epochs: CNN_EPOCHS,
+            }
         },
     ]
 }
@@ -72,14 +110,18 @@ fn config(case: &Case, batch: usize, shards: usize) -> RunConfig {
             batch_size: batch,
             epochs: 1,
             standardize: false,
+            input: case.image,
+            layers: case.layers.clone(),
+            source: None,
         },
         shards,
         slices: 1,
-        stage_epochs: vec![EPOCHS],
+        stage_epochs: vec![case.epochs],
         seed: 1,
         shard_by: ShardBy::User,
         features: (0..case.inputs).map(|i| format!("f{i}")).collect(),
         classes: case.classes,
+        backend: sisa::model::Backend::Dense,
         user_column: "user_id".into(),
         label_column: "label".into(),
         aggregation: Aggregation::Mean,
@@ -91,6 +133,8 @@ fn config(case: &Case, batch: usize, shards: usize) -> RunConfig {
 
 const ROWS: usize = 16_384;
 const EPOCHS: u32 = 3;
+const CNN_ROWS: usize = 4096;
+const CNN_EPOCHS: u32 = 1;
 /// Runs per measurement; the best is reported, here and by the PyTorch reference.
 const REPEATS: usize = 5;
 
@@ -98,7 +142,7 @@ fn rows(case: &Case, seed: u64) -> Rows {
     let mut rng = SplitMix64::new(seed);
     let mut r = Rows::new(case.inputs);
     let mut x = vec![0f32; case.inputs];
-    for i in 0..ROWS {
+    for i in 0..case.rows {
         x.iter_mut().for_each(|v| *v = rng.next_symmetric());
         let label = (rng.next_u64() % case.classes as u64) as u32;
         r.push(UserKey([0; 32]), i as u32, rng.next_u64(), label, &x);
@@ -129,7 +173,7 @@ fn throughput(case: &Case, batch: usize, shards: usize) -> f64 {
                     });
                 }
             });
-            (shards * ROWS * EPOCHS as usize) as f64 / start.elapsed().as_secs_f64()
+            (shards * case.rows * case.epochs as usize) as f64 / start.elapsed().as_secs_f64()
         })
         .collect();
     rates.into_iter().fold(0.0, f64::max)
@@ -249,11 +293,14 @@ fn gemm_peaks(n: usize) -> (f64, f64) {
     (mm, gm)
 }
 
-fn params(case: &Case) -> usize {
-    let mut dims = vec![case.inputs];
-    dims.extend(&case.hidden);
-    dims.push(case.classes);
-    dims.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
+/// Multiply-adds of one row's forward pass (dense and convolution layers).
+fn macs(case: &Case) -> u64 {
+    config(case, 128, 1)
+        .architecture()
+        .expect("the bench presets are valid")
+        .layer_macs()
+        .iter()
+        .sum()
 }
 
 /// Samples/s from the PyTorch reference, keyed by (case index, batch, processes).
@@ -278,6 +325,10 @@ fn pytorch() -> Option<Vec<(usize, usize, usize, f64)>> {
             &EPOCHS.to_string(),
             "--repeats",
             &REPEATS.to_string(),
+            "--cnn-rows",
+            &CNN_ROWS.to_string(),
+            "--cnn-epochs",
+            &CNN_EPOCHS.to_string(),
         ])
         .output()
         .expect("python runs");
@@ -341,11 +392,11 @@ fn main() {
     println!("# Training throughput ({cores} cores)\n");
     println!("fp32 peak, one core, GFLOP/s (higher of before and after the runs): FMA loop {:.1}; SGEMM matrixmultiply {:.1} (1024²) {:.1} (2048²), gemm {:.1} (1024²) {:.1} (2048²); best SGEMM {:.1}\n",
         fma / 1e9, mm1 / 1e9, mm2 / 1e9, gm1 / 1e9, gm2 / 1e9, gemm / 1e9);
-    println!("| model | batch | shards × threads | samples/s | per core | GFLOP/s per core (6·params/sample) | of FMA peak | of best SGEMM | PyTorch samples/s | ratio |");
+    println!("| model | batch | shards × threads | samples/s | per core | GFLOP/s per core (6·MACs/sample) | of FMA peak | of best SGEMM | PyTorch samples/s | ratio |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for (ci, case, batch, shards, sps) in measured {
         let per_core = sps / shards as f64;
-        let flops = per_core * 6.0 * params(case) as f64;
+        let flops = per_core * 6.0 * macs(case) as f64;
         let reference = torch
             .as_ref()
             .and_then(|t| {
