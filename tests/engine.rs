@@ -485,7 +485,7 @@ fn streamed_ingest_places_the_rows_that_reading_the_whole_file_places() {
             progress: false,
             aggregation: sisa::run::Aggregation::Mean,
             ledger: None,
-        backend: sisa::model::Backend::Dense,
+            backend: sisa::model::Backend::Dense,
         };
         let (config, _, shards, test_rows) = sisa::train::ingest(&opts).unwrap();
         let read = |p: &Path, role| {
