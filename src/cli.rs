@@ -434,7 +434,10 @@ pub fn describe(e: &anyhow::Error) -> String {
             "batch_size" => "--batch-size".to_string(),
             other => format!("{other} (in the model preset)"),
         };
-        return format!("invalid configuration: {flag} {message}");
+        return format!(
+            "invalid configuration: {}",
+            sisa::Error::field_text(&flag, message)
+        );
     }
     format!("{e:#}")
 }

@@ -48,7 +48,7 @@ pub enum Error {
 
     /// One setting (a count, a rate, a size) out of its range. The library names the field
     /// (`shards`, `classes`); the binary maps it to its flag.
-    #[error("invalid configuration: {field}{}{message}", if message.starts_with('[') { "" } else { " " })]
+    #[error("invalid configuration: {}", Error::field_text(field, message))]
     Field {
         /// The setting, as named in `run.json` and the presets (`shards`, `batch_size`).
         field: &'static str,
@@ -164,6 +164,13 @@ impl Error {
             field,
             message: message.into(),
         }
+    }
+
+    /// `field` and its message as one phrase: `shards must be in …`, or `layers[2] (conv2d): …`
+    /// when the message starts with an index. `field` may be a flag or a preset file's field.
+    pub fn field_text(field: &str, message: &str) -> String {
+        let sep = if message.starts_with('[') { "" } else { " " };
+        format!("{field}{sep}{message}")
     }
 
     /// Refuse `value` for `field` unless it lies in `range`.

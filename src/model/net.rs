@@ -173,13 +173,13 @@ pub enum Op {
 }
 
 impl Op {
-    /// Values per row after this step.
-    fn width(&self) -> usize {
+    /// Values per row after this step, given `input` values per row before it.
+    fn width_or(&self, input: usize) -> usize {
         match self {
             Op::Dense(d) => d.outputs,
             Op::Conv(c) => c.output.iter().product(),
             Op::MaxPool { output, .. } => output.iter().product(),
-            Op::Act(_) => 0,
+            Op::Act(_) => input,
             Op::Dropout { width, .. } | Op::Flatten { width } => *width,
         }
     }
@@ -374,20 +374,26 @@ impl Network {
     /// Every trainable tensor in order: each dense or convolution layer's weights, then its
     /// biases.
     pub fn params(&self) -> impl Iterator<Item = &Vec<f32>> {
-        self.ops.iter().flat_map(|op| match op {
-            Op::Dense(d) => vec![&d.w, &d.b],
-            Op::Conv(c) => vec![&c.w, &c.b],
-            _ => vec![],
-        })
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Dense(d) => Some([&d.w, &d.b]),
+                Op::Conv(c) => Some([&c.w, &c.b]),
+                _ => None,
+            })
+            .flatten()
     }
 
-    /// [`Network::params`], mutable.
+    /// [`Network::params`], mutable (the optimizer's view every step: it allocates nothing).
     pub fn params_mut(&mut self) -> impl Iterator<Item = &mut Vec<f32>> {
-        self.ops.iter_mut().flat_map(|op| match op {
-            Op::Dense(d) => vec![&mut d.w, &mut d.b],
-            Op::Conv(c) => vec![&mut c.w, &mut c.b],
-            _ => vec![],
-        })
+        self.ops
+            .iter_mut()
+            .filter_map(|op| match op {
+                Op::Dense(d) => Some([&mut d.w, &mut d.b]),
+                Op::Conv(c) => Some([&mut c.w, &mut c.b]),
+                _ => None,
+            })
+            .flatten()
     }
 
     /// The shapes of [`Network::params`], as saved: dense `[inputs, outputs]`, convolution
@@ -716,16 +722,6 @@ impl Network {
             }
         }
         loss
-    }
-}
-
-impl Op {
-    /// Values per row after this step; `input` for element-wise steps.
-    fn width_or(&self, input: usize) -> usize {
-        match self {
-            Op::Act(_) => input,
-            op => op.width(),
-        }
     }
 }
 

@@ -273,9 +273,11 @@ impl ModelSpec {
             .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?;
         spec.source = Some(path.display().to_string());
         spec.validate().map_err(|e| match e {
-            Error::Field { field, message } => {
-                Error::Config(format!("{}: {field} {message}", path.display()))
-            }
+            Error::Field { field, message } => Error::Config(format!(
+                "{}: {}",
+                path.display(),
+                Error::field_text(field, &message)
+            )),
             other => other,
         })?;
         Ok(spec)

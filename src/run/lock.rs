@@ -16,16 +16,22 @@ pub struct RunLock {
     _file: File,
 }
 
+/// Open (creating, 0600) the lock file of the directory `root`.
+fn lock_file(root: &Path) -> Result<(File, std::path::PathBuf)> {
+    let path = RunDir::new(root).path(RunFile::Lock);
+    let file = crate::run::durable::private_options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    Ok((file, path))
+}
+
 impl RunLock {
     /// Wait for and take the run's lock.
     pub fn acquire(root: &Path) -> Result<RunLock> {
-        let path = RunDir::new(root).path(RunFile::Lock);
-        let file = crate::run::durable::private_options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let (file, path) = lock_file(root)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -43,13 +49,7 @@ impl RunLock {
     /// Take the lock of the directory `root` if no process holds it; `None` if one does. A
     /// missing lock file counts as held by nobody.
     pub fn try_acquire(root: &Path) -> Result<Option<RunLock>> {
-        let path = RunDir::new(root).path(RunFile::Lock);
-        let file = crate::run::durable::private_options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let (file, path) = lock_file(root)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(RunLock { _file: file })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),

@@ -389,9 +389,9 @@ fn new_config(
 fn preset_error(opts: &TrainOptions, e: Error) -> Error {
     match e {
         Error::Field { field, message } => Error::Config(format!(
-            "{}: {field}{}{message} (data {})",
+            "{}: {} (data {})",
             opts.model.source.as_deref().unwrap_or("the model preset"),
-            if message.starts_with('[') { "" } else { " " },
+            Error::field_text(field, &message),
             opts.data.display()
         )),
         other => other,
