@@ -19,9 +19,9 @@
 //!     cargo bench --bench train_throughput            # everything
 //!     cargo bench --bench train_throughput -- Purchase   # only cases whose name matches
 
-use sisa::data::{Rows, UserKey};
+use sisa::data::{RowId, Rows, UserKey};
 use sisa::model::{Activation, LayerSpec, ModelSpec, OptimizerKind};
-use sisa::plan::ShardBy;
+use sisa::plan::{ShardBy, SliceBy};
 use sisa::run::config::RUN_FORMAT;
 use sisa::run::{Aggregation, RunConfig};
 use sisa::train::rng::SplitMix64;
@@ -119,6 +119,9 @@ fn config(case: &Case, batch: usize, shards: usize) -> RunConfig {
         stage_epochs: vec![case.epochs],
         seed: 1,
         shard_by: ShardBy::User,
+        slice_by: SliceBy::User,
+        risk_shards: 0,
+        risk_threshold: None,
         features: (0..case.inputs).map(|i| format!("f{i}")).collect(),
         classes: case.classes,
         backend: sisa::model::Backend::Dense,
@@ -145,7 +148,12 @@ fn rows(case: &Case, seed: u64) -> Rows {
     for i in 0..case.rows {
         x.iter_mut().for_each(|v| *v = rng.next_symmetric());
         let label = (rng.next_u64() % case.classes as u64) as u32;
-        r.push(UserKey([0; 32]), i as u32, rng.next_u64(), label, &x);
+        let row = RowId {
+            key: UserKey([0; 32]),
+            seq: i as u32,
+            tag: rng.next_u64(),
+        };
+        r.push(row, 0, label, &x);
     }
     r.sort();
     r

@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         samples: 50,
         seed: 7,
         row_sharding: true,
+        slice_by: sisa::plan::SliceBy::User,
         audit: true,
         membership: Default::default(),
         keep_runs: false,

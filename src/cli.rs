@@ -5,9 +5,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use sisa::data::csv::{self, Columns, Need};
+use sisa::data::Priors;
 use sisa::ensemble::Ensemble;
 use sisa::model::{ModelSpec, OptimizerKind};
-use sisa::plan::ShardBy;
+use sisa::plan::{ShardBy, SliceBy};
 use sisa::run::{Aggregation, Run};
 use sisa::train::{self, TrainOptions};
 use sisa::unlearn::{self, Ledger, Options};
@@ -89,6 +90,10 @@ struct AddArgs {
     /// CSV of new rows, with the run's columns.
     #[arg(long)]
     data: PathBuf,
+    /// Deletion priors of the new users (the run must have been trained with a prior; its
+    /// threshold applies). Users the run holds keep the place of their rows.
+    #[arg(long, value_name = "FILE")]
+    deletion_prior: Option<PathBuf>,
     /// Print a JSON document.
     #[arg(long)]
     json: bool,
@@ -210,9 +215,24 @@ struct TrainArgs {
     /// Optimizer. Default: the preset's.
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerKind>,
-    /// Shard by user (default; one user's rows share a shard) or by row (the paper's rule).
+    /// Shard by user (one user's rows share a shard) or by row (the paper's rule).
     #[arg(long, value_enum, default_value = "user")]
     shard_by: ShardBy,
+    /// Slice by user (one user's rows share a slice, so forgetting them retrains from that
+    /// slice) or by row (each row in a slice of its own, the paper's rule).
+    #[arg(long, value_enum, default_value = "user")]
+    slice_by: SliceBy,
+    /// CSV of deletion priors (the user column and `p`, a probability): users whose prior is
+    /// at least --risk-threshold go to the last slice of their shard (and, with
+    /// --risk-shards, to shards of their own), where forgetting them is cheap.
+    #[arg(long, value_name = "FILE")]
+    deletion_prior: Option<PathBuf>,
+    /// Prior at or above which a user is a likely requester.
+    #[arg(long, default_value_t = 0.5, requires = "deletion_prior")]
+    risk_threshold: f64,
+    /// Shards set aside for likely requesters (needs --deletion-prior).
+    #[arg(long, default_value_t = 0)]
+    risk_shards: usize,
     /// Name of the user id column. Default: user_id.
     #[arg(long, default_value = "user_id")]
     user_column: String,
@@ -361,6 +381,9 @@ struct BenchArgs {
     /// Do not measure sharding by row.
     #[arg(long)]
     no_row_sharding: bool,
+    /// Slice rule of every configuration: by user (one user's rows in one slice) or by row.
+    #[arg(long, value_enum, default_value = "user")]
+    slice_by: SliceBy,
     /// Do not run the membership audit.
     #[arg(long)]
     no_audit: bool,
@@ -432,6 +455,8 @@ pub fn describe(e: &anyhow::Error) -> String {
                 format!("--{field}")
             }
             "batch_size" => "--batch-size".to_string(),
+            "risk_shards" => "--risk-shards".to_string(),
+            "risk_threshold" => "--risk-threshold".to_string(),
             other => format!("{other} (in the model preset)"),
         };
         return format!(
@@ -451,8 +476,14 @@ fn print_json(value: &serde_json::Value) {
 
 /// Open a run: lock, replay the ledger, report any recovery on stderr.
 fn open(args: &RunArgs) -> Result<(Run, Ledger, unlearn::RunLock)> {
-    let (run, ledger, lock, report) =
-        unlearn::open(&args.run, args.ledger.as_deref(), &args.common.options()?)?;
+    Ok(open_unlearner(args)?.into_parts())
+}
+
+/// Open a run as its writer of deletions (see [`open`]).
+fn open_unlearner(args: &RunArgs) -> Result<unlearn::Unlearner> {
+    let unlearner =
+        unlearn::Unlearner::open(&args.run, args.ledger.as_deref(), &args.common.options()?)?;
+    let report = unlearner.recovery();
     if !report.completed.is_empty() {
         eprintln!(
             "sisa: completed interrupted or rolled-back requests {:?}",
@@ -465,7 +496,7 @@ fn open(args: &RunArgs) -> Result<(Run, Ledger, unlearn::RunLock)> {
             report.removed_files.len()
         );
     }
-    Ok((run, ledger, lock))
+    Ok(unlearner)
 }
 
 fn train_options(a: &TrainArgs) -> Result<TrainOptions> {
@@ -494,6 +525,13 @@ fn train_options(a: &TrainArgs) -> Result<TrainOptions> {
         slices: a.slices,
         seed: a.seed,
         shard_by: a.shard_by,
+        slice_by: a.slice_by,
+        priors: a
+            .deletion_prior
+            .as_ref()
+            .map(|p| Priors::read(p, &a.user_column, a.risk_threshold))
+            .transpose()?,
+        risk_shards: a.risk_shards,
         out: a.out.clone(),
         columns: Columns {
             user: a.user_column.clone(),
@@ -531,7 +569,7 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
             "slices": run.config.slices,
             "stage_epochs": run.config.stage_epochs,
             "rows": rows,
-            "test_rows": run.manifest.test.as_ref().map(|t| t.rows),
+            "test_rows": run.manifest.test_totals().map(|t| t.0),
             "rows_epochs": summary.rows_epochs,
             "seconds": summary.seconds,
             "peak_rss_bytes": peak_rss_bytes(),
@@ -568,7 +606,7 @@ fn status_json(run: &Run, ledger: &Ledger) -> serde_json::Value {
         "stage_epochs": run.config.stage_epochs,
         "classes": run.config.classes,
         "features": run.config.features.len(),
-        "test_rows": run.manifest.test.as_ref().map(|t| t.rows),
+        "test_rows": run.manifest.test_totals().map(|t| t.0),
         "shards": run.manifest.shards.iter().map(|s| json!({
             "shard": s.shard,
             "rows": s.data.rows,
@@ -613,8 +651,8 @@ fn cmd_status(a: StatusArgs) -> Result<i32> {
             s.model_digest
         );
     }
-    if let Some(t) = &run.manifest.test {
-        println!("held-out: {} rows, {} users", t.rows, t.users);
+    if let Some(t) = run.manifest.test_totals() {
+        println!("held-out: {} rows, {} users", t.0, t.1);
     }
     Ok(0)
 }
@@ -700,12 +738,12 @@ fn cmd_unlearn(a: UnlearnArgs) -> Result<i32> {
     if let Some(f) = &a.users_file {
         ids.extend(csv::read_user_list(f)?);
     }
-    let opts = a.run.common.options()?;
-    let (mut run, mut ledger, _lock) = open(&a.run)?;
-    let (shards, test) = unlearn::load_rows(&run)?;
-    let keys = unlearn::resolve_users(&run, &ledger, &ids, &shards, test.as_ref())?;
+    let mut unlearner = open_unlearner(&a.run)?;
+    let resolved = unlearner.resolve(&ids)?;
+    let run = unlearner.run().clone();
+    let keys = resolved.keys.clone();
     if a.dry_run {
-        let plan = unlearn::plan_unlearning(&run, &keys, &shards, test.as_ref());
+        let plan = unlearner.plan(&resolved);
         if a.json {
             let mut v = serde_json::to_value(&plan)?;
             v["dry_run"] = json!(true);
@@ -740,13 +778,12 @@ fn cmd_unlearn(a: UnlearnArgs) -> Result<i32> {
         return Ok(0);
     }
     let started = Instant::now();
-    let request = unlearn::accept(&mut ledger, keys)?;
+    let request = unlearner.accept(resolved)?;
     eprintln!(
         "sisa: request {request} accepted and recorded in {}",
-        ledger.path().display()
+        unlearner.ledger().path().display()
     );
-    let loaded = Some((run.manifest.version, shards, test));
-    let receipt = unlearn::complete_with_rows(&mut run, &mut ledger, request, &opts, loaded)?;
+    let receipt = unlearner.complete(request)?;
     let receipt_path = run.dir.path(sisa::run::RunFile::Receipt(request));
     if a.json {
         let mut v = serde_json::to_value(&receipt)?;
@@ -829,7 +866,16 @@ fn cmd_recover(a: RunArgs) -> Result<i32> {
 fn cmd_add(a: AddArgs) -> Result<i32> {
     let opts = a.run.common.options()?;
     let (mut run, ledger, _lock) = open(&a.run)?;
-    let report = unlearn::add::add_rows(&mut run, &ledger, &a.data, &opts)?;
+    let priors = match (&a.deletion_prior, run.config.risk_threshold) {
+        (Some(p), Some(t)) => Some(Priors::read(p, &run.config.user_column, t)?),
+        (Some(_), None) => {
+            return Err(anyhow::anyhow!(
+                "--deletion-prior: the run was trained without a deletion prior; add its rows without one"
+            ))
+        }
+        (None, _) => None,
+    };
+    let report = unlearn::add::add_rows(&mut run, &ledger, &a.data, priors.as_ref(), &opts)?;
     if a.json {
         print_json(&serde_json::to_value(&report)?);
     } else {
@@ -971,6 +1017,7 @@ fn cmd_bench(a: BenchArgs) -> Result<i32> {
         samples: a.samples,
         seed: a.seed,
         row_sharding: !a.no_row_sharding,
+        slice_by: a.slice_by,
         audit: !a.no_audit,
         membership: Default::default(),
         keep_runs: a.keep_runs,
@@ -1100,6 +1147,10 @@ fn quickstart(a: QuickstartArgs) -> Result<i32> {
         lr: None,
         optimizer: None,
         shard_by: ShardBy::User,
+        slice_by: SliceBy::User,
+        deletion_prior: None,
+        risk_threshold: 0.5,
+        risk_shards: 0,
         user_column: "user_id".into(),
         label_column: "label".into(),
         classes: None,
@@ -1110,8 +1161,7 @@ fn quickstart(a: QuickstartArgs) -> Result<i32> {
         common: a.common.clone(),
     };
     let summary = train::train_run(&train_options(&targs)?)?;
-    let mut run = summary.run;
-    let mut ledger = Ledger::open(&unlearn::ledger_path(&a.out, None))?;
+    let run = summary.run;
     let agg = Aggregation::Mean;
     let (x, y) = eval_rows(&run, None)?;
     let before = Ensemble::load(&run)?.evaluate(&x, &y, agg);
@@ -1140,12 +1190,13 @@ fn quickstart(a: QuickstartArgs) -> Result<i32> {
         "3/5 unlearn: users {} (shards 0, 1, 2)",
         ids.join(", ")
     ));
-    let (shard_rows, test_rows) = unlearn::load_rows(&run)?;
-    let keys = unlearn::resolve_users(&run, &ledger, &ids, &shard_rows, test_rows.as_ref())?;
+    drop(run);
     let started = Instant::now();
-    let request = unlearn::accept(&mut ledger, keys)?;
-    let receipt = unlearn::complete(&mut run, &mut ledger, request, &a.common.options()?)?;
+    let mut unlearner = unlearn::Unlearner::open(&a.out, None, &a.common.options()?)?;
+    let receipt = unlearner.forget(&ids)?;
+    let request = receipt.request;
     let unlearn_seconds = started.elapsed().as_secs_f64();
+    let (run, _ledger, _lock) = unlearner.into_parts();
 
     say("4/5 verify: retraining every shard from scratch on the remaining data".into());
     let verdicts = sisa::verify::verify(&run, None, a.common.threads()?, !quiet)?;

@@ -1,16 +1,18 @@
 //! Pure functions that decide where every row goes and what every stage is called.
 //!
-//! Nothing here reads a file or a clock. Shard assignment is a function of (seed, user id),
-//! slice assignment of (seed, row tag), stage epochs of (epochs, slices), and a stage's
-//! [`Lineage`] of the rows it was trained on. A deletion therefore moves no other row, and a
-//! run trained from scratch on the remaining data makes exactly the same decisions.
+//! Nothing here reads a file or a clock. Where a row goes ([`Rules::place`]) is a function of
+//! (seed, user id, row tag, whether the user is a likely requester), stage epochs of (epochs,
+//! slices), and a stage's [`Lineage`] of the rows it was trained on. A deletion therefore
+//! moves no other row, and a run trained from scratch on the remaining data makes exactly the
+//! same decisions.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-/// Version of the rules in this module; part of every lineage hash.
-pub const PLAN_FORMAT: u32 = 1;
+/// Version of the rules in this module; part of every lineage hash. Version 2 added
+/// user-level slices and deletion-aware placement.
+pub const PLAN_FORMAT: u32 = 2;
 
 /// How rows are assigned to shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -20,6 +22,108 @@ pub enum ShardBy {
     User,
     /// Each row independently, as in the SISA paper; a user's rows may span shards.
     Row,
+}
+
+/// How rows are assigned to slices inside their shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SliceBy {
+    /// All rows of a user share one slice (default): forgetting a user retrains from the one
+    /// slice that holds them.
+    #[default]
+    User,
+    /// Each row independently, by its identity tag: a user with m rows reaches back to the
+    /// earliest of m slices.
+    Row,
+}
+
+/// Every rule that places a row: the run's seed, shard and slice counts, both assignment
+/// rules and the number of shards set aside for likely requesters.
+///
+/// A *likely requester* is a user whose prior probability of asking to be forgotten is at
+/// least the run's threshold (see `data::prior`). Their rows go to the last slice of their
+/// shard, so forgetting them retrains one stage, and, with `risk_shards` K > 0, to one of the
+/// last K shards, which hold no one else. Everyone else is placed over the other shards
+/// (all of them when K = 0) and every slice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rules {
+    /// The run's seed.
+    pub seed: u64,
+    /// Number of shards S.
+    pub shards: usize,
+    /// Number of slices R.
+    pub slices: usize,
+    /// Shard assignment rule.
+    pub shard_by: ShardBy,
+    /// Slice assignment rule.
+    pub slice_by: SliceBy,
+    /// Shards dedicated to likely requesters (0: none); less than `shards`.
+    pub risk_shards: usize,
+}
+
+/// Where one row goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    /// Its shard.
+    pub shard: usize,
+    /// Its slice (0-based).
+    pub slice: usize,
+}
+
+impl Rules {
+    /// The place of the row with identity `tag` of user `user_id`.
+    pub fn place(&self, user_id: &str, tag: u64, likely: bool) -> Place {
+        let (base, count) = self.shard_range(likely);
+        let shard = base
+            + match self.shard_by {
+                ShardBy::User => shard_of_user(self.seed, user_id, count),
+                ShardBy::Row => shard_of_row(self.seed, tag, count),
+            };
+        let slice = if likely {
+            self.slices - 1
+        } else {
+            match self.slice_by {
+                SliceBy::User => slice_of_user(self.seed, user_id, self.slices),
+                SliceBy::Row => slice_of(self.seed, tag, self.slices),
+            }
+        };
+        Place { shard, slice }
+    }
+
+    /// The first shard and the number of shards that rows of a (likely or other) user may go to.
+    fn shard_range(&self, likely: bool) -> (usize, usize) {
+        let k = self.risk_shards.min(self.shards.saturating_sub(1));
+        if k == 0 {
+            (0, self.shards)
+        } else if likely {
+            (self.shards - k, k)
+        } else {
+            (0, self.shards - k)
+        }
+    }
+
+    /// The shards that may hold rows of user `user_id` under user sharding: one, or two when
+    /// shards are set aside for likely requesters (the user's place among the others and among
+    /// the set-aside ones). `None` under row sharding, where any shard may.
+    pub fn candidate_shards(&self, user_id: &str) -> Option<Vec<usize>> {
+        if self.shard_by == ShardBy::Row {
+            return None;
+        }
+        let mut out = vec![self.place(user_id, 0, false).shard];
+        if self.risk_shards > 0 && self.shards > 1 {
+            let likely = self.place(user_id, 0, true).shard;
+            if !out.contains(&likely) {
+                out.push(likely);
+            }
+        }
+        Some(out)
+    }
+
+    /// The held-out bucket of user `user_id`: held-out rows are stored in S buckets by user,
+    /// so forgetting a user reads and rewrites only the bucket that holds their held-out rows.
+    pub fn test_bucket(&self, user_id: &str) -> usize {
+        shard_of_user(self.seed, user_id, self.shards)
+    }
 }
 
 fn hash_u64(parts: &[&[u8]]) -> u64 {
@@ -60,6 +164,12 @@ pub fn shard_of_row(seed: u64, tag: u64, shards: usize) -> usize {
 /// The slice (0-based) of a row inside its shard.
 pub fn slice_of(seed: u64, tag: u64, slices: usize) -> usize {
     (hash_u64(&[b"sisa/slice", &seed.to_le_bytes(), &tag.to_le_bytes()]) % slices as u64) as usize
+}
+
+/// The slice (0-based) of every row of a user under [`SliceBy::User`].
+pub fn slice_of_user(seed: u64, user_id: &str, slices: usize) -> usize {
+    (hash_u64(&[b"sisa/slice-user", &seed.to_le_bytes(), user_id.as_bytes()]) % slices as u64)
+        as usize
 }
 
 /// A seed for one purpose of one (shard, stage, epoch): weight init, batch order.
@@ -201,6 +311,7 @@ pub mod expected {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn recalibrated_epochs_match_unsliced_cost() {
@@ -237,6 +348,42 @@ mod tests {
         assert_ne!(row_tag(7, "a", 0), row_tag(8, "a", 0));
         // Length-prefixing keeps ("ab", "c") apart from ("a", "bc").
         assert_ne!(hash_u64(&[b"ab", b"c"]), hash_u64(&[b"a", b"bc"]));
+    }
+
+    #[test]
+    fn placement_follows_the_rules() {
+        let rules = Rules {
+            seed: 3,
+            shards: 10,
+            slices: 4,
+            shard_by: ShardBy::User,
+            slice_by: SliceBy::User,
+            risk_shards: 2,
+        };
+        for u in 0..500 {
+            let id = format!("u{u}");
+            let places: Vec<Place> = (0..5)
+                .map(|q| rules.place(&id, row_tag(3, &id, q), false))
+                .collect();
+            // One shard and one slice per user, never a set-aside shard.
+            assert!(places.iter().all(|p| *p == places[0] && p.shard < 8));
+            let likely = rules.place(&id, row_tag(3, &id, 0), true);
+            assert!(likely.shard >= 8 && likely.slice == 3);
+            let candidates = rules.candidate_shards(&id).unwrap();
+            assert_eq!(candidates, vec![places[0].shard, likely.shard]);
+            assert!(rules.test_bucket(&id) < 10);
+        }
+        let by_row = Rules {
+            slice_by: SliceBy::Row,
+            shard_by: ShardBy::Row,
+            risk_shards: 0,
+            ..rules
+        };
+        assert_eq!(by_row.candidate_shards("a"), None);
+        let slices: HashSet<usize> = (0..50)
+            .map(|q| by_row.place("a", row_tag(3, "a", q), false).slice)
+            .collect();
+        assert_eq!(slices.len(), 4, "a user's rows spread over slices by row");
     }
 
     #[test]

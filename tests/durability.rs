@@ -433,11 +433,16 @@ fn corruption_is_detected_named_and_nothing_is_overwritten() {
     assert_eq!(tree_digest(&run), damaged);
     restore(&ck, &orig);
 
-    // A shard data file.
+    // The data file of the shard that holds the user (a request reads no other shard).
+    let config = sisa::run::RunConfig::load(&run.join("run.json")).unwrap();
+    let shard = config.rules().place(&users[0], 0, false).shard;
     let data = std::fs::read_dir(run.join("data"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.to_str().unwrap().contains("shard-0"))
+        .find(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name.starts_with(&format!("shard-{shard}-"))
+        })
         .unwrap();
     let orig = std::fs::read(&data).unwrap();
     flip(&data, 100);

@@ -425,7 +425,8 @@ fn an_edited_run_json_is_refused_as_corruption_of_run_json() {
         ),
         ("\"label_column\": \"label\"", "\"label_column\": \"labem\""),
         ("\"check\": \"", "\"check\": \"0"),
-        ("\"format\": \"sisa-run/2\"", "\"format\": \"sisa-run/1\""),
+        ("\"format\": \"sisa-run/3\"", "\"format\": \"sisa-run/2\""),
+        ("\"slice_by\": \"user\"", "\"slice_by\": \"row\""),
     ] {
         assert!(original.contains(from), "run.json has {from}");
         std::fs::write(&config, original.replacen(from, to, 1)).unwrap();

@@ -1,17 +1,18 @@
 //! The central property: after any sequence of unlearning requests, every shard is bitwise
 //! identical to the shard trained from scratch, with the same configuration and seed, on what
 //! remains. Random deletion sequences, seeded, over the MLP, logistic regression and a CNN,
-//! both backends and both sharding rules.
+//! both backends, both sharding rules, both slicing rules and deletion-aware placement.
 
 mod common;
 
 use common::*;
 use sisa::data::csv::Columns;
+use sisa::data::Priors;
 use sisa::model::{Backend, ModelSpec};
-use sisa::plan::ShardBy;
+use sisa::plan::{ShardBy, SliceBy};
 use sisa::run::{Aggregation, Run};
 use sisa::train::{self, TrainOptions};
-use sisa::unlearn::{self, Ledger, Options};
+use sisa::unlearn::{Ledger, Options, Unlearner};
 use std::path::Path;
 
 struct Lcg(u64);
@@ -25,15 +26,28 @@ impl Lcg {
     }
 }
 
-/// One configuration of the oracle: a preset, its backend and the sharding rule.
+/// One configuration of the oracle: a preset, its backend, the sharding and slicing rules,
+/// and whether a deletion prior sets a shard aside for likely requesters.
 #[derive(Clone, Copy, Debug)]
 struct Config<'a> {
     preset: &'a Path,
     backend: Backend,
     shard_by: ShardBy,
+    slice_by: SliceBy,
+    risk: bool,
 }
 
-fn options(data: &Path, out: &Path, c: Config<'_>, seed: u64) -> TrainOptions {
+/// Priors for the oracle's data: every fifth user is a likely requester.
+fn priors(users: &[String]) -> Priors {
+    let map = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.clone(), if i % 5 == 0 { 0.9 } else { 0.01 }))
+        .collect();
+    Priors::from_map(map, 0.5)
+}
+
+fn options(data: &Path, out: &Path, c: Config<'_>, seed: u64, users: &[String]) -> TrainOptions {
     let mut model = ModelSpec::load(c.preset).unwrap();
     model.epochs = 6;
     model.batch_size = 16;
@@ -48,6 +62,9 @@ fn options(data: &Path, out: &Path, c: Config<'_>, seed: u64) -> TrainOptions {
         slices: 3,
         seed,
         shard_by: c.shard_by,
+        slice_by: c.slice_by,
+        priors: c.risk.then(|| priors(users)),
+        risk_shards: usize::from(c.risk),
         out: out.to_path_buf(),
         columns: Columns::default(),
         classes: Some(10),
@@ -90,26 +107,31 @@ fn random_deletion_sequences_equal_training_from_scratch() {
         root().join("models/logreg.toml"),
     );
     let cnn = cnn_preset(tmp.path());
-    let config = |preset, backend, shard_by| Config {
+    let config = |preset, backend, shard_by, slice_by, risk| Config {
         preset,
         backend,
         shard_by,
+        slice_by,
+        risk,
     };
+    let (user, row) = (SliceBy::User, SliceBy::Row);
     let configs = [
-        config(&mlp, Backend::Dense, ShardBy::User),
-        config(&logreg, Backend::Dense, ShardBy::User),
-        config(&mlp, Backend::Dense, ShardBy::Row),
-        config(&cnn, Backend::Dense, ShardBy::User),
-        config(&cnn, Backend::Candle, ShardBy::User),
-        config(&mlp, Backend::Candle, ShardBy::Row),
+        config(&mlp, Backend::Dense, ShardBy::User, user, false),
+        config(&logreg, Backend::Dense, ShardBy::User, row, false),
+        config(&mlp, Backend::Dense, ShardBy::Row, row, false),
+        config(&cnn, Backend::Dense, ShardBy::User, user, false),
+        config(&cnn, Backend::Candle, ShardBy::User, row, false),
+        config(&mlp, Backend::Candle, ShardBy::Row, user, false),
+        config(&mlp, Backend::Dense, ShardBy::User, user, true),
+        config(&logreg, Backend::Dense, ShardBy::Row, row, true),
     ];
     let mut bases = Vec::new();
     for (i, c) in configs.iter().enumerate() {
         let dir = tmp.path().join(format!("base-{i}"));
-        train::train_run(&options(&base_csv, &dir, *c, 7)).unwrap();
+        train::train_run(&options(&base_csv, &dir, *c, 7, &users)).unwrap();
         bases.push(dir);
     }
-    let cases = 30;
+    let cases = 32;
     for case in 0..cases {
         let which = case % configs.len();
         let c = configs[which];
@@ -118,7 +140,7 @@ fn random_deletion_sequences_equal_training_from_scratch() {
         // One to three requests of one to four users each, users never repeated.
         let mut gone: Vec<String> = Vec::new();
         let requests = 1 + rng.next(3);
-        let (mut run, mut ledger, _lock, _) = unlearn::open(
+        let mut unlearner = Unlearner::open(
             &run_dir,
             None,
             &Options {
@@ -138,26 +160,35 @@ fn random_deletion_sequences_equal_training_from_scratch() {
             if ids.is_empty() {
                 continue;
             }
-            let (shards, test) = unlearn::load_rows(&run).unwrap();
-            let keys = unlearn::resolve_users(&run, &ledger, &ids, &shards, test.as_ref()).unwrap();
-            let r = unlearn::accept(&mut ledger, keys).unwrap();
-            unlearn::complete(
-                &mut run,
-                &mut ledger,
-                r,
-                &Options {
-                    threads: 2,
-                    progress: false,
-                },
-            )
-            .unwrap();
+            let before: Vec<u64> = unlearner
+                .run()
+                .manifest
+                .shards
+                .iter()
+                .map(|s| s.data.rows)
+                .collect();
+            let receipt = unlearner.forget(&ids).unwrap();
+            // A request reads only the shards that hold its users.
+            let touched = receipt.shards.iter().filter(|s| s.rows_removed > 0);
+            let rows: u64 = touched.clone().map(|s| s.rows_removed).sum();
+            let io = receipt.measured.as_ref().unwrap().io;
+            assert!(io.rows_read >= rows, "case {case}");
+            if c.shard_by == ShardBy::User {
+                let held: u64 = touched.map(|s| before[s.shard]).sum();
+                assert!(
+                    io.rows_read <= held,
+                    "case {case}: read {} > {held}",
+                    io.rows_read
+                );
+            }
             gone.extend(ids);
         }
+        let (run, _ledger, _lock) = unlearner.into_parts();
         let reduced = tmp.path().join(format!("reduced-{case}.csv"));
         let refs: Vec<&str> = gone.iter().map(String::as_str).collect();
         base.write_without(&refs, &reduced);
         let oracle_dir = tmp.path().join(format!("oracle-{case}"));
-        let oracle = train::train_run(&options(&reduced, &oracle_dir, c, 7))
+        let oracle = train::train_run(&options(&reduced, &oracle_dir, c, 7, &users))
             .unwrap()
             .run;
         assert_eq!(

@@ -21,11 +21,16 @@
 //!   slicing saves far less than for one row: `E[min]` falls towards slice 1 as m grows.
 //! - Sharded by row (each row in its own shard): `G(x) = (mean over users of
 //!   (1 − (1 − x)/S)^m)^K`: a user's rows touch up to m shards.
+//! - Sliced by user (all of a user's rows in one slice, the default): a user's rows in a shard
+//!   reach back only to their one slice, so `g(x) = x` whatever m is, and one user costs what
+//!   the paper's one row costs. Sharded by row and sliced by user: a shard misses the user
+//!   with probability `(1 − 1/S)^m`, else its first stage is the user's slice:
+//!   `G(x) = (mean over users of (q + (1 − q)·x), q = (1 − 1/S)^m)^K`.
 //!
 //! Sequential requests cost K times one request (each retrains on its own), up to the rows the
 //! earlier requests removed.
 
-use crate::plan::ShardBy;
+use crate::plan::{ShardBy, SliceBy};
 
 /// Rows×epochs of retraining stages `j..=R` (1-based) of a shard of `n` rows in R even slices.
 pub fn shard_cost_from(n: f64, stage_epochs: &[u32], j: usize) -> f64 {
@@ -67,25 +72,33 @@ pub fn paper_rows_epochs(rows: f64, shards: usize, stage_epochs: &[u32], k: usiz
 }
 
 /// The expectation for `k` batched requests of one user each, the users drawn (with
-/// replacement) from users owning `user_rows` rows each, under `shard_by`.
+/// replacement) from users owning `user_rows` rows each, under `shard_by` and `slice_by`.
 pub fn users_rows_epochs(
     rows: f64,
     shards: usize,
     stage_epochs: &[u32],
     k: usize,
     user_rows: &[u32],
-    shard_by: ShardBy,
+    (shard_by, slice_by): (ShardBy, SliceBy),
 ) -> f64 {
     let s = shards as f64;
     let users = user_rows.len().max(1) as f64;
     let mean_over_users =
         |f: &dyn Fn(f64) -> f64| user_rows.iter().map(|&m| f(m as f64)).sum::<f64>() / users;
-    expected_rows_epochs(rows, shards, stage_epochs, |x| match shard_by {
-        ShardBy::User => {
+    expected_rows_epochs(rows, shards, stage_epochs, |x| match (shard_by, slice_by) {
+        (ShardBy::User, SliceBy::Row) => {
             let g = mean_over_users(&|m| x.powf(m));
             (1.0 - 1.0 / s + g / s).powi(k as i32)
         }
-        ShardBy::Row => mean_over_users(&|m| (1.0 - (1.0 - x) / s).powf(m)).powi(k as i32),
+        (ShardBy::User, SliceBy::User) => (1.0 - 1.0 / s + x / s).powi(k as i32),
+        (ShardBy::Row, SliceBy::Row) => {
+            mean_over_users(&|m| (1.0 - (1.0 - x) / s).powf(m)).powi(k as i32)
+        }
+        (ShardBy::Row, SliceBy::User) => mean_over_users(&|m| {
+            let q = (1.0 - 1.0 / s).powf(m);
+            q + (1.0 - q) * x
+        })
+        .powi(k as i32),
     })
 }
 
@@ -146,9 +159,12 @@ mod tests {
     fn users_of_one_row_are_the_paper_case() {
         let e = stage_epochs(12, 5);
         for k in [1, 3, 8] {
-            for by in [ShardBy::User, ShardBy::Row] {
-                let a = users_rows_epochs(5000.0, 10, &e, k, &[1, 1, 1], by);
-                assert!(close(a, paper_rows_epochs(5000.0, 10, &e, k)), "{by:?} {k}");
+            for shard_by in [ShardBy::User, ShardBy::Row] {
+                for slice_by in [SliceBy::User, SliceBy::Row] {
+                    let by = (shard_by, slice_by);
+                    let a = users_rows_epochs(5000.0, 10, &e, k, &[1, 1, 1], by);
+                    assert!(close(a, paper_rows_epochs(5000.0, 10, &e, k)), "{by:?} {k}");
+                }
             }
         }
     }
@@ -158,16 +174,21 @@ mod tests {
         // S = 1, R = 2, e = [1, 1], n = 10: c(1) = 5 + 10 = 15, c(2) = 10.
         // A user of two rows: first stage is 2 only if both rows are in slice 2: ¼.
         // E = ¾·15 + ¼·10 = 13.75.
-        let got = users_rows_epochs(10.0, 1, &[1, 1], 1, &[2], ShardBy::User);
+        let by_row = (ShardBy::User, SliceBy::Row);
+        let got = users_rows_epochs(10.0, 1, &[1, 1], 1, &[2], by_row);
         assert!(close(got, 13.75), "{got}");
+        // Sliced by user, the two rows share one slice: ½·15 + ½·10 = 12.5, one row's cost.
+        let got = users_rows_epochs(10.0, 1, &[1, 1], 1, &[2], (ShardBy::User, SliceBy::User));
+        assert!(close(got, 12.5), "{got}");
+        assert!(close(got, paper_rows_epochs(10.0, 1, &[1, 1], 1)));
         // Half the users own one row, half two: ½(½·15 + ½·10) + ½·13.75 = 13.125.
-        let got = users_rows_epochs(10.0, 1, &[1, 1], 1, &[1, 2], ShardBy::User);
+        let got = users_rows_epochs(10.0, 1, &[1, 1], 1, &[1, 2], by_row);
         assert!(close(got, 13.125), "{got}");
         // Sharded by row, S = 2, R = 1, e = 1, N = 10 (n = 5): a user of two rows misses a
         // given shard with probability ¼, so E = 2·(1 − ¼)·5 = 7.5; by user it is 5.
-        let row = users_rows_epochs(10.0, 2, &[1], 1, &[2], ShardBy::Row);
+        let row = users_rows_epochs(10.0, 2, &[1], 1, &[2], (ShardBy::Row, SliceBy::Row));
         assert!(close(row, 7.5), "{row}");
-        let user = users_rows_epochs(10.0, 2, &[1], 1, &[2], ShardBy::User);
+        let user = users_rows_epochs(10.0, 2, &[1], 1, &[2], by_row);
         assert!(close(user, 5.0), "{user}");
         assert!(close(full_shards_rows_epochs(10.0, 2, &[1], 8), 10.0));
     }

@@ -15,7 +15,6 @@ use crate::audit::{self, AuditOptions, AuditReport, Verdict};
 use crate::bench::copy_run;
 use crate::bench::report::MembershipResult;
 use crate::data::csv::{Columns, Table};
-use crate::data::UserKey;
 use crate::ensemble::{self, Ensemble};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
@@ -149,6 +148,14 @@ pub fn run(
     // Users of shard 0 with every row in the last slice, by the run's own pure rules: a user's
     // k-th row (in file order) has tag row_tag(seed, id, k).
     let last = opts.slices - 1;
+    let rules = plan::Rules {
+        seed,
+        shards: opts.shards,
+        slices: opts.slices,
+        shard_by: ShardBy::User,
+        slice_by: plan::SliceBy::User,
+        risk_shards: 0,
+    };
     let mut seq: HashMap<&str, u32> = HashMap::new();
     let mut eligible: HashMap<&str, bool> = HashMap::new();
     for &i in &member_idx {
@@ -156,8 +163,8 @@ pub fn run(
         let k = seq.entry(id).or_insert(0);
         let tag = plan::row_tag(seed, id, *k);
         *k += 1;
-        let ok = plan::shard_of_user(seed, id, opts.shards) == 0
-            && plan::slice_of(seed, tag, opts.slices) == last;
+        let place = rules.place(id, tag, false);
+        let ok = place.shard == 0 && place.slice == last;
         *eligible.entry(id).or_insert(true) &= ok;
     }
     let cap = ((members.len() as f64 * opts.forget_fraction).ceil() as usize).max(1);
@@ -214,7 +221,10 @@ pub fn run(
         shards: opts.shards,
         slices: opts.slices,
         seed,
-        shard_by: ShardBy::User,
+        shard_by: rules.shard_by,
+        slice_by: rules.slice_by,
+        priors: None,
+        risk_shards: 0,
         out: before_dir.clone(),
         columns: Columns::default(),
         classes: None,
@@ -237,12 +247,10 @@ pub fn run(
         threads,
         progress: false,
     };
-    let (mut run, mut ledger, lock, _) = unlearn::open(&after_dir, None, &uopts)?;
-    let mut forget_ids: Vec<&str> = forget.iter().copied().collect();
+    let mut unlearner = unlearn::Unlearner::open(&after_dir, None, &uopts)?;
+    let mut forget_ids: Vec<String> = forget.iter().map(|u| u.to_string()).collect();
     forget_ids.sort_unstable();
-    let keys: Vec<UserKey> = forget_ids.iter().map(|u| run.key(u)).collect();
-    let r = unlearn::accept(&mut ledger, keys)?;
-    let receipt = unlearn::complete(&mut run, &mut ledger, r, &uopts)?;
+    let receipt = unlearner.forget(&forget_ids)?;
     let retrained: Vec<String> = receipt
         .shards
         .iter()
@@ -254,6 +262,7 @@ pub fn run(
             )
         })
         .collect();
+    let (run, _ledger, lock) = unlearner.into_parts();
     drop(lock);
     let verdicts = crate::verify::verify(&run, None, threads, false)?;
     let (f_after, _) = losses(&run, &forget_rows)?;

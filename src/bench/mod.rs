@@ -20,7 +20,7 @@ use crate::data::{Rows, UserKey, UserRule};
 use crate::ensemble::Ensemble;
 use crate::error::{Error, IoContext, Result};
 use crate::model::ModelSpec;
-use crate::plan::{self, ShardBy};
+use crate::plan::{self, ShardBy, SliceBy};
 use crate::rng::SplitMix64;
 use crate::run::config::cpu_model;
 use crate::run::{Aggregation, Run};
@@ -77,6 +77,8 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Also measure sharding by row (at the largest R, for every S > 1). Default: true.
     pub row_sharding: bool,
+    /// Slice rule of every configuration. Default: by user.
+    pub slice_by: SliceBy,
     /// Run the membership audit. Default: true.
     pub audit: bool,
     /// Membership audit settings.
@@ -301,6 +303,9 @@ impl Context<'_> {
             slices,
             seed: o.seed,
             shard_by,
+            slice_by: o.slice_by,
+            priors: None,
+            risk_shards: 0,
             out,
             columns: Columns::default(),
             classes: None,
@@ -321,8 +326,14 @@ impl Context<'_> {
             threads: self.opts.threads,
             progress: false,
         };
-        let (mut run, mut ledger, lock, _) = unlearn::open(&copy, None, &uopts)?;
-        let mut rows: u64 = run.manifest.shards.iter().map(|s| s.data.rows).sum();
+        let mut unlearner = unlearn::Unlearner::open(&copy, None, &uopts)?;
+        let mut rows: u64 = unlearner
+            .run()
+            .manifest
+            .shards
+            .iter()
+            .map(|s| s.data.rows)
+            .sum();
         let mut out = Executed {
             seconds: 0.0,
             rows_epochs: 0,
@@ -336,10 +347,8 @@ impl Context<'_> {
                 self.steps
                     .start(format!("{label}: request {}/{}", i + 1, requests.len()));
             }
-            let keys: Vec<UserKey> = users.iter().map(|u| run.key(u)).collect();
             let started = Instant::now();
-            let r = unlearn::accept(&mut ledger, keys)?;
-            let receipt = unlearn::complete(&mut run, &mut ledger, r, &uopts)?;
+            let receipt = unlearner.forget(users)?;
             out.seconds += started.elapsed().as_secs_f64();
             out.rows_epochs += receipt.cost.retrained_rows_epochs;
             out.same_config += receipt.cost.full_retrain_rows_epochs;
@@ -352,7 +361,7 @@ impl Context<'_> {
                 .filter(|s| s.stages_retrained > 0)
                 .count();
         }
-        drop(lock);
+        drop(unlearner);
         remove_dir(&copy)?;
         Ok(out)
     }
@@ -442,7 +451,7 @@ impl Context<'_> {
             "{label}: planning {} random requests (dry run)",
             o.samples
         ));
-        let (rows, test_rows) = unlearn::load_rows(&run)?;
+        let loaded = unlearn::Loaded::everything(&run)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(o.threads.max(1))
             .build()
@@ -451,8 +460,8 @@ impl Context<'_> {
             self.sample[..o.samples]
                 .par_iter()
                 .map(|id| {
-                    unlearn::plan_unlearning(&run, &[run.key(id)], &rows, test_rows.as_ref())
-                        .retrain_rows_epochs as f64
+                    unlearn::plan_unlearning(&run, &[run.key(id)], &loaded).retrain_rows_epochs
+                        as f64
                 })
                 .collect()
         });
@@ -461,20 +470,22 @@ impl Context<'_> {
         let var = costs.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
         let total_rows = self.train.len() as f64;
         let epochs = &run.config.stage_epochs;
+        let rules = (shard_by, run.config.slice_by);
         let users_one =
-            formula::users_rows_epochs(total_rows, shards, epochs, 1, &self.user_rows, shard_by);
+            formula::users_rows_epochs(total_rows, shards, epochs, 1, &self.user_rows, rules);
         let sampled = formula::users_rows_epochs(
             total_rows,
             shards,
             epochs,
             1,
             &self.sample_rows[..o.samples],
-            shard_by,
+            rules,
         );
         let paper_one = formula::paper_rows_epochs(total_rows, shards, epochs, 1);
         let max_k = self.opts.requests.iter().copied().max().unwrap_or(1);
+        let rows: Vec<Rows> = loaded.shards.into_values().collect();
         let worst = self.worst_users(&run, &rows, max_k);
-        drop((rows, test_rows));
+        drop(rows);
         self.steps.done();
 
         let mut experiments = Vec::new();
@@ -505,14 +516,8 @@ impl Context<'_> {
                 users.iter().map(one).collect(),
                 (Some(k as f64 * users_one), Some(k as f64 * paper_one)),
             )?);
-            let batched_users = formula::users_rows_epochs(
-                total_rows,
-                shards,
-                epochs,
-                k,
-                &self.user_rows,
-                shard_by,
-            );
+            let batched_users =
+                formula::users_rows_epochs(total_rows, shards, epochs, k, &self.user_rows, rules);
             experiments.push(self.experiment(
                 &run_dir,
                 &label,
@@ -540,6 +545,7 @@ impl Context<'_> {
         }
         Ok(ConfigResult {
             shard_by,
+            slice_by: run.config.slice_by,
             shards,
             slices,
             stage_epochs: run.config.stage_epochs.clone(),
@@ -582,7 +588,7 @@ impl Context<'_> {
                 let Some(&u) = keys.get(&r.keys[i]) else {
                     continue;
                 };
-                let slice = plan::slice_of(c.seed, r.tags[i], c.slices);
+                let slice = r.slices[i] as usize;
                 match touch[u].iter_mut().find(|(sh, _)| *sh == s) {
                     Some(t) => t.1 = t.1.min(slice),
                     None => touch[u].push((s, slice)),
@@ -683,6 +689,9 @@ pub fn run(opts: &BenchOptions) -> Result<(Report, Written)> {
         slices: 1,
         seed: opts.seed,
         shard_by: ShardBy::User,
+        slice_by: opts.slice_by,
+        priors: None,
+        risk_shards: 0,
         out: runs.clone(),
         columns: Columns::default(),
         classes: None,

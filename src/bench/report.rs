@@ -4,7 +4,12 @@ use crate::audit::AuditReport;
 use crate::bench::plot;
 use crate::bench::throughput::{Peak, PresetThroughput};
 use crate::error::{Error, Result};
-use crate::plan::ShardBy;
+use crate::plan::{ShardBy, SliceBy};
+
+/// Reports written before the slice rule existed sliced by row.
+fn slice_by_row() -> SliceBy {
+    SliceBy::Row
+}
 use crate::run::durable;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -165,6 +170,9 @@ pub struct FormulaCheck {
 pub struct ConfigResult {
     /// Sharding rule.
     pub shard_by: ShardBy,
+    /// Slice rule.
+    #[serde(default = "slice_by_row")]
+    pub slice_by: SliceBy,
     /// Shards S.
     pub shards: usize,
     /// Slices R.
@@ -629,6 +637,7 @@ pub(crate) mod tests {
             let one = 60_000 / shards as u64;
             configs.push(ConfigResult {
                 shard_by: by,
+                slice_by: SliceBy::User,
                 shards,
                 slices,
                 stage_epochs: vec![if slices == 1 { 6 } else { 2 }; slices],

@@ -9,7 +9,7 @@
 //! are left out, so the fraction of peak is slightly understated).
 
 use crate::data::csv::Table;
-use crate::data::ingest::{self, Placement};
+use crate::data::ingest::{self, Target};
 use crate::data::Secret;
 use crate::error::Result;
 use crate::model::ModelSpec;
@@ -214,6 +214,9 @@ pub fn measure_preset(
         slices: 1,
         seed,
         shard_by: ShardBy::User,
+        slice_by: crate::plan::SliceBy::User,
+        risk_shards: 0,
+        risk_threshold: None,
         features: sub.feature_names.clone(),
         classes,
         backend: crate::model::Backend::Dense,
@@ -224,12 +227,14 @@ pub fn measure_preset(
         created_by: format!("sisa {}", env!("CARGO_PKG_VERSION")),
         secret_check: String::new(),
     };
-    let placement = Placement {
-        seed,
-        shards: 1,
-        shard_by: ShardBy::User,
-    };
-    let placed = ingest::place_rows(&sub, placement, &Secret::generate()?, &HashMap::new())?;
+    let placed = ingest::place_rows(
+        &sub,
+        config.rules(),
+        Target::Train,
+        None,
+        &Secret::generate()?,
+        &HashMap::new(),
+    )?;
     let digest = config.digest();
     let data = ShardData::new(&config, &digest, 0, &placed[0]);
     let parameters = config.architecture()?.parameters() as usize;

@@ -1,74 +1,86 @@
-//! From labelled rows to shard row stores: identity, keys, shard assignment.
+//! From labelled rows to shard row stores: identity, keys, shard and slice assignment.
 
 use crate::data::csv::Table;
-use crate::data::{Rows, Secret, UserKey};
+use crate::data::{Priors, RowId, Rows, Secret, UserKey};
 use crate::error::{Error, Result};
-use crate::plan::{self, ShardBy};
+use crate::plan::{self, Place, Rules};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// How rows are placed: the run's seed, shard count and sharding rule.
-#[derive(Clone, Copy, Debug)]
-pub struct Placement {
-    /// The run's seed.
-    pub seed: u64,
-    /// Number of shards.
-    pub shards: usize,
-    /// Sharding rule.
-    pub shard_by: ShardBy,
+/// Which row stores a [`Placer`] fills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Training shards, by [`Rules::place`].
+    Train,
+    /// Held-out buckets, one per shard, by [`Rules::test_bucket`].
+    HeldOut,
 }
 
 /// Places rows into shard row stores one at a time, so that ingest never holds a second copy
-/// of the data: identity (position among the user's rows, tag), key and shard for each row.
+/// of the data: identity (position among the user's rows, tag), key, shard and slice for each
+/// row.
 pub struct Placer<'a> {
-    placement: Placement,
+    rules: Rules,
+    target: Target,
+    priors: Option<&'a Priors>,
     secret: &'a Secret,
     existing: &'a HashMap<UserKey, u32>,
-    users: HashMap<String, (UserKey, u32)>,
+    users: HashMap<String, (UserKey, u32, bool)>,
     shards: Vec<Rows>,
 }
 
 impl<'a> Placer<'a> {
     /// An empty placer for rows of `dim` features. A row's position among its user's rows
     /// counts from `existing[key]` (rows of that user the run already holds), so rows added
-    /// later get identities of their own.
+    /// later get identities of their own. `priors` marks the likely requesters.
     pub fn new(
-        placement: Placement,
+        rules: Rules,
+        target: Target,
+        priors: Option<&'a Priors>,
         secret: &'a Secret,
         existing: &'a HashMap<UserKey, u32>,
         dim: usize,
     ) -> Self {
         Placer {
-            placement,
+            rules,
+            target,
+            priors,
             secret,
             existing,
             users: HashMap::new(),
-            shards: (0..placement.shards).map(|_| Rows::new(dim)).collect(),
+            shards: (0..rules.shards).map(|_| Rows::new(dim)).collect(),
+        }
+    }
+
+    fn likely(&self, id: &str) -> bool {
+        self.priors.is_some_and(|p| p.likely(id))
+    }
+
+    fn place(&self, id: &str, tag: u64, likely: bool) -> Place {
+        match self.target {
+            Target::Train => self.rules.place(id, tag, likely),
+            Target::HeldOut => Place {
+                shard: self.rules.test_bucket(id),
+                slice: 0,
+            },
         }
     }
 
     /// Size every shard exactly for rows of users `ids` (in the order they will be pushed),
     /// so that no shard grows by doubling and holds up to twice its rows.
     pub fn reserve_users<'i>(&mut self, ids: impl Iterator<Item = &'i str>) {
-        let p = self.placement;
-        let mut counts = vec![0usize; p.shards];
+        let mut counts = vec![0usize; self.rules.shards];
         let mut seqs: HashMap<&str, u32> = HashMap::new();
         for id in ids {
-            let shard = match p.shard_by {
-                ShardBy::User => plan::shard_of_user(p.seed, id, p.shards),
-                ShardBy::Row => {
-                    let seq = seqs.entry(id).or_insert_with(|| {
-                        self.existing
-                            .get(&self.secret.key(id))
-                            .copied()
-                            .unwrap_or(0)
-                    });
-                    let tag = plan::row_tag(p.seed, id, *seq);
-                    *seq += 1;
-                    plan::shard_of_row(p.seed, tag, p.shards)
-                }
-            };
-            counts[shard] += 1;
+            let seq = seqs.entry(id).or_insert_with(|| {
+                self.existing
+                    .get(&self.secret.key(id))
+                    .copied()
+                    .unwrap_or(0)
+            });
+            let tag = plan::row_tag(self.rules.seed, id, *seq);
+            *seq += 1;
+            counts[self.place(id, tag, self.likely(id)).shard] += 1;
         }
         for (rows, n) in self.shards.iter_mut().zip(counts) {
             rows.reserve(n);
@@ -77,21 +89,18 @@ impl<'a> Placer<'a> {
 
     /// Place one row of user `id`.
     pub fn push(&mut self, id: &str, label: u32, features: &[f32]) {
-        let (key, seq) = match self.users.get_mut(id) {
-            Some(entry) => entry,
+        let (key, seq, likely) = match self.users.get(id) {
+            Some(entry) => *entry,
             None => {
                 let key = self.secret.key(id);
                 let start = self.existing.get(&key).copied().unwrap_or(0);
-                self.users.entry(id.to_string()).or_insert((key, start))
+                (key, start, self.likely(id))
             }
         };
-        let tag = plan::row_tag(self.placement.seed, id, *seq);
-        let shard = match self.placement.shard_by {
-            ShardBy::User => plan::shard_of_user(self.placement.seed, id, self.placement.shards),
-            ShardBy::Row => plan::shard_of_row(self.placement.seed, tag, self.placement.shards),
-        };
-        self.shards[shard].push(*key, *seq, tag, label, features);
-        *seq += 1;
+        let tag = plan::row_tag(self.rules.seed, id, seq);
+        let place = self.place(id, tag, likely);
+        self.shards[place.shard].push(RowId { key, seq, tag }, place.slice as u32, label, features);
+        self.users.insert(id.to_string(), (key, seq + 1, likely));
     }
 
     /// The shards, each in tag order; refuses two rows with one identity tag (`path` names
@@ -115,7 +124,9 @@ impl<'a> Placer<'a> {
 /// The rows of `table` as row stores, one per shard, each in tag order (see [`Placer`]).
 pub fn place_rows(
     table: &Table,
-    placement: Placement,
+    rules: Rules,
+    target: Target,
+    priors: Option<&Priors>,
     secret: &Secret,
     existing: &HashMap<UserKey, u32>,
 ) -> Result<Vec<Rows>> {
@@ -127,7 +138,7 @@ pub fn place_rows(
         .labels
         .as_ref()
         .expect("training tables have a label column");
-    let mut placer = Placer::new(placement, secret, existing, table.dim());
+    let mut placer = Placer::new(rules, target, priors, secret, existing, table.dim());
     placer.reserve_users(ids.iter().map(String::as_str));
     for i in 0..table.len() {
         placer.push(&ids[i], labels[i], table.row(i));

@@ -8,11 +8,13 @@ pub mod csv;
 pub mod format;
 pub mod idx;
 pub mod keys;
+pub mod prior;
 pub mod rows;
 
 pub use idx::{Role, UserRule};
 pub use keys::{Secret, UserKey};
-pub use rows::{Rows, SliceIndex};
+pub use prior::Priors;
+pub use rows::{RowId, Rows, SliceIndex};
 pub mod ingest;
 
 use crate::error::{Error, Result};

@@ -1,14 +1,14 @@
 //! The row store: the rows of one shard (or of the held-out set) in one checksummed file.
 //!
 //! A file holds, column by column, each row's user key, its position among its user's rows,
-//! its tag, its label and its features, sorted by tag, followed by the SHA-256 of everything
-//! before it. Reading checks the magic, the version, the exact size and the digest before a
+//! its tag, its slice, its label and its features, sorted by tag, followed by the SHA-256 of
+//! everything before it. The user keys come first, so the users a file holds can be read
+//! without its features ([`Rows::decode_keys`]). Reading checks the magic, the version, the exact size and the digest before a
 //! single value is used. Rows are removed by writing a new file without them: there is no
 //! deleted flag.
 
 use crate::data::keys::UserKey;
 use crate::error::{Error, Result};
-use crate::plan;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::path::Path;
@@ -26,8 +26,11 @@ pub fn update_f32(h: &mut Sha256, values: &[f32]) {
 }
 
 const MAGIC: &[u8; 8] = b"SISAROWS";
-const VERSION: u32 = 1;
+/// Version 2 added the slice column.
+const VERSION: u32 = 2;
 const HEADER: usize = 8 + 4 + 4 + 8;
+/// Bytes per row besides its features: key, position, tag, slice, label.
+const ROW_FIXED: usize = 32 + 4 + 8 + 4 + 4;
 /// Largest feature count a row file may declare.
 pub const MAX_FEATURES: usize = 1 << 22;
 
@@ -42,10 +45,23 @@ pub struct Rows {
     pub seqs: Vec<u32>,
     /// Each row's tag (see [`plan::row_tag`]).
     pub tags: Vec<u64>,
+    /// Each row's slice (0-based), placed at ingest by [`plan::Rules::place`].
+    pub slices: Vec<u32>,
     /// Class label of each row.
     pub labels: Vec<u32>,
     /// Features, row-major, `len() * dim` values.
     pub x: Vec<f32>,
+}
+
+/// A row's identity: its user's key, its position among that user's rows, and its tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowId {
+    /// The owning user's key.
+    pub key: UserKey,
+    /// Position among the user's rows.
+    pub seq: u32,
+    /// The row's tag ([`plan::row_tag`]).
+    pub tag: u64,
 }
 
 /// Where each row of a shard falls among the slices, and what each slice holds.
@@ -67,6 +83,7 @@ impl Rows {
             keys: Vec::new(),
             seqs: Vec::new(),
             tags: Vec::new(),
+            slices: Vec::new(),
             labels: Vec::new(),
             x: Vec::new(),
         }
@@ -77,6 +94,7 @@ impl Rows {
         self.keys.reserve_exact(n);
         self.seqs.reserve_exact(n);
         self.tags.reserve_exact(n);
+        self.slices.reserve_exact(n);
         self.labels.reserve_exact(n);
         self.x.reserve_exact(n * self.dim);
     }
@@ -97,24 +115,28 @@ impl Rows {
     }
 
     /// Append one row.
-    pub fn push(&mut self, key: UserKey, seq: u32, tag: u64, label: u32, features: &[f32]) {
+    pub fn push(&mut self, row: RowId, slice: u32, label: u32, features: &[f32]) {
         debug_assert_eq!(features.len(), self.dim);
-        self.keys.push(key);
-        self.seqs.push(seq);
-        self.tags.push(tag);
+        self.keys.push(row.key);
+        self.seqs.push(row.seq);
+        self.tags.push(row.tag);
+        self.slices.push(slice);
         self.labels.push(label);
         self.x.extend_from_slice(features);
     }
 
     /// Append row `i` of `other`.
     pub fn push_from(&mut self, other: &Rows, i: usize) {
-        self.push(
-            other.keys[i],
-            other.seqs[i],
-            other.tags[i],
-            other.labels[i],
-            other.row(i),
-        );
+        self.push(other.id(i), other.slices[i], other.labels[i], other.row(i));
+    }
+
+    /// The identity of row `i`.
+    pub fn id(&self, i: usize) -> RowId {
+        RowId {
+            key: self.keys[i],
+            seq: self.seqs[i],
+            tag: self.tags[i],
+        }
     }
 
     /// Put rows in tag order, the canonical order of every row file.
@@ -155,14 +177,19 @@ impl Rows {
         self.keys.iter().filter(|k| users.contains(k)).count()
     }
 
-    /// Assign rows to `slices` slices and digest each slice.
-    pub fn slice_index(&self, seed: u64, slices: usize) -> SliceIndex {
+    /// The first slice number that is not below `slices`, if any (a row file of another run).
+    pub fn slice_out_of_range(&self, slices: usize) -> Option<u32> {
+        self.slices.iter().copied().find(|&s| s as usize >= slices)
+    }
+
+    /// Group the rows into `slices` slices by their stored slice and digest each slice.
+    /// Every stored slice must be below `slices` ([`Rows::slice_out_of_range`]).
+    pub fn slice_index(&self, slices: usize) -> SliceIndex {
         let mut hashers: Vec<Sha256> = (0..slices).map(|_| Sha256::new()).collect();
         let mut counts = vec![0u64; slices];
-        let mut slice_of_row = Vec::with_capacity(self.len());
+        let slice_of_row = self.slices.clone();
         for i in 0..self.len() {
-            let s = plan::slice_of(seed, self.tags[i], slices);
-            slice_of_row.push(s as u32);
+            let s = self.slices[i] as usize;
             counts[s] += 1;
             let h = &mut hashers[s];
             h.update(self.tags[i].to_le_bytes());
@@ -180,7 +207,7 @@ impl Rows {
     /// The file form: header, columns, SHA-256 trailer.
     pub fn encode(&self) -> Vec<u8> {
         let n = self.len();
-        let mut out = Vec::with_capacity(HEADER + n * (48 + 4 * self.dim) + 32);
+        let mut out = Vec::with_capacity(HEADER + n * (ROW_FIXED + 4 * self.dim) + 32);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&(self.dim as u32).to_le_bytes());
@@ -193,6 +220,9 @@ impl Rows {
         }
         for t in &self.tags {
             out.extend_from_slice(&t.to_le_bytes());
+        }
+        for s in &self.slices {
+            out.extend_from_slice(&s.to_le_bytes());
         }
         for l in &self.labels {
             out.extend_from_slice(&l.to_le_bytes());
@@ -230,7 +260,7 @@ impl Rows {
         if dim == 0 || dim > MAX_FEATURES {
             return Err(bad(format!("feature count {dim} out of range")));
         }
-        let expected = (n as u128) * (48 + 4 * dim as u128) + (HEADER + 32) as u128;
+        let expected = (n as u128) * (ROW_FIXED as u128 + 4 * dim as u128) + (HEADER + 32) as u128;
         if expected != bytes.len() as u128 {
             return Err(bad(format!(
                 "size {} bytes does not match {n} rows of {dim} features",
@@ -262,6 +292,10 @@ impl Rows {
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().expect("8")))
             .collect();
+        let slices = take(n * 4)
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4")))
+            .collect();
         let labels = take(n * 4)
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes(c.try_into().expect("4")))
@@ -275,24 +309,65 @@ impl Rows {
             keys,
             seqs,
             tags,
+            slices,
             labels,
             x,
         })
+    }
+
+    /// The byte length of the header and the user-key column of a row file of `n` rows: the
+    /// prefix that [`Rows::decode_keys`] reads.
+    pub fn keys_prefix_len(n: u64) -> u64 {
+        HEADER as u64 + 32 * n
+    }
+
+    /// SHA-256 of the user-key column of `bytes` (an encoded row file or its key prefix).
+    pub fn keys_digest_of_encoded(bytes: &[u8]) -> [u8; 32] {
+        let n = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")) as usize;
+        Sha256::digest(&bytes[HEADER..HEADER + 32 * n]).into()
+    }
+
+    /// The user keys of a row file, from its header and key column alone (`bytes` is that
+    /// prefix, [`Rows::keys_prefix_len`] long). The caller checks
+    /// [`Rows::keys_digest_of_encoded`] against the manifest.
+    pub fn decode_keys(path: &Path, bytes: &[u8], rows: u64) -> Result<Vec<UserKey>> {
+        let bad = |m: &str| Error::corrupt(path, m.to_string());
+        if (bytes.len() as u64) != Self::keys_prefix_len(rows) || &bytes[..8] != MAGIC {
+            return Err(bad(
+                "not a sisa row file of the manifest's size (bad magic or length)",
+            ));
+        }
+        if u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != VERSION
+            || u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")) != rows
+        {
+            return Err(bad(
+                "row file version or row count disagrees with the manifest",
+            ));
+        }
+        Ok(bytes[HEADER..]
+            .chunks_exact(32)
+            .map(|c| UserKey(c.try_into().expect("32 bytes")))
+            .collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan;
 
     fn sample() -> Rows {
         let mut r = Rows::new(3);
         for i in 0..10u32 {
             let key = UserKey([(i % 4) as u8; 32]);
+            let tag = plan::row_tag(1, &format!("u{}", i % 4), i / 4);
             r.push(
-                key,
-                i / 4,
-                plan::row_tag(1, &format!("u{}", i % 4), i / 4),
+                RowId {
+                    key,
+                    seq: i / 4,
+                    tag,
+                },
+                plan::slice_of(9, tag, 3) as u32,
                 i % 3,
                 &[i as f32, 1.5, -2.0],
             );
@@ -313,6 +388,22 @@ mod tests {
     }
 
     #[test]
+    fn the_key_column_reads_alone() {
+        let r = sample();
+        let bytes = r.encode();
+        let prefix = &bytes[..Rows::keys_prefix_len(r.len() as u64) as usize];
+        assert_eq!(
+            Rows::decode_keys(Path::new("x"), prefix, r.len() as u64).unwrap(),
+            r.keys
+        );
+        assert_eq!(
+            Rows::keys_digest_of_encoded(prefix),
+            Rows::keys_digest_of_encoded(&bytes)
+        );
+        assert!(Rows::decode_keys(Path::new("x"), prefix, r.len() as u64 + 1).is_err());
+    }
+
+    #[test]
     fn every_flipped_byte_is_caught() {
         let bytes = sample().encode();
         for i in 0..bytes.len() {
@@ -329,11 +420,11 @@ mod tests {
     #[test]
     fn removing_users_keeps_other_slices() {
         let r = sample();
-        let before = r.slice_index(9, 3);
+        let before = r.slice_index(3);
         let gone: HashSet<UserKey> = [UserKey([1; 32])].into();
         let after_rows = r.without(&gone);
         assert_eq!(after_rows.len(), r.len() - r.count_of(&gone));
-        let after = after_rows.slice_index(9, 3);
+        let after = after_rows.slice_index(3);
         // Slices that held none of user 1's rows keep their digest.
         for s in 0..3 {
             let held = (0..r.len())

@@ -2,13 +2,15 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::model::{Architecture, Backend, LayerSpec, ModelConfig, ModelSpec};
-use crate::plan::ShardBy;
+use crate::plan::{Rules, ShardBy, SliceBy};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
-/// Schema tag of `run.json`. Version 2 added the check values (`secret_check`, `check`).
-pub const RUN_FORMAT: &str = "sisa-run/2";
+/// Schema tag of `run.json`. Version 2 added the check values (`secret_check`, `check`);
+/// version 3 the slice rule and deletion-aware placement (`slice_by`, `risk_shards`,
+/// `risk_threshold`), with row files that store each row's slice.
+pub const RUN_FORMAT: &str = "sisa-run/3";
 
 /// The key under which `run.json` keeps the SHA-256 of the rest of its contents.
 const CHECK_KEY: &str = "check";
@@ -57,6 +59,13 @@ pub struct RunConfig {
     pub seed: u64,
     /// How rows are assigned to shards.
     pub shard_by: ShardBy,
+    /// How rows are assigned to slices.
+    pub slice_by: SliceBy,
+    /// Shards set aside for likely requesters (0: none), see [`Rules`].
+    pub risk_shards: usize,
+    /// The deletion prior at or above which a user is a likely requester, when the run was
+    /// trained with a prior file; `None` when it was not (no user is a likely requester).
+    pub risk_threshold: Option<f64>,
     /// Feature column names, in order.
     pub features: Vec<String>,
     /// Number of classes (largest label + 1, or `--classes`).
@@ -99,6 +108,9 @@ struct TrainingIdentity<'a> {
     stage_epochs: &'a [u32],
     seed: u64,
     shard_by: ShardBy,
+    slice_by: SliceBy,
+    risk_shards: usize,
+    risk_threshold: Option<u64>,
     features: usize,
     classes: usize,
 }
@@ -118,6 +130,9 @@ impl RunConfig {
             stage_epochs,
             seed,
             shard_by,
+            slice_by,
+            risk_shards,
+            risk_threshold,
             features,
             classes,
             backend,
@@ -162,11 +177,26 @@ impl RunConfig {
             stage_epochs,
             seed: *seed,
             shard_by: *shard_by,
+            slice_by: *slice_by,
+            risk_shards: *risk_shards,
+            risk_threshold: risk_threshold.map(f64::to_bits),
             features: features.len(),
             classes: *classes,
         };
         let json = serde_json::to_vec(&id).expect("serializing plain data cannot fail");
         Sha256::digest(json).into()
+    }
+
+    /// The rules that place every row of this run.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            seed: self.seed,
+            shards: self.shards,
+            slices: self.slices,
+            shard_by: self.shard_by,
+            slice_by: self.slice_by,
+            risk_shards: self.risk_shards,
+        }
     }
 
     /// The model's layers and shapes on this run's features and classes.
@@ -217,10 +247,10 @@ impl RunConfig {
                 path,
                 format!(
                     "format '{format}' is not {RUN_FORMAT}{}",
-                    if format == "sisa-run/1" {
-                        " (the run was created by an earlier sisa, before run.json had check values; train it again)"
-                    } else {
-                        ""
+                    match format {
+                        "sisa-run/1" => " (the run was created by an earlier sisa, before run.json had check values; train it again)",
+                        "sisa-run/2" => " (the run was created by an earlier sisa, before row files stored their slices; train it again)",
+                        _ => "",
                     }
                 ),
             ));
@@ -254,6 +284,16 @@ impl RunConfig {
             return Err(Error::corrupt(
                 path,
                 "shards, slices and stage epochs disagree",
+            ));
+        }
+        if config.risk_shards >= config.shards.max(2)
+            || config
+                .risk_threshold
+                .is_some_and(|t| !(t > 0.0 && t <= 1.0))
+        {
+            return Err(Error::corrupt(
+                path,
+                "risk shards or risk threshold out of range",
             ));
         }
         if config.features.is_empty() || config.classes < 2 {

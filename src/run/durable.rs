@@ -111,6 +111,81 @@ mod failpoints {
     }
 }
 
+/// What this process has read and written through the run's files: the figures receipts
+/// report. Counters only grow; [`Io::now`] takes a reading and [`Io::since`] the difference.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Io {
+    /// fsync calls (files and directories).
+    pub fsyncs: u64,
+    /// Bytes written to files.
+    pub bytes_written: u64,
+    /// Bytes of row files and checkpoints read.
+    pub bytes_read: u64,
+    /// Training rows read (rows of shard files read in full).
+    pub rows_read: u64,
+    /// Held-out rows read.
+    pub test_rows_read: u64,
+}
+
+mod counters {
+    use std::sync::atomic::AtomicU64;
+    pub static FSYNCS: AtomicU64 = AtomicU64::new(0);
+    pub static WRITTEN: AtomicU64 = AtomicU64::new(0);
+    pub static READ: AtomicU64 = AtomicU64::new(0);
+    pub static ROWS: AtomicU64 = AtomicU64::new(0);
+    pub static TEST_ROWS: AtomicU64 = AtomicU64::new(0);
+}
+
+impl Io {
+    /// The counters now.
+    pub fn now() -> Io {
+        use std::sync::atomic::Ordering::Relaxed;
+        Io {
+            fsyncs: counters::FSYNCS.load(Relaxed),
+            bytes_written: counters::WRITTEN.load(Relaxed),
+            bytes_read: counters::READ.load(Relaxed),
+            rows_read: counters::ROWS.load(Relaxed),
+            test_rows_read: counters::TEST_ROWS.load(Relaxed),
+        }
+    }
+
+    /// What was counted since `earlier`.
+    pub fn since(earlier: &Io) -> Io {
+        let now = Io::now();
+        Io {
+            fsyncs: now.fsyncs - earlier.fsyncs,
+            bytes_written: now.bytes_written - earlier.bytes_written,
+            bytes_read: now.bytes_read - earlier.bytes_read,
+            rows_read: now.rows_read - earlier.rows_read,
+            test_rows_read: now.test_rows_read - earlier.test_rows_read,
+        }
+    }
+
+    /// The sum of two readings.
+    pub fn plus(&self, other: &Io) -> Io {
+        Io {
+            fsyncs: self.fsyncs + other.fsyncs,
+            bytes_written: self.bytes_written + other.bytes_written,
+            bytes_read: self.bytes_read + other.bytes_read,
+            rows_read: self.rows_read + other.rows_read,
+            test_rows_read: self.test_rows_read + other.test_rows_read,
+        }
+    }
+
+    /// Count `bytes` read from a run file holding `rows` training and `test_rows` held-out rows.
+    pub fn count_read(bytes: u64, rows: u64, test_rows: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        counters::READ.fetch_add(bytes, Relaxed);
+        counters::ROWS.fetch_add(rows, Relaxed);
+        counters::TEST_ROWS.fetch_add(test_rows, Relaxed);
+    }
+}
+
+fn fsync(f: &File, path: &Path) -> Result<()> {
+    counters::FSYNCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    f.sync_all().at(path)
+}
+
 /// Permission bits of every file a run, ledger or receipt gets: the owner's alone, whatever
 /// the umask, since the run holds the remaining users' rows.
 pub const FILE_MODE: u32 = 0o600;
@@ -132,7 +207,7 @@ pub fn private_options() -> OpenOptions {
 /// fsync a directory, so that renames and removals inside it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     let d = File::open(dir).at(dir)?;
-    d.sync_all().at(dir)
+    fsync(&d, dir)
 }
 
 /// Create `dir` (and parents) durably.
@@ -163,6 +238,68 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
 /// directory. `point` names the failpoints along the way (`<point>.write`, `<point>.rename`,
 /// `<point>.done`). The file gets [`FILE_MODE`].
 pub fn write_atomic(path: &Path, bytes: &[u8], point: &str) -> Result<()> {
+    let dir = write_renamed(path, bytes, point)?;
+    sync_dir(&dir)?;
+    failpoint(&format!("{point}.done"));
+    Ok(())
+}
+
+/// Directories whose renames and removals are made durable together, once each: a step that
+/// writes many files into one directory fsyncs the directory once, not once per file.
+/// [`DirSyncs::sync`] must run before anything that depends on the files (a manifest naming
+/// them) is written; dropping unsynced directories only loses what a crash would lose.
+/// Shared by shards training side by side: the set is behind a lock, the writes are not.
+#[derive(Debug, Default)]
+pub struct DirSyncs {
+    dirs: std::sync::Mutex<std::collections::BTreeSet<std::path::PathBuf>>,
+}
+
+impl DirSyncs {
+    /// No directories yet.
+    pub fn new() -> DirSyncs {
+        DirSyncs::default()
+    }
+
+    /// [`write_atomic`] without the directory fsync, which [`DirSyncs::sync`] does later.
+    pub fn write(&self, path: &Path, bytes: &[u8], point: &str) -> Result<()> {
+        let dir = write_renamed(path, bytes, point)?;
+        self.note(dir);
+        Ok(())
+    }
+
+    fn note(&self, dir: std::path::PathBuf) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dir);
+    }
+
+    /// [`remove_file`] without the directory fsync.
+    pub fn remove(&self, path: &Path, point: &str) -> Result<()> {
+        failpoint(point);
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(path, e)),
+        }
+        if let Some(dir) = path.parent() {
+            self.note(dir.to_path_buf());
+        }
+        Ok(())
+    }
+
+    /// fsync every directory written to, once each.
+    pub fn sync(&self) -> Result<()> {
+        let dirs = std::mem::take(&mut *self.dirs.lock().unwrap_or_else(|p| p.into_inner()));
+        for dir in dirs {
+            sync_dir(&dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// The temp file, fsync and rename of [`write_atomic`]; returns the directory to fsync.
+fn write_renamed(path: &Path, bytes: &[u8], point: &str) -> Result<std::path::PathBuf> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -194,15 +331,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8], point: &str) -> Result<()> {
             std::process::abort();
         }
         f.write_all(bytes).at(&tmp)?;
+        counters::WRITTEN.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         failpoint(&format!("{point}.write"));
         failpoint_error(&format!("{point}.fsync"), &tmp)?;
-        f.sync_all().at(&tmp)?;
+        fsync(&f, &tmp)?;
     }
     failpoint(&format!("{point}.rename"));
     fs::rename(&tmp, path).at(path)?;
-    sync_dir(dir)?;
-    failpoint(&format!("{point}.done"));
-    Ok(())
+    Ok(dir.to_path_buf())
 }
 
 /// Remove `path` durably (missing files are fine: removal is idempotent).
@@ -233,9 +369,10 @@ pub fn append_line(path: &Path, line: &str, point: &str) -> Result<()> {
     buf.extend_from_slice(line.as_bytes());
     buf.push(b'\n');
     f.write_all(&buf).at(path)?;
+    counters::WRITTEN.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
     failpoint(&format!("{point}.write"));
     failpoint_error(&format!("{point}.fsync"), path)?;
-    f.sync_all().at(path)?;
+    fsync(&f, path)?;
     if !existed {
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(dir)?;

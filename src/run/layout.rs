@@ -10,7 +10,7 @@
 //!   ledger.jsonl                     deletion requests (may live elsewhere: --ledger)
 //!   ledger-location.json             where the ledger lives, if elsewhere, and its last head
 //!   data/shard-<k>-<digest>.rows     a shard's rows, named by their digest
-//!   data/test-<digest>.rows          held-out rows
+//!   data/test-<k>-<digest>.rows      held-out rows of the users in bucket k
 //!   checkpoints/shard-<k>/<lineage>.safetensors
 //!   receipts/<request>.json
 //! ```
@@ -41,8 +41,8 @@ pub enum RunFile<'a> {
     DataDir,
     /// `data/shard-<k>-<digest16>.rows`.
     ShardData(usize, &'a str),
-    /// `data/test-<digest16>.rows`.
-    TestData(&'a str),
+    /// `data/test-<k>-<digest16>.rows`: held-out bucket k.
+    TestData(usize, &'a str),
     /// `checkpoints/`.
     CheckpointsDir,
     /// `checkpoints/shard-<k>/`.
@@ -88,10 +88,10 @@ impl RunDir {
                 .root
                 .join("data")
                 .join(format!("shard-{k}-{}.rows", short(digest))),
-            RunFile::TestData(digest) => self
+            RunFile::TestData(k, digest) => self
                 .root
                 .join("data")
-                .join(format!("test-{}.rows", short(digest))),
+                .join(format!("test-{k}-{}.rows", short(digest))),
             RunFile::CheckpointsDir => self.root.join("checkpoints"),
             RunFile::ShardCheckpoints(k) => {
                 self.root.join("checkpoints").join(format!("shard-{k}"))

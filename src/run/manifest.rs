@@ -12,8 +12,9 @@ use crate::run::layout::{manifest_name, parse_manifest_name, RunDir, RunFile};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Schema tag of manifests.
-pub const MANIFEST_FORMAT: &str = "sisa-manifest/1";
+/// Schema tag of manifests. Version 2 keeps held-out rows in one bucket per shard and the
+/// digest of each row file's user-key column.
+pub const MANIFEST_FORMAT: &str = "sisa-manifest/2";
 
 /// A data file of the run: its content digest and row count.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +25,9 @@ pub struct DataRef {
     pub rows: u64,
     /// Distinct users in the file.
     pub users: u64,
+    /// SHA-256 of the file's user-key column, hex: the users a file holds can be checked
+    /// without reading its features.
+    pub keys_digest: String,
 }
 
 /// One stage's checkpoint.
@@ -75,13 +79,23 @@ pub struct Manifest {
     /// Digest of the ledger entry that `applied_request` was accepted in (empty if none).
     #[serde(default)]
     pub applied_entry: String,
-    /// Held-out rows, if the run has them.
-    pub test: Option<DataRef>,
+    /// Held-out rows, if the run has them: one bucket per shard, a user's held-out rows in
+    /// bucket [`crate::plan::Rules::test_bucket`] of their id.
+    pub test: Option<Vec<DataRef>>,
     /// Every shard, in order.
     pub shards: Vec<ShardEntry>,
 }
 
 impl Manifest {
+    /// Held-out rows and users over every bucket, if the run has held-out rows.
+    pub fn test_totals(&self) -> Option<(u64, u64)> {
+        self.test.as_ref().map(|buckets| {
+            buckets
+                .iter()
+                .fold((0, 0), |(r, u), b| (r + b.rows, u + b.users))
+        })
+    }
+
     /// Rows×epochs of training every shard from scratch.
     pub fn full_cost(&self) -> u64 {
         self.shards.iter().map(ShardEntry::cost).sum()

@@ -40,8 +40,8 @@ pub struct Run {
 pub enum RowsFile {
     /// A shard's rows.
     Shard(usize),
-    /// The held-out rows.
-    Test,
+    /// A held-out bucket.
+    Test(usize),
 }
 
 impl Run {
@@ -121,7 +121,7 @@ impl Run {
         &self.secret
     }
 
-    fn read_rows(&self, path: PathBuf, expected: &DataRef) -> Result<Rows> {
+    fn read_rows(&self, path: PathBuf, expected: &DataRef, held_out: bool) -> Result<Rows> {
         let bytes = std::fs::read(&path).at(&path)?;
         let rows = Rows::decode(&path, &bytes)?;
         if hex::encode(Rows::digest_of_encoded(&bytes)) != expected.digest {
@@ -133,23 +133,86 @@ impl Run {
                 "feature count disagrees with run.json",
             ));
         }
+        if let Some(s) = rows.slice_out_of_range(self.config.slices) {
+            return Err(Error::corrupt(
+                &path,
+                format!(
+                    "a row is in slice {s}, beyond the run's {} slices",
+                    self.config.slices
+                ),
+            ));
+        }
+        let n = rows.len() as u64;
+        let (train, test) = if held_out { (0, n) } else { (n, 0) };
+        durable::Io::count_read(bytes.len() as u64, train, test);
         Ok(rows)
     }
 
     /// The rows of shard `k`, checked against the manifest.
     pub fn shard_rows(&self, k: usize) -> Result<Rows> {
         let entry = &self.manifest.shards[k].data;
-        self.read_rows(self.dir.path(RunFile::ShardData(k, &entry.digest)), entry)
+        self.read_rows(
+            self.dir.path(RunFile::ShardData(k, &entry.digest)),
+            entry,
+            false,
+        )
     }
 
-    /// The held-out rows, if the run has them, checked against the manifest.
-    pub fn test_rows(&self) -> Result<Option<Rows>> {
+    /// The user keys of shard `k`'s rows, read from the key column alone (32 bytes a row) and
+    /// checked against the manifest: which users a shard holds, without its features.
+    pub fn shard_keys(&self, k: usize) -> Result<Vec<UserKey>> {
+        use std::io::Read;
+        let entry = &self.manifest.shards[k].data;
+        let path = self.dir.path(RunFile::ShardData(k, &entry.digest));
+        let len = Rows::keys_prefix_len(entry.rows);
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)
+            .at(&path)?
+            .take(len)
+            .read_to_end(&mut bytes)
+            .at(&path)?;
+        let keys = Rows::decode_keys(&path, &bytes, entry.rows)?;
+        if hex::encode(Rows::keys_digest_of_encoded(&bytes)) != entry.keys_digest {
+            return Err(Error::corrupt(
+                &path,
+                "user-key column does not match the manifest",
+            ));
+        }
+        durable::Io::count_read(bytes.len() as u64, 0, 0);
+        Ok(keys)
+    }
+
+    /// The held-out rows of bucket `k`, if the run has held-out rows.
+    pub fn test_bucket(&self, k: usize) -> Result<Option<Rows>> {
         match &self.manifest.test {
             None => Ok(None),
-            Some(entry) => self
-                .read_rows(self.dir.path(RunFile::TestData(&entry.digest)), entry)
-                .map(Some),
+            Some(buckets) => {
+                let entry = &buckets[k];
+                self.read_rows(
+                    self.dir.path(RunFile::TestData(k, &entry.digest)),
+                    entry,
+                    true,
+                )
+                .map(Some)
+            }
         }
+    }
+
+    /// Every held-out row (all buckets, in bucket order), if the run has them.
+    pub fn test_rows(&self) -> Result<Option<Rows>> {
+        let Some(buckets) = &self.manifest.test else {
+            return Ok(None);
+        };
+        let mut all = Rows::new(self.config.features.len());
+        for k in 0..buckets.len() {
+            if let Some(rows) = self.test_bucket(k)? {
+                all.reserve(rows.len());
+                for i in 0..rows.len() {
+                    all.push_from(&rows, i);
+                }
+            }
+        }
+        Ok(Some(all))
     }
 
     /// The checkpoint of shard `k` after stage `stage` (1-based), checked against the manifest
@@ -158,6 +221,7 @@ impl Run {
         let entry = &self.manifest.shards[k].stages[stage - 1];
         let path = self.dir.path(RunFile::Checkpoint(k, &entry.lineage));
         let bytes = std::fs::read(&path).at(&path)?;
+        durable::Io::count_read(bytes.len() as u64, 0, 0);
         if hex::encode(Sha256::digest(&bytes)) != entry.file_digest {
             return Err(Error::corrupt(&path, "digest does not match the manifest"));
         }
@@ -175,32 +239,40 @@ impl Run {
         self.checkpoint(k, self.config.slices)
     }
 
-    /// Write a row file durably; returns its manifest entry.
-    pub fn store_rows(dir: &RunDir, which: RowsFile, rows: &Rows) -> Result<DataRef> {
+    /// Write a row file (its directory's fsync is left to `syncs`); returns its manifest entry.
+    pub fn store_rows(
+        dir: &RunDir,
+        which: RowsFile,
+        rows: &Rows,
+        syncs: &durable::DirSyncs,
+    ) -> Result<DataRef> {
         let bytes = rows.encode();
         let digest = hex::encode(Rows::digest_of_encoded(&bytes));
         let path = match which {
             RowsFile::Shard(k) => dir.path(RunFile::ShardData(k, &digest)),
-            RowsFile::Test => dir.path(RunFile::TestData(&digest)),
+            RowsFile::Test(k) => dir.path(RunFile::TestData(k, &digest)),
         };
-        durable::write_atomic(&path, &bytes, "rows")?;
+        syncs.write(&path, &bytes, "rows")?;
         Ok(DataRef {
             digest,
             rows: rows.len() as u64,
             users: rows.users() as u64,
+            keys_digest: hex::encode(Rows::keys_digest_of_encoded(&bytes)),
         })
     }
 
-    /// Write a checkpoint durably; returns its manifest entry.
+    /// Write a checkpoint (its directory's fsync is left to `syncs`); returns its manifest
+    /// entry.
     pub fn store_checkpoint(
         dir: &RunDir,
         ck: &Checkpoint,
         epochs: u32,
         rows: u64,
+        syncs: &durable::DirSyncs,
     ) -> Result<StageEntry> {
         let bytes = ck.encode();
         durable::create_dir_all(&dir.path(RunFile::ShardCheckpoints(ck.shard)))?;
-        durable::write_atomic(
+        syncs.write(
             &dir.path(RunFile::Checkpoint(ck.shard, &ck.lineage)),
             &bytes,
             "checkpoint",
@@ -218,17 +290,17 @@ impl Run {
     /// and models) plus temp files of interrupted writes.
     pub fn unreferenced_files(&self) -> Result<Vec<PathBuf>> {
         let m = &self.manifest;
-        let mut keep: Vec<PathBuf> = Vec::new();
+        let mut keep: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
         for s in &m.shards {
-            keep.push(self.dir.path(RunFile::ShardData(s.shard, &s.data.digest)));
+            keep.insert(self.dir.path(RunFile::ShardData(s.shard, &s.data.digest)));
             for st in &s.stages {
-                keep.push(self.dir.path(RunFile::Checkpoint(s.shard, &st.lineage)));
+                keep.insert(self.dir.path(RunFile::Checkpoint(s.shard, &st.lineage)));
             }
         }
-        if let Some(t) = &m.test {
-            keep.push(self.dir.path(RunFile::TestData(&t.digest)));
+        for (k, t) in m.test.iter().flatten().enumerate() {
+            keep.insert(self.dir.path(RunFile::TestData(k, &t.digest)));
         }
-        keep.push(self.dir.path(RunFile::Manifest(m.version)));
+        keep.insert(self.dir.path(RunFile::Manifest(m.version)));
         let mut out = Vec::new();
         let visit = |dir: &Path, out: &mut Vec<PathBuf>| -> Result<()> {
             if !dir.is_dir() {
@@ -269,9 +341,11 @@ impl Run {
     /// Remove every unreferenced file (see [`Run::unreferenced_files`]); returns them.
     pub fn collect_garbage(&self) -> Result<Vec<PathBuf>> {
         let files = self.unreferenced_files()?;
+        let syncs = durable::DirSyncs::new();
         for f in &files {
-            durable::remove_file(f, "gc.remove")?;
+            syncs.remove(f, "gc.remove")?;
         }
+        syncs.sync()?;
         Ok(files)
     }
 }

@@ -19,7 +19,7 @@ use super::swap::{self, Serving};
 use super::{log, refuse, App};
 use crate::data::UserKey;
 use crate::error::{Error, IoContext, Result};
-use crate::unlearn::{self, Ledger, Options, RequestId};
+use crate::unlearn::{self, Ledger, Options, RequestId, Unlearner};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path as UrlPath, State};
@@ -331,44 +331,75 @@ pub fn spawn_worker(worker: Worker, setup: WorkerSetup) -> Result<JoinHandle<()>
     std::thread::Builder::new()
         .name("sisa-unlearn".into())
         .spawn(move || {
-            for job in setup.jobs {
-                worker.run(job);
+            // Deletions that arrived while the worker retrained wait in the queue; they are
+            // taken together and forgotten as one request, one retrain per touched shard.
+            while let Ok(first) = setup.jobs.recv() {
+                let mut batch = vec![first];
+                while batch.len() < QUEUE {
+                    match setup.jobs.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                worker.run(batch);
             }
         })
         .map_err(|e| Error::io(&root, e))
 }
 
 impl Worker {
-    fn run(&self, job: Job) {
-        let opened = unlearn::open(&self.root, self.ledger.as_deref(), &self.options);
-        let (mut run, mut ledger, lock, report) = match opened {
+    fn run(&self, batch: Vec<Job>) {
+        let opened = Unlearner::open(&self.root, self.ledger.as_deref(), &self.options);
+        let mut unlearner = match opened {
             Ok(x) => x,
-            Err(e) => return reply(job.reply, Err(e)),
+            Err(e) => {
+                let message = e.to_string();
+                for job in batch {
+                    reply(job.reply, Err(Error::run(&self.root, message.clone())));
+                }
+                return;
+            }
         };
-        if !report.completed.is_empty() {
+        if !unlearner.recovery().completed.is_empty() {
             log(format!(
                 "completed interrupted requests {:?}",
-                report.completed
+                unlearner.recovery().completed
             ));
-            self.requests.load_ledger(&ledger);
+            self.requests.load_ledger(unlearner.ledger());
             self.serve_published();
         }
-        let prepared = unlearn::load_rows(&run).and_then(|(shards, test)| {
-            let keys = unlearn::resolve_users(&run, &ledger, &job.users, &shards, test.as_ref())?;
-            let plan = unlearn::plan_unlearning(&run, &keys, &shards, test.as_ref());
-            Ok((
-                keys,
-                plan.shards.iter().map(|p| p.shard).collect::<Vec<_>>(),
-            ))
-        });
-        let (keys, shards) = match prepared {
-            Ok(x) => x,
-            Err(e) => return reply(job.reply, Err(e)),
-        };
-        let users = keys.len();
-        let r = match unlearn::accept(&mut ledger, keys) {
+        // Each job is resolved on its own, so a job naming an unknown user fails alone.
+        let mut accepted = Vec::new();
+        let mut replies = Vec::new();
+        for job in batch {
+            match unlearner.resolve(&job.users) {
+                Ok(resolved) => {
+                    accepted.push(resolved);
+                    replies.push(job.reply);
+                }
+                Err(e) => reply(job.reply, Err(e)),
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let jobs = accepted.len();
+        let users: usize = accepted.iter().map(|r| r.keys.len()).sum();
+        let shards = accepted
+            .iter()
+            .flat_map(|r| r.touched.shards.iter().copied())
+            .collect::<std::collections::BTreeSet<usize>>()
+            .into_iter()
+            .collect::<Vec<_>>();
+        let r = match unlearner.accept_together(accepted) {
             Ok(r) => r,
-            Err(e) => return reply(job.reply, Err(e)),
+            Err(e) => {
+                let message = e.to_string();
+                for to in replies {
+                    reply(to, Err(Error::run(&self.root, message.clone())));
+                }
+                return;
+            }
         };
         // Durable: from here on, no answer may use these shards until the request is served.
         self.serving.exclude(r, &shards);
@@ -381,17 +412,24 @@ impl Worker {
             },
         );
         log(format!(
-            "request {r} accepted ({users} user(s)); shards {shards:?} are out of the vote until it is served"
+            "request {r} accepted ({users} user(s){}); shards {shards:?} are out of the vote until it is served",
+            if jobs > 1 {
+                format!(", {jobs} deletions taken together")
+            } else {
+                String::new()
+            }
         ));
-        reply(
-            job.reply,
-            Ok(Acknowledged {
-                request: r,
-                excluded_shards: shards,
-            }),
-        );
+        for to in replies {
+            reply(
+                to,
+                Ok(Acknowledged {
+                    request: r,
+                    excluded_shards: shards.clone(),
+                }),
+            );
+        }
         self.requests.set(r, Progress::Running);
-        match unlearn::complete(&mut run, &mut ledger, r, &self.options) {
+        match unlearner.complete(r) {
             Ok(receipt) => {
                 self.requests.set(
                     r,
@@ -414,7 +452,7 @@ impl Worker {
                 );
             }
         }
-        drop(lock);
+        drop(unlearner);
     }
 
     /// Serve the published version (the worker holds the run lock, so it reads a settled run).

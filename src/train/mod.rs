@@ -16,11 +16,11 @@ pub use shard::ShardData;
 
 use crate::checkpoint::Checkpoint;
 use crate::data::csv::{self, Columns, Table};
-use crate::data::ingest::{self, Placement, Placer};
-use crate::data::{self, Event, Role, Rows, Secret, UserRule};
+use crate::data::ingest::{self, Placer, Target};
+use crate::data::{self, Event, Priors, Role, Rows, Secret, UserRule};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
-use crate::plan::{self, ShardBy};
+use crate::plan::{self, Rules, ShardBy, SliceBy};
 use crate::run::config::{cpu_model, RUN_FORMAT};
 use crate::run::manifest::MANIFEST_FORMAT;
 use crate::run::{
@@ -139,6 +139,12 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Sharding rule.
     pub shard_by: ShardBy,
+    /// Slicing rule.
+    pub slice_by: SliceBy,
+    /// Per-user deletion priors: likely requesters are placed where forgetting them is cheap.
+    pub priors: Option<Priors>,
+    /// Shards set aside for likely requesters (needs `priors`; 0: none).
+    pub risk_shards: usize,
     /// Run directory to create.
     pub out: PathBuf,
     /// Column names.
@@ -158,6 +164,9 @@ pub struct TrainOptions {
     pub ledger: Option<PathBuf>,
 }
 
+/// A new run's placed data: its configuration, secret, shards and held-out buckets.
+pub type Ingested = (RunConfig, Secret, Vec<Rows>, Option<Vec<Rows>>);
+
 /// What `sisa train` did.
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
@@ -176,7 +185,28 @@ fn check_counts(opts: &TrainOptions) -> Result<()> {
     if let Some(c) = opts.classes {
         Error::check_range("classes", c, 2..=MAX_CLASSES)?;
     }
+    if opts.risk_shards > 0 {
+        if opts.priors.is_none() {
+            return Err(Error::field(
+                "risk_shards",
+                "sets shards aside for likely requesters, which only a deletion prior names",
+            ));
+        }
+        Error::check_range("risk_shards", opts.risk_shards, 0..=opts.shards - 1)?;
+    }
     opts.model.validate()
+}
+
+/// The placement rules of a new run configured by `opts`.
+fn rules(opts: &TrainOptions) -> Rules {
+    Rules {
+        seed: opts.seed,
+        shards: opts.shards,
+        slices: opts.slices,
+        shard_by: opts.shard_by,
+        slice_by: opts.slice_by,
+        risk_shards: opts.risk_shards,
+    }
 }
 
 /// Refuse a ledger for a new run that already holds entries (another run's requests).
@@ -240,41 +270,32 @@ pub fn read_tables(opts: &TrainOptions) -> Result<(Table, Option<Table>)> {
 
 /// Read, validate and place the training (and held-out) data of a new run, streaming each
 /// file straight into its shards: ingest holds one copy of the data, in the shards.
-pub fn ingest(opts: &TrainOptions) -> Result<(RunConfig, Secret, Vec<Rows>, Option<Rows>)> {
+pub fn ingest(opts: &TrainOptions) -> Result<Ingested> {
     check_counts(opts)?;
     check_out(&opts.out)?;
     check_new_ledger(opts.ledger.as_deref())?;
     let secret = Secret::generate()?;
-    let placement = Placement {
-        seed: opts.seed,
-        shards: opts.shards,
-        shard_by: opts.shard_by,
-    };
     let (names, shards, mut max_label) = stream_placed(
         &opts.data,
         opts.labels.as_deref(),
         opts,
         Role::Train,
-        placement,
+        Target::Train,
         &secret,
     )?;
     let test = match &opts.test {
         Some(p) => {
-            let one = Placement {
-                shards: 1,
-                ..placement
-            };
-            let (test_names, mut rows, test_max) = stream_placed(
+            let (test_names, rows, test_max) = stream_placed(
                 p,
                 opts.test_labels.as_deref(),
                 opts,
                 Role::HeldOut,
-                one,
+                Target::HeldOut,
                 &secret,
             )?;
             csv::check_feature_names(p, &test_names, &names, "training file")?;
             max_label = max_label.max(test_max);
-            Some(rows.remove(0))
+            Some(rows)
         }
         None => None,
     };
@@ -289,9 +310,11 @@ fn stream_placed(
     labels: Option<&Path>,
     opts: &TrainOptions,
     role: Role,
-    placement: Placement,
+    target: Target,
     secret: &Secret,
 ) -> Result<(Vec<String>, Vec<Rows>, u32)> {
+    let rules = rules(opts);
+    let priors = opts.priors.as_ref();
     let none = HashMap::new();
     let mut placer: Option<Placer> = None;
     let mut max_label = 0u32;
@@ -305,13 +328,13 @@ fn stream_placed(
         |event| {
             match event {
                 Event::Start { dim, users } => placer
-                    .get_or_insert_with(|| Placer::new(placement, secret, &none, dim))
+                    .get_or_insert_with(|| Placer::new(rules, target, priors, secret, &none, dim))
                     .reserve_users(users.iter().map(String::as_str)),
                 Event::Row(r) => {
                     max_label = max_label.max(r.label);
                     placer
                         .get_or_insert_with(|| {
-                            Placer::new(placement, secret, &none, r.features.len())
+                            Placer::new(rules, target, priors, secret, &none, r.features.len())
                         })
                         .push(r.user, r.label, r.features);
                 }
@@ -363,6 +386,11 @@ fn new_config(
         .filter(|n| !n.is_empty())
         .unwrap_or("sisa")
         .to_string();
+    if let Some(p) = &opts.priors {
+        if p.threshold.is_nan() || p.threshold <= 0.0 || p.threshold > 1.0 {
+            return Err(Error::field("risk_threshold", "must be in (0, 1]"));
+        }
+    }
     Ok(RunConfig {
         format: RUN_FORMAT.to_string(),
         name,
@@ -372,6 +400,9 @@ fn new_config(
         slices: opts.slices,
         seed: opts.seed,
         shard_by: opts.shard_by,
+        slice_by: opts.slice_by,
+        risk_shards: opts.risk_shards,
+        risk_threshold: opts.priors.as_ref().map(|p| p.threshold),
         features: names,
         classes,
         backend: opts.backend,
@@ -400,11 +431,7 @@ fn preset_error(opts: &TrainOptions, e: Error) -> Error {
 
 /// Validate and place already-read tables (every row with a user and a label) for a new run
 /// configured by `opts`; `opts.data` and `opts.test` are not read.
-pub fn ingest_tables(
-    opts: &TrainOptions,
-    train: &Table,
-    test: Option<&Table>,
-) -> Result<(RunConfig, Secret, Vec<Rows>, Option<Rows>)> {
+pub fn ingest_tables(opts: &TrainOptions, train: &Table, test: Option<&Table>) -> Result<Ingested> {
     check_counts(opts)?;
     check_out(&opts.out)?;
     check_new_ledger(opts.ledger.as_deref())?;
@@ -431,27 +458,12 @@ pub fn ingest_tables(
         .unwrap_or(0);
     let secret = Secret::generate()?;
     let config = new_config(opts, train.feature_names.clone(), max_label, &secret)?;
-    let placement = Placement {
-        seed: opts.seed,
-        shards: opts.shards,
-        shard_by: opts.shard_by,
-    };
-    let shards = ingest::place_rows(train, placement, &secret, &HashMap::new())?;
-    let test_rows = match test {
-        Some(t) => {
-            let mut one = ingest::place_rows(
-                t,
-                Placement {
-                    shards: 1,
-                    ..placement
-                },
-                &secret,
-                &HashMap::new(),
-            )?;
-            Some(one.remove(0))
-        }
-        None => None,
-    };
+    let none = HashMap::new();
+    let priors = opts.priors.as_ref();
+    let shards = ingest::place_rows(train, rules(opts), Target::Train, priors, &secret, &none)?;
+    let test_rows = test
+        .map(|t| ingest::place_rows(t, rules(opts), Target::HeldOut, priors, &secret, &none))
+        .transpose()?;
     Ok((config, secret, shards, test_rows))
 }
 
@@ -475,7 +487,7 @@ pub fn train_tables(
 /// Build, train and publish a run from placed rows.
 fn train_placed(
     opts: &TrainOptions,
-    (config, secret, shards, test): (RunConfig, Secret, Vec<Rows>, Option<Rows>),
+    (config, secret, shards, test): Ingested,
 ) -> Result<TrainSummary> {
     let parent = opts
         .out
@@ -620,7 +632,7 @@ fn build_run(
     config: &RunConfig,
     secret: &Secret,
     shards: &[Rows],
-    test: Option<&Rows>,
+    test: Option<&Vec<Rows>>,
     opts: &TrainOptions,
 ) -> Result<(Manifest, f64, u64)> {
     let dir = RunDir::new(root);
@@ -632,12 +644,21 @@ fn build_run(
     durable::create_dir_all(&dir.path(RunFile::DataDir))?;
     durable::create_dir_all(&dir.path(RunFile::ReceiptsDir))?;
     let digest = config.digest();
+    // The whole build is made durable by the one fsync of the parent after its rename, and
+    // the manifest is written last: one directory fsync per directory is enough.
+    let syncs = durable::DirSyncs::new();
     let mut data_refs = Vec::new();
     for (k, rows) in shards.iter().enumerate() {
-        data_refs.push(Run::store_rows(&dir, RowsFile::Shard(k), rows)?);
+        data_refs.push(Run::store_rows(&dir, RowsFile::Shard(k), rows, &syncs)?);
     }
     let test_ref = test
-        .map(|t| Run::store_rows(&dir, RowsFile::Test, t))
+        .map(|buckets| {
+            buckets
+                .iter()
+                .enumerate()
+                .map(|(k, t)| Run::store_rows(&dir, RowsFile::Test(k), t, &syncs))
+                .collect::<Result<Vec<_>>>()
+        })
         .transpose()?;
     let datas: Vec<ShardData> = shards
         .iter()
@@ -656,9 +677,11 @@ fn build_run(
         .collect();
     let progress = Progress::new("training", total, opts.progress);
     let started = Instant::now();
-    let sink =
-        |ck: &Checkpoint, epochs: u32, rows: u64| Run::store_checkpoint(&dir, ck, epochs, rows);
+    let sink = |ck: &Checkpoint, epochs: u32, rows: u64| {
+        Run::store_checkpoint(&dir, ck, epochs, rows, &syncs)
+    };
     let trained = train_jobs(jobs, opts.threads, &progress, &sink)?;
+    syncs.sync()?;
     progress.finish();
     let seconds = started.elapsed().as_secs_f64();
     let shards = trained

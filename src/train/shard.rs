@@ -38,7 +38,23 @@ impl<'a> ShardData<'a> {
         shard: usize,
         rows: &'a Rows,
     ) -> Self {
-        let index = rows.slice_index(config.seed, config.slices);
+        Self::with_index(
+            config,
+            config_digest,
+            shard,
+            rows,
+            rows.slice_index(config.slices),
+        )
+    }
+
+    /// [`ShardData::new`] with the slice index of `rows` already computed.
+    pub fn with_index(
+        config: &'a RunConfig,
+        config_digest: &[u8; 32],
+        shard: usize,
+        rows: &'a Rows,
+        index: SliceIndex,
+    ) -> Self {
         let root = Lineage::root(config_digest, config.seed, shard);
         let mut lineages = Vec::with_capacity(config.slices);
         let mut prev = root;

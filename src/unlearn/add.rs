@@ -7,15 +7,16 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::data::csv::{self, Columns, Need};
-use crate::data::ingest::{self, Placement};
-use crate::data::UserKey;
+use crate::data::ingest::{self, Target};
+use crate::data::{Priors, Rows, UserKey};
 use crate::error::{Error, Result};
-use crate::run::durable::failpoint;
+use crate::plan::{self, ShardBy};
+use crate::run::durable::{failpoint, DirSyncs};
 use crate::run::{RowsFile, Run};
 use crate::train::{Job, ShardData};
 use crate::unlearn::{Ledger, Options};
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 /// What `sisa add` did.
@@ -38,11 +39,27 @@ pub struct AddReport {
 }
 
 /// Add the rows of `data` to `run`, refusing every user in `ledger`, and publish a new version.
-pub fn add_rows(run: &mut Run, ledger: &Ledger, data: &Path, opts: &Options) -> Result<AddReport> {
+///
+/// Reads only the shards the new rows go to (and, when shards are set aside for likely
+/// requesters, the user-key columns of the other shard a known user could be in; under row
+/// sharding, every shard's user-key column, since a user's rows are numbered across shards).
+/// `priors` places new likely requesters; a known user keeps the place of their rows.
+pub fn add_rows(
+    run: &mut Run,
+    ledger: &Ledger,
+    data: &Path,
+    priors: Option<&Priors>,
+    opts: &Options,
+) -> Result<AddReport> {
     let cols = Columns {
         user: run.config.user_column.clone(),
         label: run.config.label_column.clone(),
     };
+    if priors.is_some() && run.config.risk_threshold.is_none() {
+        return Err(Error::Request(
+            "the run was trained without a deletion prior; add its rows without one".into(),
+        ));
+    }
     let mut table = csv::read_csv(data, &cols, Need::Required, Need::Required)?;
     table.check_features(&run.config.features, "run")?;
     table.check_labels(run.config.classes, &run.config.label_column)?;
@@ -62,7 +79,6 @@ pub fn add_rows(run: &mut Run, ledger: &Ledger, data: &Path, opts: &Options) -> 
         .collect();
     let rows_refused = keep.iter().filter(|k| !**k).count() as u64;
     table = table.filter(&keep);
-    let (mut shards, _test) = crate::unlearn::load_rows(run)?;
     let mut report = AddReport {
         rows_read,
         rows_added: table.len() as u64,
@@ -75,20 +91,81 @@ pub fn add_rows(run: &mut Run, ledger: &Ledger, data: &Path, opts: &Options) -> 
     if table.is_empty() {
         return Ok(report);
     }
-    let existing = ingest::rows_per_user(&shards.iter().collect::<Vec<_>>());
-    let placement = Placement {
-        seed: run.config.seed,
-        shards: run.config.shards,
-        shard_by: run.config.shard_by,
+    let rules = run.config.rules();
+    let ids = table.user_ids.as_ref().expect("user column is required");
+    let likely = |id: &str| priors.is_some_and(|p| p.likely(id));
+    // The shards the new rows go to (placement does not depend on row numbers under user
+    // sharding; under row sharding every shard may receive rows).
+    let targets: BTreeSet<usize> = match rules.shard_by {
+        ShardBy::User => ids
+            .iter()
+            .map(|id| rules.place(id, 0, likely(id)).shard)
+            .collect(),
+        ShardBy::Row => (0..run.config.shards).collect(),
     };
-    let placed = ingest::place_rows(&table, placement, run.secret(), &existing)?;
+    let mut shards: BTreeMap<usize, Rows> = BTreeMap::new();
+    for &k in &targets {
+        shards.insert(k, run.shard_rows(k)?);
+    }
+    // Rows each known user already has, and where.
+    let mut existing: HashMap<UserKey, u32> = HashMap::new();
+    let mut home: HashMap<UserKey, (usize, u32)> = HashMap::new();
+    for (&k, rows) in &shards {
+        for i in 0..rows.len() {
+            *existing.entry(rows.keys[i]).or_insert(0) += 1;
+            home.entry(rows.keys[i]).or_insert((k, rows.slices[i]));
+        }
+    }
+    if rules.shard_by == ShardBy::User && rules.risk_shards > 0 {
+        let mut others: BTreeMap<usize, HashSet<UserKey>> = BTreeMap::new();
+        for id in ids {
+            let key = run.key(id);
+            let here = rules.place(id, 0, likely(id)).shard;
+            for k in rules.candidate_shards(id).unwrap_or_default() {
+                if k == here {
+                    continue;
+                }
+                let keys = match others.entry(k) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(run.shard_keys(k)?.into_iter().collect())
+                    }
+                };
+                if keys.contains(&key) {
+                    return Err(placement_moved(data, id, k, here));
+                }
+            }
+        }
+    }
+    for id in ids {
+        let key = run.key(id);
+        if let Some(&(shard, slice)) = home.get(&key) {
+            // Under user sharding a user's rows share a shard, and, sliced by user or
+            // placed as a likely requester, a slice.
+            let p = rules.place(id, plan::row_tag(rules.seed, id, 0), likely(id));
+            let one_slice = rules.slice_by == crate::plan::SliceBy::User || likely(id);
+            if rules.shard_by == ShardBy::User
+                && (p.shard != shard || (one_slice && p.slice as u32 != slice))
+            {
+                return Err(placement_moved(data, id, shard, p.shard));
+            }
+        }
+    }
+    let placed = ingest::place_rows(
+        &table,
+        rules,
+        Target::Train,
+        priors,
+        run.secret(),
+        &existing,
+    )?;
     let mut manifest = run.manifest.clone();
     let mut touched: Vec<usize> = Vec::new();
     for (k, new) in placed.into_iter().enumerate() {
         if new.is_empty() {
             continue;
         }
-        let merged = &mut shards[k];
+        let merged = shards.get_mut(&k).expect("every target shard is read");
         for i in 0..new.len() {
             merged.push_from(&new, i);
         }
@@ -104,16 +181,19 @@ pub fn add_rows(run: &mut Run, ledger: &Ledger, data: &Path, opts: &Options) -> 
         touched.push(k);
     }
     let mut jobs = Vec::new();
+    let syncs = DirSyncs::new();
     for &k in &touched {
-        manifest.shards[k].data = Run::store_rows(&run.dir, RowsFile::Shard(k), &shards[k])?;
+        manifest.shards[k].data =
+            Run::store_rows(&run.dir, RowsFile::Shard(k), &shards[&k], &syncs)?;
     }
+    syncs.sync()?;
     failpoint("add.rows");
     let datas: Vec<(usize, ShardData)> = touched
         .iter()
         .map(|&k| {
             (
                 k,
-                ShardData::new(&run.config, &run.config_digest, k, &shards[k]),
+                ShardData::new(&run.config, &run.config_digest, k, &shards[&k]),
             )
         })
         .collect();
@@ -143,4 +223,19 @@ pub fn add_rows(run: &mut Run, ledger: &Ledger, data: &Path, opts: &Options) -> 
     run.collect_garbage()?;
     report.version = run.manifest.version;
     Ok(report)
+}
+
+/// A known user whose new rows the rules (with the prior given) would place elsewhere than
+/// their rows: a user's rows never span shards, so the add is refused.
+fn placement_moved(data: &Path, id: &str, was: usize, now: usize) -> Error {
+    Error::input(
+        data,
+        None,
+        None,
+        format!(
+            "user '{id}' has rows in shard {was}, but the deletion prior given now places their \
+             new rows in shard {now} (or another slice); add with the prior the run was \
+             trained with"
+        ),
+    )
 }

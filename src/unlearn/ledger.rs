@@ -36,6 +36,31 @@ pub struct ShardBefore {
     pub model_digest_before: String,
 }
 
+/// The shards and held-out buckets that hold a request's users.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Touched {
+    /// Shards holding training rows of the users.
+    pub shards: Vec<usize>,
+    /// Held-out buckets holding their held-out rows.
+    pub buckets: Vec<usize>,
+}
+
+/// Wall time of each phase of a request, in seconds. A request completed after a crash
+/// reports the phases of the process that completed it (accepting then took no time).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Phases {
+    /// Resolving the users (finding and reading their shards) and the ledger's fsync.
+    pub accept: f64,
+    /// Planning and writing the data without the users' rows.
+    pub erase: f64,
+    /// Retraining the touched shards.
+    pub retrain: f64,
+    /// Writing the new version's manifest and `CURRENT`.
+    pub publish: f64,
+    /// Removing tainted files.
+    pub clean: f64,
+}
+
 /// What happened to a request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -44,6 +69,11 @@ pub enum Event {
     Accepted {
         /// Keys of the users to forget.
         users: Vec<UserKey>,
+        /// Where their rows are: the shards and held-out buckets that hold them, found when
+        /// the request was resolved, so completing it after a crash reads only those. Absent
+        /// in entries written before sisa recorded it (completing those reads every shard).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        place: Option<Touched>,
     },
     /// The plan, computed against the published version before the request.
     Planned {
@@ -66,6 +96,13 @@ pub enum Event {
     Retrained {
         /// Wall time of retraining, seconds.
         seconds: f64,
+    },
+    /// What completing the request cost this process, recorded before the receipt.
+    Measured {
+        /// Wall time of each phase.
+        phases: Phases,
+        /// Files read and written, rows read, fsyncs.
+        io: durable::Io,
     },
     /// A version without the users is published.
     Published {
@@ -103,6 +140,7 @@ impl Event {
             Event::Published { .. } => "published",
             Event::Cleaned { .. } => "cleaned",
             Event::ReceiptWritten { .. } => "receipt_written",
+            Event::Measured { .. } => "measured",
             Event::Done => "done",
             Event::Reapplied { .. } => "reapplied",
         }
@@ -273,7 +311,15 @@ impl Ledger {
     /// The users of request `r`.
     pub fn users(&self, r: RequestId) -> Option<&[UserKey]> {
         self.entries.iter().find_map(|e| match &e.event {
-            Event::Accepted { users } if e.request == r => Some(users.as_slice()),
+            Event::Accepted { users, .. } if e.request == r => Some(users.as_slice()),
+            _ => None,
+        })
+    }
+
+    /// Where request `r`'s users are, if the ledger recorded it.
+    pub fn touched(&self, r: RequestId) -> Option<&Touched> {
+        self.entries.iter().find_map(|e| match &e.event {
+            Event::Accepted { place, .. } if e.request == r => place.as_ref(),
             _ => None,
         })
     }
@@ -283,7 +329,7 @@ impl Ledger {
         self.entries
             .iter()
             .filter_map(|e| match &e.event {
-                Event::Accepted { users } => Some(users.iter().map(move |u| (*u, e.request))),
+                Event::Accepted { users, .. } => Some(users.iter().map(move |u| (*u, e.request))),
                 _ => None,
             })
             .flatten()
@@ -368,6 +414,7 @@ mod tests {
             1,
             Event::Accepted {
                 users: vec![UserKey([1; 32])],
+                place: None,
             },
         )
         .unwrap();
@@ -377,6 +424,7 @@ mod tests {
             2,
             Event::Accepted {
                 users: vec![UserKey([2; 32])],
+                place: None,
             },
         )
         .unwrap();

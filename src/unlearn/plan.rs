@@ -1,9 +1,11 @@
 //! Planning a deletion: users → rows → shards → first affected stage → cost. Pure: it reads
-//! rows it is given and changes nothing, so `--dry-run` prints exactly what would be done.
+//! the rows it is given (the touched shards' and held-out buckets') and changes nothing, so
+//! `--dry-run` prints exactly what would be done.
 
-use crate::data::{Rows, UserKey};
+use crate::data::{Rows, SliceIndex, UserKey};
 use crate::run::Run;
 use crate::train::ShardData;
+use crate::unlearn::Loaded;
 use serde::Serialize;
 use std::collections::HashSet;
 
@@ -62,27 +64,44 @@ impl UnlearnPlan {
     }
 }
 
-/// Plan the removal of `users` from `run`, given every shard's rows and the held-out rows.
-pub fn plan_unlearning(
-    run: &Run,
-    users: &[UserKey],
-    shards: &[Rows],
-    test: Option<&Rows>,
-) -> UnlearnPlan {
+/// One touched shard's rows without the users, sliced: computed once by the plan and reused
+/// by the executor, so no row is hashed twice.
+#[derive(Clone, Debug)]
+pub struct Kept {
+    /// The shard.
+    pub shard: usize,
+    /// Its rows without the users'.
+    pub rows: Rows,
+    /// Their slices and slice digests.
+    pub index: SliceIndex,
+}
+
+/// Plan the removal of `users` from `run`, given the rows of every shard that may hold them
+/// and of the held-out buckets that may (see [`super::Loaded`]); other shards are untouched.
+pub fn plan_unlearning(run: &Run, users: &[UserKey], loaded: &Loaded) -> UnlearnPlan {
+    prepare(run, users, loaded).0
+}
+
+/// [`plan_unlearning`], and the kept rows of every touched shard.
+pub fn prepare(run: &Run, users: &[UserKey], loaded: &Loaded) -> (UnlearnPlan, Vec<Kept>) {
     let set: HashSet<UserKey> = users.iter().copied().collect();
     let mut plans = Vec::new();
+    let mut kept_shards = Vec::new();
     let mut untouched = Vec::new();
     let mut full = 0u64;
-    for (k, rows) in shards.iter().enumerate() {
-        let entry = &run.manifest.shards[k];
-        let removed = rows.count_of(&set) as u64;
+    for (k, entry) in run.manifest.shards.iter().enumerate() {
+        let removed = loaded
+            .shards
+            .get(&k)
+            .map_or(0, |rows| rows.count_of(&set) as u64);
         if removed == 0 {
             untouched.push(k);
             full += entry.cost();
             continue;
         }
-        let kept = rows.without(&set);
-        let data = ShardData::new(&run.config, &run.config_digest, k, &kept);
+        let kept = loaded.shards[&k].without(&set);
+        let index = kept.slice_index(run.config.slices);
+        let data = ShardData::with_index(&run.config, &run.config_digest, k, &kept, index.clone());
         let first = data
             .lineages
             .iter()
@@ -105,19 +124,30 @@ pub fn plan_unlearning(
                 .unwrap_or_default(),
             model_digest_before: entry.model_digest.clone(),
         });
+        drop(data);
+        kept_shards.push(Kept {
+            shard: k,
+            rows: kept,
+            index,
+        });
     }
     let train_rows_removed: u64 = plans.iter().map(|p| p.rows_removed).sum();
     let remaining: u64 =
         run.manifest.shards.iter().map(|s| s.data.rows).sum::<u64>() - train_rows_removed;
-    UnlearnPlan {
+    let plan = UnlearnPlan {
         version_before: run.manifest.version,
         users: users.to_vec(),
         retrain_rows_epochs: plans.iter().map(|p| p.retrain_rows_epochs).sum(),
         shards: plans,
         untouched_shards: untouched,
         train_rows_removed,
-        test_rows_removed: test.map(|t| t.count_of(&set) as u64).unwrap_or(0),
+        test_rows_removed: loaded
+            .buckets
+            .values()
+            .map(|t| t.count_of(&set) as u64)
+            .sum(),
         full_retrain_rows_epochs: remaining * run.config.model.epochs as u64,
         ensemble_retrain_rows_epochs: full,
-    }
+    };
+    (plan, kept_shards)
 }

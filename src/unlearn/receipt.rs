@@ -7,8 +7,9 @@
 
 use crate::data::UserKey;
 use crate::error::{Error, Result};
+use crate::run::durable::Io;
 use crate::run::Run;
-use crate::unlearn::ledger::{Event, Ledger, RequestId};
+use crate::unlearn::ledger::{Event, Ledger, Phases, RequestId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -52,6 +53,16 @@ pub struct Cost {
     pub retrain_seconds: f64,
 }
 
+/// What completing the request cost: wall time per phase and the files it read and wrote
+/// (absent from receipts of sisa versions that did not measure it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Measured {
+    /// Wall time of each phase, seconds.
+    pub phases: Phases,
+    /// fsyncs, bytes written and read, training and held-out rows read.
+    pub io: Io,
+}
+
 /// The proof of a completed request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Receipt {
@@ -83,6 +94,9 @@ pub struct Receipt {
     pub accepted_entry: String,
     /// Hash of the ledger entry that recorded the publish.
     pub published_entry: String,
+    /// Phase timings and I/O of the process that completed the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured: Option<Measured>,
 }
 
 /// Build request `r`'s receipt from the ledger and the run's published manifest.
@@ -116,6 +130,16 @@ pub fn build(run: &Run, ledger: &Ledger, r: RequestId) -> Result<Receipt> {
         })
         .last()
         .unwrap_or(0.0);
+    let measured = ledger
+        .events(r)
+        .filter_map(|e| match &e.event {
+            Event::Measured { phases, io } => Some(Measured {
+                phases: *phases,
+                io: *io,
+            }),
+            _ => None,
+        })
+        .last();
     let Event::Planned {
         version_before,
         shards,
@@ -184,6 +208,7 @@ pub fn build(run: &Run, ledger: &Ledger, r: RequestId) -> Result<Receipt> {
         published_at: published.at,
         accepted_entry: accepted.hash.clone(),
         published_entry: published.hash.clone(),
+        measured,
     })
 }
 
@@ -246,10 +271,11 @@ pub fn verify(
         .events(r)
         .any(|e| matches!(&e.event, Event::ReceiptWritten { digest: d } if *d == digest));
     let keys: std::collections::HashSet<UserKey> = receipt.user_keys.iter().copied().collect();
-    let (shards, test) = crate::unlearn::load_rows(run)?;
-    let rows_absent = shards
-        .iter()
-        .chain(test.as_ref())
+    let all = crate::unlearn::Loaded::everything(run)?;
+    let rows_absent = all
+        .shards
+        .values()
+        .chain(all.buckets.values())
         .all(|rows| rows.count_of(&keys) == 0);
     let models_match_current = run.manifest.version == receipt.ensemble_version
         && run
