@@ -52,6 +52,9 @@ pub struct ShardEntry {
     pub data: DataRef,
     /// Rows in each slice.
     pub slice_rows: Vec<u64>,
+    /// Digest of each slice's rows (see [`crate::data::SliceIndex`]), hex: a deletion hashes
+    /// again only the slices it changes.
+    pub slice_digests: Vec<String>,
     /// Stages 1..R.
     pub stages: Vec<StageEntry>,
     /// SHA-256 over the final model's tensors (see [`crate::checkpoint::model_digest`]).
@@ -59,6 +62,26 @@ pub struct ShardEntry {
 }
 
 impl ShardEntry {
+    /// Record a shard's slices: their row counts and digests.
+    pub fn set_slices(&mut self, index: &crate::data::SliceIndex) {
+        self.slice_rows = index.counts.clone();
+        self.slice_digests = index.digests.iter().map(hex::encode).collect();
+    }
+
+    /// The recorded slice digests, if there is one per slice and each reads back.
+    pub fn known_slice_digests(&self) -> Option<Vec<[u8; 32]>> {
+        if self.slice_digests.len() != self.slice_rows.len() {
+            return None;
+        }
+        self.slice_digests
+            .iter()
+            .map(|h| {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(h, &mut out).ok().map(|_| out)
+            })
+            .collect()
+    }
+
     /// Rows×epochs of training this shard from scratch.
     pub fn cost(&self) -> u64 {
         self.stages.iter().map(|s| s.rows * s.epochs as u64).sum()

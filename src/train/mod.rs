@@ -84,17 +84,38 @@ pub fn train_jobs(
         jobs.into_par_iter()
             .map(|job| {
                 let bar = progress.shard(job.data.shard, job.data.cost_from(job.first));
-                let mut stages = Vec::new();
-                let last = job.data.train(
-                    job.first,
-                    job.start,
-                    &bar,
-                    &|n| progress.inc(n),
-                    |ck, epochs, rows| {
-                        stages.push(sink(ck, epochs, rows)?);
-                        Ok(())
-                    },
-                )?;
+                // Each finished stage is stored (encoded, hashed, written, fsync'd) by a writer
+                // thread of its own while the next stage trains, in stage order. At most one
+                // stage waits for the writer, so memory holds two checkpoints beyond the live one.
+                let (tx, rx) = std::sync::mpsc::sync_channel::<(Checkpoint, u32, u64)>(1);
+                let (last, stages) = std::thread::scope(|scope| {
+                    let writer = scope.spawn(move || {
+                        let mut stages = Vec::new();
+                        for (ck, epochs, rows) in rx {
+                            stages.push(sink(&ck, epochs, rows)?);
+                        }
+                        Ok::<_, Error>(stages)
+                    });
+                    let last = job.data.train(
+                        job.first,
+                        job.start,
+                        &bar,
+                        &|n| progress.inc(n),
+                        |ck, epochs, rows| {
+                            // A send fails only when the writer stopped on an error, which
+                            // the join below returns.
+                            tx.send((ck.clone(), epochs, rows))
+                                .map_err(|_| Error::Config("the checkpoint writer stopped".into()))
+                        },
+                    );
+                    drop(tx);
+                    let stages = writer
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    (last, stages)
+                });
+                let stages = stages?;
+                let last = last?;
                 bar.finish_and_clear();
                 Ok(Trained {
                     shard: job.data.shard,
@@ -666,7 +687,7 @@ fn build_run(
         .map(|(k, rows)| ShardData::new(config, &digest, k, rows))
         .collect();
     let total: u64 = datas.iter().map(|d| d.cost_from(1)).sum();
-    let slice_rows: Vec<Vec<u64>> = datas.iter().map(|d| d.index.counts.clone()).collect();
+    let indexes: Vec<crate::data::SliceIndex> = datas.iter().map(|d| d.index.clone()).collect();
     let jobs = datas
         .into_iter()
         .map(|data| Job {
@@ -687,13 +708,18 @@ fn build_run(
     let shards = trained
         .into_iter()
         .zip(data_refs)
-        .zip(slice_rows)
-        .map(|((t, data), slice_rows)| ShardEntry {
-            shard: t.shard,
-            data,
-            slice_rows,
-            stages: t.stages,
-            model_digest: t.last.digest(),
+        .zip(indexes)
+        .map(|((t, data), index)| {
+            let mut entry = ShardEntry {
+                shard: t.shard,
+                data,
+                slice_rows: Vec::new(),
+                slice_digests: Vec::new(),
+                stages: t.stages,
+                model_digest: t.last.digest(),
+            };
+            entry.set_slices(&index);
+            entry
         })
         .collect();
     let manifest = Manifest {

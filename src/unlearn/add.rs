@@ -211,7 +211,7 @@ pub fn add_rows(
         } else {
             None
         };
-        manifest.shards[k].slice_rows = data.index.counts.clone();
+        manifest.shards[k].set_slices(&data.index);
         report.shards.push((k, first));
         jobs.push(Job { data, first, start });
     }

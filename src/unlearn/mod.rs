@@ -488,7 +488,7 @@ fn apply(
             k.index.clone(),
         );
         let (first, start) = start_checkpoint(run, k.shard, p.first_stage);
-        manifest.shards[k.shard].slice_rows = data.index.counts.clone();
+        manifest.shards[k.shard].set_slices(&data.index);
         jobs.push(Job { data, first, start });
     }
     let jobs: Vec<Job> = jobs

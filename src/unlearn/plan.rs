@@ -99,8 +99,20 @@ pub fn prepare(run: &Run, users: &[UserKey], loaded: &Loaded) -> (UnlearnPlan, V
             full += entry.cost();
             continue;
         }
-        let kept = loaded.shards[&k].without(&set);
-        let index = kept.slice_index(run.config.slices);
+        let rows = &loaded.shards[&k];
+        let kept = rows.without(&set);
+        // Only the slices that lose rows are hashed again.
+        let mut dirty = vec![false; run.config.slices];
+        for i in 0..rows.len() {
+            if set.contains(&rows.keys[i]) {
+                dirty[rows.slices[i] as usize] = true;
+            }
+        }
+        let known = entry.known_slice_digests();
+        let index = kept.slice_index_reusing(
+            run.config.slices,
+            known.as_deref().map(|d| (d, dirty.as_slice())),
+        );
         let data = ShardData::with_index(&run.config, &run.config_digest, k, &kept, index.clone());
         let first = data
             .lineages
