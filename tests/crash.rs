@@ -38,12 +38,29 @@ fn unlearn_args<'a>(run: &'a str, users: &'a [String]) -> Vec<&'a str> {
 }
 
 /// A trained run and the outcome of unlearning two users (in different shards) uncrashed.
-fn fixture(epochs: &str) -> Fixture {
+/// With `placed`, the run slices by row and has a deletion prior that sets a shard aside for
+/// every third user.
+fn fixture(epochs: &str, placed: bool) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let (train, test) = digits();
     let base = dir.join("base");
-    sisa_ok(&[
+    let csv = Csv::read(&train);
+    let priors = dir.join("priors.csv");
+    let mut text = "user_id,p\n".to_string();
+    for (i, (u, _)) in csv.users().iter().enumerate() {
+        text.push_str(&format!("{u},{}\n", if i % 3 == 0 { 0.9 } else { 0.0 }));
+    }
+    std::fs::write(&priors, text).unwrap();
+    let extra = [
+        "--slice-by",
+        "row",
+        "--deletion-prior",
+        priors.to_str().unwrap(),
+        "--risk-shards",
+        "1",
+    ];
+    let mut args = vec![
         "train",
         "--data",
         train.to_str().unwrap(),
@@ -60,12 +77,23 @@ fn fixture(epochs: &str) -> Fixture {
         "--out",
         base.to_str().unwrap(),
         "-q",
-    ]);
-    let csv = Csv::read(&train);
+    ];
+    if placed {
+        args.extend(extra);
+    }
+    sisa_ok(&args);
     let mut users: Vec<String> = Vec::new();
     let mut shards = HashSet::new();
     for (u, _) in csv.users() {
-        if shards.insert(sisa::plan::shard_of_user(7, &u, 3)) {
+        let plan = sisa_json(&[
+            "unlearn",
+            "--run",
+            base.to_str().unwrap(),
+            "--user",
+            &u,
+            "--dry-run",
+        ]);
+        if shards.insert(plan["shards"][0]["shard"].as_u64().unwrap()) {
             users.push(u);
         }
         if users.len() == 2 {
@@ -146,7 +174,15 @@ fn crashed(out: &std::process::Output) -> bool {
 
 #[test]
 fn every_fault_point_of_unlearn_and_publish_recovers() {
-    let f = fixture("4");
+    every_fault_point_recovers(fixture("4", false));
+}
+
+#[test]
+fn every_fault_point_recovers_with_row_slices_and_a_shard_set_aside_by_a_deletion_prior() {
+    every_fault_point_recovers(fixture("4", true));
+}
+
+fn every_fault_point_recovers(f: Fixture) {
     let base = f.base.to_str().unwrap().to_string();
     // List the fault points one uncrashed request passes through.
     let probe = f.dir.join("probe");
@@ -241,7 +277,7 @@ fn every_fault_point_of_unlearn_and_publish_recovers() {
 
 #[test]
 fn sigkill_at_twenty_random_moments_recovers() {
-    let f = fixture("120");
+    let f = fixture("120", false);
     // How long an uncrashed unlearn takes here, to spread the kills over it.
     let timing = f.dir.join("timing");
     copy_dir(&f.base, &timing);

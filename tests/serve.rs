@@ -298,6 +298,77 @@ fn between_acknowledgement_and_publish_the_affected_shard_is_left_out() {
 }
 
 #[test]
+fn deletions_that_arrive_while_another_retrains_are_forgotten_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = train_digits(dir.path(), "digits", SHARDS);
+    let (tokens, token) = token_file(dir.path());
+    let resume = dir.path().join("resume");
+    let server = Server::start(
+        &run,
+        &["--admin-token-file", tokens.to_str().unwrap()],
+        &[
+            ("SISA_FAILPOINT", "pause:unlearn.planned"),
+            ("SISA_FAILPOINT_RESUME", resume.to_str().unwrap()),
+        ],
+    );
+    let mut c = server.client();
+    let users = users_in_distinct_shards(3);
+    let r = unlearn(&mut c, &server, &token, &[&users[0].1]);
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    assert!(server.wait_stderr("failpoint unlearn.planned reached", Duration::from_secs(30)));
+    // Two more deletions while the first retrains: both wait in the queue.
+    let acks: Vec<Value> = std::thread::scope(|scope| {
+        let waiting: Vec<_> = users[1..]
+            .iter()
+            .map(|(_, u)| {
+                let (server, token) = (&server, &token);
+                scope.spawn(move || {
+                    let mut c = server.client();
+                    let r = unlearn(&mut c, server, token, &[u]);
+                    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+                    r.json()
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server
+            .stderr()
+            .matches("queued for the unlearn worker")
+            .count()
+            < 3
+        {
+            assert!(Instant::now() < deadline, "{}", server.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::write(&resume, b"").unwrap();
+        waiting.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    // One request for both, which leaves out both users' shards until it is served.
+    assert_eq!(acks[0]["request"], 2);
+    assert_eq!(acks[1]["request"], 2);
+    let both = json!([users[1].0.min(users[2].0), users[1].0.max(users[2].0)]);
+    assert_eq!(acks[0]["excluded_shards"], both);
+    wait_state(&mut c, &server, &token, 2, "done");
+    let receipt: Value =
+        serde_json::from_slice(&std::fs::read(run.join("receipts/000002.json")).unwrap()).unwrap();
+    assert_eq!(receipt["user_keys"].as_array().unwrap().len(), 2);
+    let retrained: Vec<u64> = receipt["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["stages_retrained"] != 0)
+        .map(|s| s["shard"].as_u64().unwrap())
+        .collect();
+    assert_eq!(json!(retrained), both, "each touched shard retrained once");
+    let ledger = sisa::unlearn::Ledger::open(&run.join("ledger.jsonl")).unwrap();
+    assert_eq!(ledger.requests(), vec![1, 2]);
+    assert_eq!(
+        version_of(&infer(&mut c, &server, &infer_body(&digits_rows(2), None))),
+        3
+    );
+}
+
+#[test]
 fn when_every_shard_is_left_out_answers_wait_with_503_until_the_new_version() {
     let dir = tempfile::tempdir().unwrap();
     let run = train_digits(dir.path(), "digits", 1);

@@ -569,8 +569,11 @@ pub async fn submit(
         );
     }
     let (tx, rx) = oneshot::channel();
+    let count = users.len();
     match admin.jobs.try_send(Job { users, reply: tx }) {
-        Ok(()) => {}
+        Ok(()) => log(format!(
+            "deletion of {count} user(s) queued for the unlearn worker"
+        )),
         Err(TrySendError::Full(_)) => {
             return refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
