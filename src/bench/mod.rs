@@ -9,7 +9,7 @@
 //! sharding by user. The report ([`report`]) is `results.json`, `results.md` and plots
 //! ([`plot`]) in the output directory.
 
-pub mod formula;
+pub use crate::plan::formula;
 pub mod membership;
 pub mod plot;
 pub mod report;

@@ -89,6 +89,10 @@ pub enum Event {
         full_retrain_rows_epochs: u64,
         /// Rows×epochs of retraining every shard from scratch on the remaining rows.
         ensemble_retrain_rows_epochs: u64,
+        /// The paper's expectation for a request like this one (absent in entries written
+        /// before sisa recorded it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected_rows_epochs: Option<f64>,
     },
     /// New data files without the users' rows are on disk.
     Erased,

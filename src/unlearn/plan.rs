@@ -30,7 +30,7 @@ pub struct ShardPlan {
 }
 
 /// What unlearning a set of users does to a run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct UnlearnPlan {
     /// Ensemble version the plan is made against.
     pub version_before: u64,
@@ -51,6 +51,11 @@ pub struct UnlearnPlan {
     pub full_retrain_rows_epochs: u64,
     /// Rows×epochs of retraining every shard of this run from scratch on the remaining rows.
     pub ensemble_retrain_rows_epochs: u64,
+    /// Rows×epochs a request of as many users, owning as many rows each, costs on average
+    /// under the run's sharding and slicing rules with uniform placement (the SISA paper's
+    /// expectation, [`crate::plan::formula::users_rows_epochs`]): what this plan is
+    /// measured against.
+    pub expected_rows_epochs: f64,
 }
 
 impl UnlearnPlan {
@@ -144,8 +149,27 @@ pub fn prepare(run: &Run, users: &[UserKey], loaded: &Loaded) -> (UnlearnPlan, V
         });
     }
     let train_rows_removed: u64 = plans.iter().map(|p| p.rows_removed).sum();
-    let remaining: u64 =
-        run.manifest.shards.iter().map(|s| s.data.rows).sum::<u64>() - train_rows_removed;
+    let total: u64 = run.manifest.shards.iter().map(|s| s.data.rows).sum();
+    let remaining = total - train_rows_removed;
+    let mut per_user: std::collections::HashMap<UserKey, u32> = Default::default();
+    for rows in loaded.shards.values() {
+        for k in rows.keys.iter().filter(|k| set.contains(k)) {
+            *per_user.entry(*k).or_insert(0) += 1;
+        }
+    }
+    let user_rows: Vec<u32> = per_user.into_values().collect();
+    let expected_rows_epochs = if user_rows.is_empty() {
+        0.0
+    } else {
+        crate::plan::formula::users_rows_epochs(
+            total as f64,
+            run.config.shards,
+            &run.config.stage_epochs,
+            user_rows.len(),
+            &user_rows,
+            (run.config.shard_by, run.config.slice_by),
+        )
+    };
     let plan = UnlearnPlan {
         version_before: run.manifest.version,
         users: users.to_vec(),
@@ -160,6 +184,7 @@ pub fn prepare(run: &Run, users: &[UserKey], loaded: &Loaded) -> (UnlearnPlan, V
             .sum(),
         full_retrain_rows_epochs: remaining * run.config.model.epochs as u64,
         ensemble_retrain_rows_epochs: full,
+        expected_rows_epochs,
     };
     (plan, kept_shards)
 }

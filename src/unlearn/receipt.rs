@@ -51,6 +51,10 @@ pub struct Cost {
     pub fraction: f64,
     /// Wall time of retraining, seconds.
     pub retrain_seconds: f64,
+    /// What a request of as many users, owning as many rows, costs on average under the run's
+    /// sharding and slicing rules (the SISA paper's expectation; absent in older receipts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_rows_epochs: Option<f64>,
 }
 
 /// What completing the request cost: wall time per phase and the files it read and wrote
@@ -147,6 +151,7 @@ pub fn build(run: &Run, ledger: &Ledger, r: RequestId) -> Result<Receipt> {
         retrain_rows_epochs,
         full_retrain_rows_epochs,
         ensemble_retrain_rows_epochs,
+        expected_rows_epochs,
     } = &planned.event
     else {
         unreachable!("found by name")
@@ -201,6 +206,7 @@ pub fn build(run: &Run, ledger: &Ledger, r: RequestId) -> Result<Receipt> {
             ensemble_retrain_rows_epochs: *ensemble_retrain_rows_epochs,
             fraction,
             retrain_seconds: seconds,
+            expected_rows_epochs: *expected_rows_epochs,
         },
         version_before: *version_before,
         ensemble_version: version,

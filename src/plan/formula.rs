@@ -30,7 +30,7 @@
 //! Sequential requests cost K times one request (each retrains on its own), up to the rows the
 //! earlier requests removed.
 
-use crate::plan::{ShardBy, SliceBy};
+use super::{ShardBy, SliceBy};
 
 /// Rows×epochs of retraining stages `j..=R` (1-based) of a shard of `n` rows in R even slices.
 pub fn shard_cost_from(n: f64, stage_epochs: &[u32], j: usize) -> f64 {

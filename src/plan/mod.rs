@@ -6,6 +6,8 @@
 //! moves no other row, and a run trained from scratch on the remaining data makes exactly the
 //! same decisions.
 
+pub mod formula;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
