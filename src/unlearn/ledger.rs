@@ -89,10 +89,11 @@ pub enum Event {
         full_retrain_rows_epochs: u64,
         /// Rows×epochs of retraining every shard from scratch on the remaining rows.
         ensemble_retrain_rows_epochs: u64,
-        /// The paper's expectation for a request like this one (absent in entries written
-        /// before sisa recorded it).
+        /// The paper's expectation for a request like this one, rounded (absent in entries
+        /// written before sisa recorded it). An integer: the entry's hash is over its JSON,
+        /// which must read back to the same text.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        expected_rows_epochs: Option<f64>,
+        expected_rows_epochs: Option<u64>,
     },
     /// New data files without the users' rows are on disk.
     Erased,
@@ -410,6 +411,43 @@ pub fn check_location(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_with_floats_verify_after_reading_back() {
+        // The hash is over the entry's JSON as serialized again after parsing: a float that
+        // does not parse back to its own bits would read as an edited entry.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ledger.jsonl");
+        let mut l = Ledger::open(&p).unwrap();
+        l.append(
+            1,
+            Event::Accepted {
+                users: vec![UserKey([3; 32])],
+                place: None,
+            },
+        )
+        .unwrap();
+        let mut x = 0.1f64;
+        for i in 0..200 {
+            x = x * 1.618_033_988_749_895 + 1e-7 * i as f64;
+            let phases = Phases {
+                accept: x,
+                erase: x / 3.0,
+                retrain: 1.0 / (x + 7.0),
+                publish: x.sqrt(),
+                clean: x.ln_1p(),
+            };
+            l.append(
+                1,
+                Event::Measured {
+                    phases,
+                    io: durable::Io::default(),
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(Ledger::open(&p).unwrap().entries().len(), 201);
+    }
 
     fn sample(dir: &Path) -> PathBuf {
         let p = dir.join("ledger.jsonl");

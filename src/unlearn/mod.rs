@@ -451,7 +451,7 @@ fn apply(
             retrain_rows_epochs: plan.retrain_rows_epochs,
             full_retrain_rows_epochs: plan.full_retrain_rows_epochs,
             ensemble_retrain_rows_epochs: plan.ensemble_retrain_rows_epochs,
-            expected_rows_epochs: Some(plan.expected_rows_epochs),
+            expected_rows_epochs: Some(plan.expected_rows_epochs.round() as u64),
         },
     )?;
     failpoint("unlearn.planned");

@@ -54,7 +54,7 @@ pub struct Cost {
     /// What a request of as many users, owning as many rows, costs on average under the run's
     /// sharding and slicing rules (the SISA paper's expectation; absent in older receipts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expected_rows_epochs: Option<f64>,
+    pub expected_rows_epochs: Option<u64>,
 }
 
 /// What completing the request cost: wall time per phase and the files it read and wrote
