@@ -126,8 +126,23 @@ impl Manifest {
 
     /// Read the manifest that `CURRENT` names, checking its digest.
     pub fn load_current(dir: &RunDir) -> Result<Manifest> {
+        let (m, _) =
+            Manifest::load_current_unless(dir, None)?.expect("loaded when nothing is known");
+        Ok(m)
+    }
+
+    /// [`Manifest::load_current`] with the text of `CURRENT` that named it, or `None` when
+    /// `CURRENT` still reads `known`: the manifest it names is the one already loaded
+    /// (`CURRENT` holds its digest).
+    pub fn load_current_unless(
+        dir: &RunDir,
+        known: Option<&str>,
+    ) -> Result<Option<(Manifest, String)>> {
         let current = dir.path(RunFile::Current);
         let text = std::fs::read_to_string(&current).at(&current)?;
+        if known == Some(text.as_str()) {
+            return Ok(None);
+        }
         let (name, digest) = text
             .trim()
             .split_once(' ')
@@ -155,12 +170,14 @@ impl Manifest {
                 "format or version does not match its name",
             ));
         }
-        Ok(m)
+        Ok(Some((m, text)))
     }
 
     /// Write this manifest and point `CURRENT` at it: the atomic publish of a version.
-    pub fn publish(&self, dir: &RunDir) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).expect("serializing plain data cannot fail");
+    /// Returns the text written to `CURRENT`.
+    pub fn publish(&self, dir: &RunDir) -> Result<String> {
+        // Compact: a manifest is O(S·R) entries and is written on every publish.
+        let bytes = serde_json::to_vec(self).expect("serializing plain data cannot fail");
         durable::write_atomic(
             &dir.path(RunFile::Manifest(self.version)),
             &bytes,
@@ -175,6 +192,7 @@ impl Manifest {
             &dir.path(RunFile::Current),
             current.as_bytes(),
             "publish.current",
-        )
+        )?;
+        Ok(current)
     }
 }

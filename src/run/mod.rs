@@ -32,6 +32,8 @@ pub struct Run {
     pub config_digest: [u8; 32],
     /// The published manifest.
     pub manifest: Manifest,
+    /// The text of `CURRENT` that named `manifest` (empty when not known).
+    current: String,
     secret: Secret,
 }
 
@@ -64,7 +66,8 @@ impl Run {
                  and under another secret no user (forgotten or not) would be recognised",
             ));
         }
-        let manifest = Manifest::load_current(&dir)?;
+        let (manifest, current) =
+            Manifest::load_current_unless(&dir, None)?.expect("loaded when nothing is known");
         let config_digest = config.digest();
         if manifest.config_digest != hex::encode(config_digest) {
             return Err(Error::corrupt(
@@ -89,6 +92,7 @@ impl Run {
             config,
             config_digest,
             manifest,
+            current,
             secret,
         })
     }
@@ -101,13 +105,25 @@ impl Run {
             config,
             config_digest,
             manifest,
+            current: String::new(),
             secret,
         }
     }
 
-    /// Re-read the published manifest (after another process published).
+    /// Re-read the published manifest if another process published since it was read
+    /// (`CURRENT` names another manifest); the file is parsed only then.
     pub fn reload(&mut self) -> Result<()> {
-        self.manifest = Manifest::load_current(&self.dir)?;
+        if let Some((m, text)) = Manifest::load_current_unless(&self.dir, Some(&self.current))? {
+            self.manifest = m;
+            self.current = text;
+        }
+        Ok(())
+    }
+
+    /// Publish `manifest` ([`Manifest::publish`]) and make it this run's.
+    pub fn publish(&mut self, manifest: Manifest) -> Result<()> {
+        self.current = manifest.publish(&self.dir)?;
+        self.manifest = manifest;
         Ok(())
     }
 
@@ -289,58 +305,100 @@ impl Run {
     /// does not reference. These are what a deletion leaves behind (tainted data, checkpoints
     /// and models) plus temp files of interrupted writes.
     pub fn unreferenced_files(&self) -> Result<Vec<PathBuf>> {
+        self.unreferenced_in(None)
+    }
+
+    /// [`Run::unreferenced_files`], looking only at the checkpoints of `shards` (every shard's
+    /// when `None`), at `data/` and at the run's root: what a request that touched `shards`
+    /// can have left behind.
+    pub fn unreferenced_in(&self, shards: Option<&[usize]>) -> Result<Vec<PathBuf>> {
+        use std::collections::HashSet;
         let m = &self.manifest;
-        let mut keep: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+        let name_of = |p: PathBuf| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
+                .unwrap_or_default()
+        };
+        // Names to keep, per directory: readdir gives names and types without a stat.
+        let mut keep_data: HashSet<String> = HashSet::new();
         for s in &m.shards {
-            keep.insert(self.dir.path(RunFile::ShardData(s.shard, &s.data.digest)));
-            for st in &s.stages {
-                keep.insert(self.dir.path(RunFile::Checkpoint(s.shard, &st.lineage)));
-            }
+            keep_data.insert(name_of(
+                self.dir.path(RunFile::ShardData(s.shard, &s.data.digest)),
+            ));
         }
         for (k, t) in m.test.iter().flatten().enumerate() {
-            keep.insert(self.dir.path(RunFile::TestData(k, &t.digest)));
+            keep_data.insert(name_of(self.dir.path(RunFile::TestData(k, &t.digest))));
         }
-        keep.insert(self.dir.path(RunFile::Manifest(m.version)));
+        let keep_manifest = name_of(self.dir.path(RunFile::Manifest(m.version)));
         let mut out = Vec::new();
-        let visit = |dir: &Path, out: &mut Vec<PathBuf>| -> Result<()> {
-            if !dir.is_dir() {
-                return Ok(());
-            }
-            for entry in std::fs::read_dir(dir).at(dir)? {
-                let path = entry.at(dir)?.path();
-                if path.is_file() && !keep.contains(&path) {
-                    out.push(path);
+        let visit =
+            |dir: &Path, keep: &dyn Fn(&str) -> bool, out: &mut Vec<PathBuf>| -> Result<()> {
+                let entries = match std::fs::read_dir(dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(Error::io(dir, e)),
+                };
+                for entry in entries {
+                    let entry = entry.at(dir)?;
+                    if !entry.file_type().at(dir)?.is_file() {
+                        continue;
+                    }
+                    let name = entry.file_name();
+                    if !name.to_str().is_some_and(keep) {
+                        out.push(entry.path());
+                    }
                 }
+                Ok(())
+            };
+        visit(
+            &self.dir.path(RunFile::DataDir),
+            &|n| keep_data.contains(n),
+            &mut out,
+        )?;
+        let all: Vec<usize>;
+        let shards = match shards {
+            Some(s) => s,
+            None => {
+                all = (0..m.shards.len()).collect();
+                &all
             }
-            Ok(())
         };
-        visit(&self.dir.path(RunFile::DataDir), &mut out)?;
-        let ck = self.dir.path(RunFile::CheckpointsDir);
-        if ck.is_dir() {
-            for entry in std::fs::read_dir(&ck).at(&ck)? {
-                let path = entry.at(&ck)?.path();
-                visit(&path, &mut out)?;
-            }
+        for &k in shards {
+            let Some(entry) = m.shards.get(k) else {
+                continue;
+            };
+            let keep: HashSet<String> = entry
+                .stages
+                .iter()
+                .map(|st| format!("{}.safetensors", st.lineage.to_hex()))
+                .collect();
+            visit(
+                &self.dir.path(RunFile::ShardCheckpoints(k)),
+                &|n| keep.contains(n),
+                &mut out,
+            )?;
         }
-        for entry in std::fs::read_dir(self.dir.root()).at(self.dir.root())? {
-            let path = entry.at(self.dir.root())?.path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            let stale_manifest =
-                layout::parse_manifest_name(name).is_some() && !keep.contains(&path);
-            if path.is_file() && (stale_manifest || name.ends_with(".tmp")) {
-                out.push(path);
-            }
-        }
+        visit(
+            self.dir.root(),
+            &|n| {
+                !(n.ends_with(".tmp")
+                    || (layout::parse_manifest_name(n).is_some() && n != keep_manifest))
+            },
+            &mut out,
+        )?;
         out.sort();
         Ok(out)
     }
 
     /// Remove every unreferenced file (see [`Run::unreferenced_files`]); returns them.
     pub fn collect_garbage(&self) -> Result<Vec<PathBuf>> {
-        let files = self.unreferenced_files()?;
+        self.collect_garbage_in(None)
+    }
+
+    /// Remove the unreferenced files [`Run::unreferenced_in`] finds; returns them.
+    pub fn collect_garbage_in(&self, shards: Option<&[usize]>) -> Result<Vec<PathBuf>> {
+        let files = self.unreferenced_in(shards)?;
         let syncs = durable::DirSyncs::new();
         for f in &files {
             syncs.remove(f, "gc.remove")?;

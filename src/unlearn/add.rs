@@ -218,9 +218,8 @@ pub fn add_rows(
     report.retrained_rows_epochs = jobs.iter().map(|j| j.data.cost_from(j.first)).sum();
     crate::unlearn::retrain_into(run, &mut manifest, jobs, "adding", opts)?;
     manifest.version += 1;
-    manifest.publish(&run.dir)?;
-    run.manifest = manifest;
-    run.collect_garbage()?;
+    run.publish(manifest)?;
+    run.collect_garbage_in(Some(&touched))?;
     report.version = run.manifest.version;
     Ok(report)
 }

@@ -377,7 +377,10 @@ fn complete_fresh(
         }
     }
     let clean = Instant::now();
-    let removed = run.collect_garbage()?;
+    // What this request can have left behind lies in its shards' checkpoints, data/ and the
+    // root; every open looks at the whole run.
+    let touched = ledger.touched(r).map(|t| t.shards.clone());
+    let removed = run.collect_garbage_in(touched.as_deref())?;
     append_once(
         ledger,
         r,
@@ -516,8 +519,7 @@ fn apply(
         .find(r, "accepted")
         .map(|e| e.hash.clone())
         .unwrap_or_default();
-    manifest.publish(&run.dir)?;
-    run.manifest = manifest;
+    run.publish(manifest)?;
     phases.publish = publish.elapsed().as_secs_f64();
     Ok(run.manifest.version)
 }
