@@ -17,13 +17,16 @@
 //! The table goes to stdout and to `docs/bench/deletion-prior.md`. Runs live in a temp dir.
 //! `SISA_BENCH_THREADS` sets the worker count (default 2).
 
+mod common;
+
+use common::*;
+
 use sisa::data::csv::{Columns, Table};
 use sisa::data::Priors;
-use sisa::ensemble::Ensemble;
 use sisa::model::ModelSpec;
 use sisa::plan::{ShardBy, SliceBy};
 use sisa::rng::SplitMix64;
-use sisa::run::{Aggregation, Run};
+use sisa::run::Aggregation;
 use sisa::train::TrainOptions;
 use sisa::unlearn::{Options, Unlearner};
 use std::collections::HashMap;
@@ -49,14 +52,6 @@ const THRESHOLD: f64 = 0.25;
 /// Users forgotten per run.
 const REQUESTS: usize = 20;
 const SEED: u64 = 7;
-
-fn threads() -> usize {
-    std::env::var("SISA_BENCH_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(2usize)
-        .max(1)
-}
 
 /// One of the three placements.
 struct Placement {
@@ -107,13 +102,6 @@ struct Measured {
     shard_rows: Vec<u64>,
     accuracy_before: f64,
     accuracy_after: f64,
-}
-
-fn accuracy(run: &Run, test: &Table) -> anyhow::Result<f64> {
-    let y = test.labels.as_deref().unwrap_or_default();
-    Ok(Ensemble::load(run)?
-        .evaluate(&test.x, y, Aggregation::Mean)
-        .accuracy)
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -458,32 +446,6 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&out, md)?;
     eprintln!("deletion_prior: {} written", out.display());
     Ok(())
-}
-
-/// The commit the library was built from, as far as git tells it, and the files under `src/`
-/// that differ from it (another engineer's edits in progress are built in too).
-fn git_state(root: &Path) -> String {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    let changed = git(&["diff", "--name-only", "HEAD", "--", "src"]).unwrap_or_default();
-    let changed: Vec<&str> = changed.lines().filter(|l| !l.is_empty()).collect();
-    if changed.is_empty() {
-        format!("commit {head}, with no uncommitted change under src/")
-    } else {
-        format!(
-            "commit {head} plus uncommitted changes to {}",
-            changed.join(", ")
-        )
-    }
 }
 
 /// A short reading written from the numbers.

@@ -20,8 +20,11 @@
 //!   trained run (default 3; the fastest counts).
 //! - `SISA_BENCH_THREADS`: worker threads (default 2).
 
+mod common;
+
+use common::*;
+
 use sisa::data::csv::{Columns, Table};
-use sisa::ensemble::Ensemble;
 use sisa::model::ModelSpec;
 use sisa::plan::{ShardBy, SliceBy};
 use sisa::rng::SplitMix64;
@@ -184,10 +187,6 @@ fn train_options(model: &ModelSpec, shards: usize, slices: usize, out: PathBuf) 
     }
 }
 
-fn threads() -> usize {
-    env_usize("SISA_BENCH_THREADS", 2).unwrap_or(2).max(1)
-}
-
 /// One forgotten user.
 struct Request {
     /// `Unlearner::open` (lock, ledger, recovery, garbage collection), seconds.
@@ -248,13 +247,6 @@ impl Scale {
     fn med(&self, f: impl Fn(&Request) -> f64) -> f64 {
         median(self.requests.iter().map(f).collect())
     }
-}
-
-fn accuracy(run: &sisa::run::Run, test: &Table) -> anyhow::Result<f64> {
-    let y = test.labels.as_deref().unwrap_or_default();
-    Ok(Ensemble::load(run)?
-        .evaluate(&test.x, y, Aggregation::Mean)
-        .accuracy)
 }
 
 fn file_len(path: &Path) -> u64 {
@@ -433,53 +425,6 @@ fn rounds() -> usize {
     env_usize("SISA_SCALE_ROUNDS", ROUNDS)
         .unwrap_or(ROUNDS)
         .max(1)
-}
-
-/// Write every dirty page back (sync(2)), so that a request's fsyncs wait on its own writes
-/// only, not on the gigabytes training has just left in the page cache (or on other
-/// processes' writes).
-fn flush_page_cache() {
-    // SAFETY: sync(2) takes no arguments, cannot fail and touches no memory of ours.
-    unsafe { libc::sync() };
-}
-
-fn machine() -> (String, String) {
-    let nproc = std::thread::available_parallelism()
-        .map(|n| n.get().to_string())
-        .unwrap_or_else(|_| "?".into());
-    (nproc, sisa::run::config::cpu_model())
-}
-
-/// The commit the library was built from, as far as git tells it, and the files under `src/`
-/// that differ from it (another engineer's edits in progress are built in too).
-fn git_state(root: &Path) -> String {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    let changed = git(&["diff", "--name-only", "HEAD", "--", "src"]).unwrap_or_default();
-    let changed: Vec<&str> = changed.lines().filter(|l| !l.is_empty()).collect();
-    if changed.is_empty() {
-        format!("commit {head}, with no uncommitted change under src/")
-    } else {
-        format!(
-            "commit {head} plus uncommitted changes to {}",
-            changed.join(", ")
-        )
-    }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }
 
 fn mib(b: f64) -> String {

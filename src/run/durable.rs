@@ -276,13 +276,7 @@ impl DirSyncs {
 
     /// [`remove_file`] without the directory fsync.
     pub fn remove(&self, path: &Path, point: &str) -> Result<()> {
-        failpoint(point);
-        match fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io(path, e)),
-        }
-        if let Some(dir) = path.parent() {
+        if let Some(dir) = unlink(path, point)? {
             self.note(dir.to_path_buf());
         }
         Ok(())
@@ -343,16 +337,21 @@ fn write_renamed(path: &Path, bytes: &[u8], point: &str) -> Result<std::path::Pa
 
 /// Remove `path` durably (missing files are fine: removal is idempotent).
 pub fn remove_file(path: &Path, point: &str) -> Result<()> {
-    failpoint(point);
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(path, e)),
-    }
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = unlink(path, point)? {
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Unlink `path` after the fault point `point`; the directory whose fsync makes it durable,
+/// or `None` when there was nothing to remove.
+fn unlink<'p>(path: &'p Path, point: &str) -> Result<Option<&'p Path>> {
+    failpoint(point);
+    match fs::remove_file(path) {
+        Ok(()) => Ok(path.parent()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
 }
 
 /// Append one line to a file and fsync it; creates the file (durably) if needed.
