@@ -374,3 +374,44 @@ fn add_reads_only_the_shards_its_rows_go_to_and_equals_training_on_everything() 
     sisa_ok(&w.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(digests(&run), digests(&whole));
 }
+
+#[test]
+fn a_request_fsyncs_each_directory_once_and_each_file_it_writes_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = train(tmp.path(), "run", &[]);
+    let r = run.to_str().unwrap();
+    let rules = config(&run).rules();
+    let csv = Csv::read(&digits().0);
+    // Users in different shards whose one slice differs: they retrain 1 to 4 stages.
+    let mut chosen: Vec<(String, usize)> = Vec::new();
+    for (u, _) in csv.users() {
+        let p = rules.place(&u, 0, false);
+        if !chosen
+            .iter()
+            .any(|(c, s)| *s == p.slice || rules.place(c, 0, false).shard == p.shard)
+        {
+            chosen.push((u, p.slice));
+        }
+    }
+    assert!(chosen.len() >= 3, "{chosen:?}");
+    let mut fixed = Vec::new();
+    for (u, slice) in &chosen {
+        let receipt = sisa_json(&["unlearn", "--run", r, "--user", u, "-q"]);
+        let stages = receipt["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["stages_retrained"].as_u64().unwrap())
+            .sum::<u64>();
+        assert_eq!(stages, 4 - *slice as u64, "user {u}");
+        let bucket = u64::from(receipt["test_rows_removed"].as_u64().unwrap() > 0);
+        let fsyncs = receipt["measured"]["io"]["fsyncs"].as_u64().unwrap();
+        // One fsync per checkpoint and row file written; the directories, the manifest and
+        // the ledger lines are the same whatever the request retrains.
+        fixed.push(fsyncs - stages - bucket);
+    }
+    // The first request also creates the ledger file, whose directory it fsyncs.
+    assert_eq!(fixed[0], fixed[1] + 1, "{fixed:?}");
+    assert!(fixed[1..].windows(2).all(|w| w[0] == w[1]), "{fixed:?}");
+    assert!(fixed[1] <= 20, "{fixed:?}");
+}
