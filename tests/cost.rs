@@ -304,6 +304,15 @@ fn bad_priors_are_refused_naming_the_file_line_or_flag_and_create_nothing() {
 
 #[test]
 fn add_reads_only_the_shards_its_rows_go_to_and_equals_training_on_everything() {
+    add_reads_only_its_target_shards(&[]);
+}
+
+#[test]
+fn under_row_sharding_add_reads_other_shards_user_key_columns_only() {
+    add_reads_only_its_target_shards(&["--shard-by", "row"]);
+}
+
+fn add_reads_only_its_target_shards(extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let csv = Csv::read(&digits().0);
     let first = tmp.path().join("first.csv");
@@ -343,14 +352,23 @@ fn add_reads_only_the_shards_its_rows_go_to_and_equals_training_on_everything() 
             out.to_str().unwrap().into(),
             "-q".into(),
         ]
+        .into_iter()
+        .chain(extra.iter().map(|e| e.to_string()))
+        .collect::<Vec<String>>()
     };
     let a = args(&first, &run);
     sisa_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    let rules = config(&run).rules();
-    let targets = [
-        rules.place(&new_a, 0, false).shard,
-        rules.place(&new_b, 0, false).shard,
-    ];
+    // The shards the new rows go to, from a dry copy of the add.
+    let dry = tmp.path().join("dry");
+    copy_dir(&run, &dry);
+    let d = dry.to_str().unwrap();
+    let before = sisa_json(&["status", "--run", d]);
+    sisa_ok(&["add", "--run", d, "--data", rest.to_str().unwrap(), "-q"]);
+    let after = sisa_json(&["status", "--run", d]);
+    let targets: Vec<usize> = (0..5)
+        .filter(|&k| before["shards"][k]["rows"] != after["shards"][k]["rows"])
+        .collect();
+    assert!(!targets.is_empty() && targets.len() < 5, "{targets:?}");
     let mut damaged = Vec::new();
     for p in data_files(&run, "shard-") {
         let name = p.file_name().unwrap().to_str().unwrap().to_string();

@@ -96,24 +96,32 @@ pub fn add_rows(
     let likely = |id: &str| priors.is_some_and(|p| p.likely(id));
     // The shards the new rows go to (placement does not depend on row numbers under user
     // sharding; under row sharding every shard may receive rows).
-    let targets: BTreeSet<usize> = match rules.shard_by {
-        ShardBy::User => ids
-            .iter()
-            .map(|id| rules.place(id, 0, likely(id)).shard)
-            .collect(),
-        ShardBy::Row => (0..run.config.shards).collect(),
-    };
     let mut shards: BTreeMap<usize, Rows> = BTreeMap::new();
-    for &k in &targets {
-        shards.insert(k, run.shard_rows(k)?);
-    }
-    // Rows each known user already has, and where.
+    // Rows each known user already has, and (under user sharding) where.
     let mut existing: HashMap<UserKey, u32> = HashMap::new();
     let mut home: HashMap<UserKey, (usize, u32)> = HashMap::new();
-    for (&k, rows) in &shards {
-        for i in 0..rows.len() {
-            *existing.entry(rows.keys[i]).or_insert(0) += 1;
-            home.entry(rows.keys[i]).or_insert((k, rows.slices[i]));
+    match rules.shard_by {
+        ShardBy::User => {
+            let targets: BTreeSet<usize> = ids
+                .iter()
+                .map(|id| rules.place(id, 0, likely(id)).shard)
+                .collect();
+            for k in targets {
+                let rows = run.shard_rows(k)?;
+                for i in 0..rows.len() {
+                    *existing.entry(rows.keys[i]).or_insert(0) += 1;
+                    home.entry(rows.keys[i]).or_insert((k, rows.slices[i]));
+                }
+                shards.insert(k, rows);
+            }
+        }
+        // A user's rows are numbered across every shard: count them from the key columns.
+        ShardBy::Row => {
+            for k in 0..run.config.shards {
+                for key in run.shard_keys(k)? {
+                    *existing.entry(key).or_insert(0) += 1;
+                }
+            }
         }
     }
     if rules.shard_by == ShardBy::User && rules.risk_shards > 0 {
@@ -165,7 +173,10 @@ pub fn add_rows(
         if new.is_empty() {
             continue;
         }
-        let merged = shards.get_mut(&k).expect("every target shard is read");
+        let merged = match shards.entry(k) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(run.shard_rows(k)?),
+        };
         for i in 0..new.len() {
             merged.push_from(&new, i);
         }
