@@ -1231,6 +1231,7 @@ fn quickstart(a: QuickstartArgs) -> Result<i32> {
             s.shard, s.rows_removed, s.stages_retrained
         );
     }
+    println!("    {} other shard(s) untouched", receipt.untouched_shards);
     println!(
         "  unlearning cost         {} rows x epochs = {:.1}% of a full retrain ({}), {:.2}s",
         receipt.cost.retrained_rows_epochs,

@@ -231,7 +231,8 @@ fn likely_requesters_go_to_the_last_slice_and_their_own_shards() {
     let plan = sisa_json(&["unlearn", "--run", r, "--user", other, "--dry-run"]);
     assert_ne!(plan["shards"][0]["shard"], 4);
     let receipt = sisa_json(&["unlearn", "--run", r, "--user", likely[1], "-q"]);
-    assert_eq!(receipt["shards"][4]["stages_retrained"], 1);
+    assert_eq!(receipt["shards"][0]["shard"], 4);
+    assert_eq!(receipt["shards"][0]["stages_retrained"], 1);
     assert_eq!(sisa_json(&["verify", "--run", r, "-q"])["identical"], true);
     // Training again with the same prior places every row the same way.
     let again = train(

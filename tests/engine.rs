@@ -92,19 +92,26 @@ fn unlearning_three_users_equals_training_from_scratch_without_them() {
         "every shard equals the from-scratch run"
     );
 
-    // Shards 0..3 held the users and changed; shards 3 and 4 were not retrained.
-    for s in receipt["shards"].as_array().unwrap() {
-        let k = s["shard"].as_u64().unwrap() as usize;
-        if k < 3 {
+    // Shards 0..3 held the users and changed, and the receipt names them; shards 3 and 4
+    // were not retrained, and the receipt counts them and pins them by the ensemble digest.
+    let named: Vec<usize> = receipt["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
             assert!(s["stages_retrained"].as_u64().unwrap() > 0);
             assert!(s["rows_removed"].as_u64().unwrap() > 0);
+            s["shard"].as_u64().unwrap() as usize
+        })
+        .collect();
+    assert_eq!(named, vec![0, 1, 2]);
+    assert_eq!(receipt["untouched_shards"], 2);
+    assert_eq!(receipt["ensemble_digest"].as_str().unwrap().len(), 64);
+    for k in 0..5 {
+        if k < 3 {
             assert_ne!(before[k], after[k]);
         } else {
-            assert_eq!(
-                s["stages_retrained"], 0,
-                "untouched shard {k} is not retrained"
-            );
-            assert_eq!(before[k], after[k]);
+            assert_eq!(before[k], after[k], "untouched shard {k} is not retrained");
         }
     }
     let removed: usize = csv

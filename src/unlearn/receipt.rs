@@ -1,9 +1,11 @@
 //! Receipts: the proof handed back for a completed deletion request.
 //!
-//! A receipt names the request, the user keys (never raw ids), the rows removed, every shard
-//! with the stages it retrained (0 for shards the users never touched), lineages and model
-//! digests before and after, the ensemble versions, timings, the cost against a full retrain,
-//! and the hashes of the ledger entries it chains to.
+//! A receipt names the request, the user keys (never raw ids), the rows removed, the shards
+//! that held them with the stages each retrained, lineages and model digests before and after,
+//! how many shards were untouched and the digest of every model of the new version, the
+//! ensemble versions, timings and I/O, the cost against a full retrain and the paper's
+//! expectation, and the hashes of the ledger entries it chains to. Its size follows the
+//! request, not the run.
 
 use crate::data::UserKey;
 use crate::error::{Error, Result};
@@ -13,8 +15,9 @@ use crate::unlearn::ledger::{Event, Ledger, Phases, RequestId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Schema tag of receipts.
-pub const RECEIPT_FORMAT: &str = "sisa-receipt/1";
+/// Schema tag of receipts. Version 2 lists the shards the request touched (not every shard)
+/// and pins the rest of the version by `ensemble_digest`.
+pub const RECEIPT_FORMAT: &str = "sisa-receipt/2";
 
 /// One shard in a receipt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,8 +85,12 @@ pub struct Receipt {
     pub train_rows_removed: u64,
     /// Held-out rows removed.
     pub test_rows_removed: u64,
-    /// Every shard of the run.
+    /// The shards that held the users' rows (every other shard is untouched).
     pub shards: Vec<ReceiptShard>,
+    /// Shards the request did not touch.
+    pub untouched_shards: usize,
+    /// [`ensemble_digest`] of the published version: every shard's model, touched or not.
+    pub ensemble_digest: String,
     /// Cost.
     pub cost: Cost,
     /// Ensemble version before.
@@ -101,6 +108,17 @@ pub struct Receipt {
     /// Phase timings and I/O of the process that completed the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measured: Option<Measured>,
+}
+
+/// SHA-256 over every shard's number and model digest, in shard order: which models a version
+/// serves, in one value.
+pub fn ensemble_digest(manifest: &crate::run::Manifest) -> String {
+    let mut h = Sha256::new();
+    for s in &manifest.shards {
+        h.update((s.shard as u64).to_le_bytes());
+        h.update(s.model_digest.as_bytes());
+    }
+    hex::encode(h.finalize())
 }
 
 /// Build request `r`'s receipt from the ledger and the run's published manifest.
@@ -156,36 +174,27 @@ pub fn build(run: &Run, ledger: &Ledger, r: RequestId) -> Result<Receipt> {
     else {
         unreachable!("found by name")
     };
+    // The touched shards only: a receipt's size follows the request, not the run. The others
+    // are pinned, with the touched ones, by the digest of every model of the version.
     let mut out = Vec::new();
-    for entry in &run.manifest.shards {
-        let after_lineage = entry
-            .stages
-            .last()
-            .map(|s| s.lineage.to_hex())
-            .unwrap_or_default();
-        let rs = match shards.iter().find(|s| s.shard == entry.shard) {
-            Some(b) => ReceiptShard {
-                shard: b.shard,
-                rows_removed: b.rows_removed,
-                first_stage: b.first_stage,
-                stages_retrained: run.config.slices + 1 - b.first_stage.min(run.config.slices + 1),
-                lineage_before: b.lineage_before.clone(),
-                lineage_after: after_lineage,
-                model_digest_before: b.model_digest_before.clone(),
-                model_digest_after: entry.model_digest.clone(),
-            },
-            None => ReceiptShard {
-                shard: entry.shard,
-                rows_removed: 0,
-                first_stage: 0,
-                stages_retrained: 0,
-                lineage_before: after_lineage.clone(),
-                lineage_after: after_lineage,
-                model_digest_before: entry.model_digest.clone(),
-                model_digest_after: entry.model_digest.clone(),
-            },
+    for b in shards {
+        let Some(entry) = run.manifest.shards.get(b.shard) else {
+            continue;
         };
-        out.push(rs);
+        out.push(ReceiptShard {
+            shard: b.shard,
+            rows_removed: b.rows_removed,
+            first_stage: b.first_stage,
+            stages_retrained: run.config.slices + 1 - b.first_stage.min(run.config.slices + 1),
+            lineage_before: b.lineage_before.clone(),
+            lineage_after: entry
+                .stages
+                .last()
+                .map(|s| s.lineage.to_hex())
+                .unwrap_or_default(),
+            model_digest_before: b.model_digest_before.clone(),
+            model_digest_after: entry.model_digest.clone(),
+        });
     }
     let fraction = if *full_retrain_rows_epochs == 0 {
         0.0
@@ -199,7 +208,9 @@ pub fn build(run: &Run, ledger: &Ledger, r: RequestId) -> Result<Receipt> {
         user_keys: users,
         train_rows_removed: shards.iter().map(|s| s.rows_removed).sum(),
         test_rows_removed: *test_rows_removed,
+        untouched_shards: run.config.shards - out.len(),
         shards: out,
+        ensemble_digest: ensemble_digest(&run.manifest),
         cost: Cost {
             retrained_rows_epochs: *retrain_rows_epochs,
             full_retrain_rows_epochs: *full_retrain_rows_epochs,
@@ -284,12 +295,13 @@ pub fn verify(
         .chain(all.buckets.values())
         .all(|rows| rows.count_of(&keys) == 0);
     let models_match_current = run.manifest.version == receipt.ensemble_version
-        && run
-            .manifest
-            .shards
-            .iter()
-            .zip(&receipt.shards)
-            .all(|(m, s)| m.shard == s.shard && m.model_digest == s.model_digest_after);
+        && ensemble_digest(&run.manifest) == receipt.ensemble_digest
+        && receipt.shards.iter().all(|s| {
+            run.manifest
+                .shards
+                .get(s.shard)
+                .is_some_and(|m| m.model_digest == s.model_digest_after)
+        });
     let user_in_receipt = user.map(|id| keys.contains(&run.key(id)));
     Ok(ReceiptCheck {
         request: r,
