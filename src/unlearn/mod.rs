@@ -1,6 +1,8 @@
-//! Unlearning: the ledger, the planner, the executor, receipts and recovery.
+//! Unlearning: the writer, the ledger, resolving users, the planner, the executor, receipts
+//! and recovery.
 //!
-//! A request goes accepted → planned → erased → retrained → published → cleaned → receipt
+//! Callers forget users through [`Unlearner`] (`writer.rs`). [`resolve_users`] (`resolve.rs`)
+//! reads only the shards and held-out buckets that hold them. A request goes accepted → planned → erased → retrained → published → cleaned → receipt
 //! written → done, each step recorded in the ledger once it is durable. Every step is
 //! idempotent (files are named by their content or lineage, the manifest by its version), so a
 //! request interrupted anywhere is completed by running it again, which every command that
@@ -11,13 +13,17 @@ pub mod ledger;
 pub mod location;
 pub mod plan;
 pub mod receipt;
+mod resolve;
+mod writer;
 
 pub use ledger::{Event, Ledger, Phases, RequestId, Touched};
 pub use plan::{plan_unlearning, ShardPlan, UnlearnPlan};
 pub use receipt::Receipt;
+pub use resolve::{resolve_users, Loaded, Resolved};
+pub use writer::Unlearner;
 
 use crate::checkpoint::Checkpoint;
-use crate::data::{Rows, UserKey};
+use crate::data::UserKey;
 use crate::error::{Error, Result};
 use crate::run::durable::{self, failpoint, DirSyncs, Io};
 use crate::run::{RowsFile, Run, RunFile};
@@ -25,8 +31,7 @@ use crate::train::{self, Job, Progress, ShardData};
 use ledger::ShardBefore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -114,172 +119,6 @@ pub fn recover(run: &mut Run, ledger: &mut Ledger, opts: &Options) -> Result<Rec
     Ok(report)
 }
 
-/// The rows a request reads: the shards that may hold its users and their held-out buckets,
-/// read from the published version `version`.
-#[derive(Clone, Debug, Default)]
-pub struct Loaded {
-    /// The published version these rows are of.
-    pub version: u64,
-    /// Training rows of the shards read, by shard.
-    pub shards: BTreeMap<usize, Rows>,
-    /// Held-out rows of the buckets read, by bucket.
-    pub buckets: BTreeMap<usize, Rows>,
-}
-
-impl Loaded {
-    /// Read the shards and buckets `touched` names (every one when `None`: a request
-    /// recorded before the ledger said where its users are).
-    pub fn read(run: &Run, touched: Option<&Touched>) -> Result<Loaded> {
-        let all_buckets = || (0..run.manifest.test.as_ref().map_or(0, Vec::len)).collect();
-        let (shards, buckets): (Vec<usize>, Vec<usize>) = match touched {
-            Some(t) => (t.shards.clone(), t.buckets.clone()),
-            None => ((0..run.config.shards).collect(), all_buckets()),
-        };
-        let mut loaded = Loaded {
-            version: run.manifest.version,
-            ..Loaded::default()
-        };
-        for k in shards {
-            loaded.shards.insert(k, run.shard_rows(k)?);
-        }
-        for b in buckets {
-            if let Some(rows) = run.test_bucket(b)? {
-                loaded.buckets.insert(b, rows);
-            }
-        }
-        Ok(loaded)
-    }
-
-    /// Every shard's rows and every held-out row (audits and benchmarks; a request reads only
-    /// what it touches).
-    pub fn everything(run: &Run) -> Result<Loaded> {
-        Loaded::read(run, None)
-    }
-}
-
-/// Users resolved against a run: their keys, where their rows are, and those rows, read once.
-#[derive(Clone, Debug)]
-pub struct Resolved {
-    /// The users' keys, in the order given, without repeats.
-    pub keys: Vec<UserKey>,
-    /// The shards and held-out buckets that hold their rows.
-    pub touched: Touched,
-    /// The rows read to find them (only the touched shards' and buckets', kept for the plan).
-    pub loaded: Loaded,
-    started: Instant,
-    io_before: Io,
-}
-
-/// Turn user ids into keys, refusing ids the run does not hold and ids already forgotten, and
-/// read the rows of the shards and held-out buckets that hold them.
-///
-/// With user sharding a user's shard is a pure function of (seed, user id): one candidate, or
-/// two when shards are set aside for likely requesters, whose user-key columns tell which one
-/// holds them. With row sharding any shard may, so every shard's user-key column (32 bytes a
-/// row) is read, and then only the shards that hold the users in full. A user's held-out rows
-/// are in the one bucket of their id.
-pub fn resolve_users(run: &Run, ledger: &Ledger, ids: &[String]) -> Result<Resolved> {
-    let started = Instant::now();
-    let io_before = Io::now();
-    if ids.is_empty() {
-        return Err(Error::Request(
-            "no users given (--user ID or --users-file FILE)".into(),
-        ));
-    }
-    let rules = run.config.rules();
-    let forgotten: HashMap<UserKey, RequestId> = ledger.deleted_users().into_iter().collect();
-    let mut loaded = Loaded {
-        version: run.manifest.version,
-        ..Loaded::default()
-    };
-    // Keys present in each shard or bucket read so far.
-    let mut shard_keys: HashMap<usize, HashSet<UserKey>> = HashMap::new();
-    let mut bucket_keys: HashMap<usize, HashSet<UserKey>> = HashMap::new();
-    let mut touched_shards = BTreeSet::new();
-    let mut touched_buckets = BTreeSet::new();
-    let mut keys = Vec::new();
-    let mut seen = HashSet::new();
-    for id in ids {
-        let id = id.trim();
-        if id.is_empty() {
-            return Err(Error::Request("an empty user id was given".into()));
-        }
-        let key = run.key(id);
-        if !seen.insert(key) {
-            continue;
-        }
-        if let Some(r) = forgotten.get(&key) {
-            return Err(Error::Request(format!(
-                "user '{id}' was already forgotten by request {r}"
-            )));
-        }
-        let candidates = rules
-            .candidate_shards(id)
-            .unwrap_or_else(|| (0..run.config.shards).collect());
-        let mut holding = Vec::new();
-        for &k in &candidates {
-            let present = match shard_keys.entry(k) {
-                Entry::Occupied(e) => e.into_mut(),
-                // One candidate: it is read in full anyway if it holds the user.
-                Entry::Vacant(e) if candidates.len() == 1 => {
-                    let rows = run.shard_rows(k)?;
-                    let present = e.insert(rows.keys.iter().copied().collect());
-                    loaded.shards.insert(k, rows);
-                    present
-                }
-                Entry::Vacant(e) => e.insert(run.shard_keys(k)?.into_iter().collect()),
-            };
-            if present.contains(&key) {
-                holding.push(k);
-            }
-        }
-        let mut in_test = false;
-        if run.manifest.test.is_some() {
-            let b = rules.test_bucket(id);
-            let present = match bucket_keys.entry(b) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => {
-                    let rows = run
-                        .test_bucket(b)?
-                        .unwrap_or_else(|| Rows::new(run.config.features.len()));
-                    let present = e.insert(rows.keys.iter().copied().collect());
-                    loaded.buckets.insert(b, rows);
-                    present
-                }
-            };
-            if present.contains(&key) {
-                in_test = true;
-                touched_buckets.insert(b);
-            }
-        }
-        if holding.is_empty() && !in_test {
-            return Err(Error::Request(format!(
-                "unknown user '{id}': the run holds no rows of this user; nothing was changed"
-            )));
-        }
-        for k in holding {
-            if let std::collections::btree_map::Entry::Vacant(e) = loaded.shards.entry(k) {
-                e.insert(run.shard_rows(k)?);
-            }
-            touched_shards.insert(k);
-        }
-        keys.push(key);
-    }
-    // Keep only what holds the users: the plan and the executor use nothing else.
-    loaded.shards.retain(|k, _| touched_shards.contains(k));
-    loaded.buckets.retain(|b, _| touched_buckets.contains(b));
-    Ok(Resolved {
-        keys,
-        touched: Touched {
-            shards: touched_shards.into_iter().collect(),
-            buckets: touched_buckets.into_iter().collect(),
-        },
-        loaded,
-        started,
-        io_before,
-    })
-}
-
 /// Record a request in the ledger (fsync'd: the acknowledgement); returns its number.
 pub fn accept(
     ledger: &mut Ledger,
@@ -301,10 +140,10 @@ fn append_once(ledger: &mut Ledger, r: RequestId, event: Event) -> Result<()> {
 }
 
 /// What a fresh request brings to its completion: the rows it read and what accepting it took.
-struct Fresh {
-    loaded: Loaded,
-    accept_seconds: f64,
-    io_before: Io,
+pub(crate) struct Fresh {
+    pub(crate) loaded: Loaded,
+    pub(crate) accept_seconds: f64,
+    pub(crate) io_before: Io,
 }
 
 /// Carry request `r` through to `done`, from wherever it stopped; returns its receipt.
@@ -317,7 +156,7 @@ pub fn complete(
     complete_fresh(run, ledger, r, opts, None)
 }
 
-fn complete_fresh(
+pub(crate) fn complete_fresh(
     run: &mut Run,
     ledger: &mut Ledger,
     r: RequestId,
@@ -522,138 +361,6 @@ fn apply(
     run.publish(manifest)?;
     phases.publish = publish.elapsed().as_secs_f64();
     Ok(run.manifest.version)
-}
-
-/// The one writer of a run's deletions: the opened run, its ledger and its lock, held
-/// together from open to the last receipt. Every caller (the CLI, the quickstart, the
-/// server's admin worker, the benchmarks and the audit) forgets users through it, so the rule
-/// that a request reads only what it touches lives here alone.
-///
-/// ```text
-/// Unlearner::open → resolve(ids) → [plan] → accept → complete → Receipt
-///                   └─────────────── forget(ids) ───────────────┘
-/// ```
-pub struct Unlearner {
-    run: Run,
-    ledger: Ledger,
-    lock: RunLock,
-    opts: Options,
-    recovery: Recovery,
-    fresh: HashMap<RequestId, Fresh>,
-}
-
-impl Unlearner {
-    /// Open the run at `root` for deletions ([`open`]: lock, recover, collect garbage).
-    pub fn open(root: &Path, ledger: Option<&Path>, opts: &Options) -> Result<Unlearner> {
-        let (run, ledger, lock, recovery) = open(root, ledger, opts)?;
-        Ok(Unlearner {
-            run,
-            ledger,
-            lock,
-            opts: opts.clone(),
-            recovery,
-            fresh: HashMap::new(),
-        })
-    }
-
-    /// The run, as published now.
-    pub fn run(&self) -> &Run {
-        &self.run
-    }
-
-    /// The ledger.
-    pub fn ledger(&self) -> &Ledger {
-        &self.ledger
-    }
-
-    /// What opening recovered.
-    pub fn recovery(&self) -> &Recovery {
-        &self.recovery
-    }
-
-    /// The run, ledger and lock, for callers that go on to read the run.
-    pub fn into_parts(self) -> (Run, Ledger, RunLock) {
-        (self.run, self.ledger, self.lock)
-    }
-
-    /// Resolve user ids ([`resolve_users`]).
-    pub fn resolve(&self, ids: &[String]) -> Result<Resolved> {
-        resolve_users(&self.run, &self.ledger, ids)
-    }
-
-    /// What forgetting `resolved` would do, changing nothing (`--dry-run`).
-    pub fn plan(&self, resolved: &Resolved) -> UnlearnPlan {
-        plan_unlearning(&self.run, &resolved.keys, &resolved.loaded)
-    }
-
-    /// Accept `resolved` as one request: fsync'd to the ledger, the acknowledgement. Its rows
-    /// are kept for [`Unlearner::complete`], which then reads nothing again.
-    pub fn accept(&mut self, resolved: Resolved) -> Result<RequestId> {
-        let Resolved {
-            keys,
-            touched,
-            loaded,
-            started,
-            io_before,
-        } = resolved;
-        let r = accept(&mut self.ledger, keys, Some(touched))?;
-        self.fresh.insert(
-            r,
-            Fresh {
-                loaded,
-                accept_seconds: started.elapsed().as_secs_f64(),
-                io_before,
-            },
-        );
-        Ok(r)
-    }
-
-    /// Accept several resolved batches of users as one request (the server's deletions that
-    /// arrived while another retrained): each touched shard retrains once for all of them.
-    /// Users in more than one batch are forgotten once.
-    pub fn accept_together(&mut self, batches: Vec<Resolved>) -> Result<RequestId> {
-        let mut iter = batches.into_iter();
-        let mut all = iter
-            .next()
-            .ok_or_else(|| Error::Request("no users given".into()))?;
-        for b in iter {
-            let known: HashSet<UserKey> = all.keys.iter().copied().collect();
-            all.keys
-                .extend(b.keys.into_iter().filter(|k| !known.contains(k)));
-            merge_sorted(&mut all.touched.shards, &b.touched.shards);
-            merge_sorted(&mut all.touched.buckets, &b.touched.buckets);
-            all.loaded.shards.extend(b.loaded.shards);
-            all.loaded.buckets.extend(b.loaded.buckets);
-            all.io_before = Io {
-                fsyncs: all.io_before.fsyncs.min(b.io_before.fsyncs),
-                bytes_written: all.io_before.bytes_written.min(b.io_before.bytes_written),
-                bytes_read: all.io_before.bytes_read.min(b.io_before.bytes_read),
-                rows_read: all.io_before.rows_read.min(b.io_before.rows_read),
-                test_rows_read: all.io_before.test_rows_read.min(b.io_before.test_rows_read),
-            };
-            all.started = all.started.min(b.started);
-        }
-        self.accept(all)
-    }
-
-    /// Carry request `r` through to its receipt ([`complete`]).
-    pub fn complete(&mut self, r: RequestId) -> Result<Receipt> {
-        let fresh = self.fresh.remove(&r);
-        complete_fresh(&mut self.run, &mut self.ledger, r, &self.opts, fresh)
-    }
-
-    /// Resolve, accept and complete in one call.
-    pub fn forget(&mut self, ids: &[String]) -> Result<Receipt> {
-        let resolved = self.resolve(ids)?;
-        let r = self.accept(resolved)?;
-        self.complete(r)
-    }
-}
-
-fn merge_sorted(into: &mut Vec<usize>, more: &[usize]) {
-    into.extend_from_slice(more);
-    into.sort_unstable();
-    into.dedup();
 }
 
 /// Where shard `k` resumes to retrain from stage `first`: the checkpoint of stage `first - 1`

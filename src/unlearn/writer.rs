@@ -1,0 +1,144 @@
+//! The one writer of a run's deletions.
+
+use crate::data::UserKey;
+use crate::error::{Error, Result};
+use crate::run::durable::Io;
+use crate::run::{Run, RunLock};
+use crate::unlearn::{
+    accept, complete_fresh, open, plan_unlearning, resolve_users, Fresh, Ledger, Options, Receipt,
+    Recovery, RequestId, Resolved, UnlearnPlan,
+};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+/// The one writer of a run's deletions: the opened run, its ledger and its lock, held
+/// together from open to the last receipt. Every caller (the CLI, the quickstart, the
+/// server's admin worker, the benchmarks and the audit) forgets users through it, so the rule
+/// that a request reads only what it touches lives here alone.
+///
+/// ```text
+/// Unlearner::open → resolve(ids) → [plan] → accept → complete → Receipt
+///                   └─────────────── forget(ids) ───────────────┘
+/// ```
+pub struct Unlearner {
+    run: Run,
+    ledger: Ledger,
+    lock: RunLock,
+    opts: Options,
+    recovery: Recovery,
+    fresh: HashMap<RequestId, Fresh>,
+}
+
+impl Unlearner {
+    /// Open the run at `root` for deletions ([`open`]: lock, recover, collect garbage).
+    pub fn open(root: &Path, ledger: Option<&Path>, opts: &Options) -> Result<Unlearner> {
+        let (run, ledger, lock, recovery) = open(root, ledger, opts)?;
+        Ok(Unlearner {
+            run,
+            ledger,
+            lock,
+            opts: opts.clone(),
+            recovery,
+            fresh: HashMap::new(),
+        })
+    }
+
+    /// The run, as published now.
+    pub fn run(&self) -> &Run {
+        &self.run
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// What opening recovered.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// The run, ledger and lock, for callers that go on to read the run.
+    pub fn into_parts(self) -> (Run, Ledger, RunLock) {
+        (self.run, self.ledger, self.lock)
+    }
+
+    /// Resolve user ids ([`resolve_users`]).
+    pub fn resolve(&self, ids: &[String]) -> Result<Resolved> {
+        resolve_users(&self.run, &self.ledger, ids)
+    }
+
+    /// What forgetting `resolved` would do, changing nothing (`--dry-run`).
+    pub fn plan(&self, resolved: &Resolved) -> UnlearnPlan {
+        plan_unlearning(&self.run, &resolved.keys, &resolved.loaded)
+    }
+
+    /// Accept `resolved` as one request: fsync'd to the ledger, the acknowledgement. Its rows
+    /// are kept for [`Unlearner::complete`], which then reads nothing again.
+    pub fn accept(&mut self, resolved: Resolved) -> Result<RequestId> {
+        let Resolved {
+            keys,
+            touched,
+            loaded,
+            started,
+            io_before,
+        } = resolved;
+        let r = accept(&mut self.ledger, keys, Some(touched))?;
+        self.fresh.insert(
+            r,
+            Fresh {
+                loaded,
+                accept_seconds: started.elapsed().as_secs_f64(),
+                io_before,
+            },
+        );
+        Ok(r)
+    }
+
+    /// Accept several resolved batches of users as one request (the server's deletions that
+    /// arrived while another retrained): each touched shard retrains once for all of them.
+    /// Users in more than one batch are forgotten once.
+    pub fn accept_together(&mut self, batches: Vec<Resolved>) -> Result<RequestId> {
+        let mut iter = batches.into_iter();
+        let mut all = iter
+            .next()
+            .ok_or_else(|| Error::Request("no users given".into()))?;
+        for b in iter {
+            let known: HashSet<UserKey> = all.keys.iter().copied().collect();
+            all.keys
+                .extend(b.keys.into_iter().filter(|k| !known.contains(k)));
+            merge_sorted(&mut all.touched.shards, &b.touched.shards);
+            merge_sorted(&mut all.touched.buckets, &b.touched.buckets);
+            all.loaded.shards.extend(b.loaded.shards);
+            all.loaded.buckets.extend(b.loaded.buckets);
+            all.io_before = Io {
+                fsyncs: all.io_before.fsyncs.min(b.io_before.fsyncs),
+                bytes_written: all.io_before.bytes_written.min(b.io_before.bytes_written),
+                bytes_read: all.io_before.bytes_read.min(b.io_before.bytes_read),
+                rows_read: all.io_before.rows_read.min(b.io_before.rows_read),
+                test_rows_read: all.io_before.test_rows_read.min(b.io_before.test_rows_read),
+            };
+            all.started = all.started.min(b.started);
+        }
+        self.accept(all)
+    }
+
+    /// Carry request `r` through to its receipt ([`complete`]).
+    pub fn complete(&mut self, r: RequestId) -> Result<Receipt> {
+        let fresh = self.fresh.remove(&r);
+        complete_fresh(&mut self.run, &mut self.ledger, r, &self.opts, fresh)
+    }
+
+    /// Resolve, accept and complete in one call.
+    pub fn forget(&mut self, ids: &[String]) -> Result<Receipt> {
+        let resolved = self.resolve(ids)?;
+        let r = self.accept(resolved)?;
+        self.complete(r)
+    }
+}
+
+fn merge_sorted(into: &mut Vec<usize>, more: &[usize]) {
+    into.extend_from_slice(more);
+    into.sort_unstable();
+    into.dedup();
+}
