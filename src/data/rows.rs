@@ -43,9 +43,9 @@ pub struct Rows {
     pub keys: Vec<UserKey>,
     /// Position of each row among its user's rows.
     pub seqs: Vec<u32>,
-    /// Each row's tag (see [`plan::row_tag`]).
+    /// Each row's tag (see [`crate::plan::row_tag`]).
     pub tags: Vec<u64>,
-    /// Each row's slice (0-based), placed at ingest by [`plan::Rules::place`].
+    /// Each row's slice (0-based), placed at ingest by [`crate::plan::Rules::place`].
     pub slices: Vec<u32>,
     /// Class label of each row.
     pub labels: Vec<u32>,
@@ -60,7 +60,7 @@ pub struct RowId {
     pub key: UserKey,
     /// Position among the user's rows.
     pub seq: u32,
-    /// The row's tag ([`plan::row_tag`]).
+    /// The row's tag ([`crate::plan::row_tag`]).
     pub tag: u64,
 }
 

@@ -22,7 +22,7 @@ pub struct Optimizer {
     pub weight_decay: f32,
     /// Steps taken so far.
     pub step: u64,
-    /// State buffers, named as [`Optimizer::buffer_names`] says.
+    /// State buffers, named as [`OptimizerKind::state_prefixes`] says.
     pub buffers: Vec<Vec<f32>>,
 }
 

@@ -123,7 +123,7 @@ impl Unlearner {
         self.accept(all)
     }
 
-    /// Carry request `r` through to its receipt ([`complete`]).
+    /// Carry request `r` through to its receipt ([`crate::unlearn::complete`]).
     pub fn complete(&mut self, r: RequestId) -> Result<Receipt> {
         let fresh = self.fresh.remove(&r);
         complete_fresh(&mut self.run, &mut self.ledger, r, &self.opts, fresh)
