@@ -219,7 +219,7 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value = "user")]
     shard_by: ShardBy,
     /// Slice by user (one user's rows share a slice, so forgetting them retrains from that
-    /// slice) or by row (each row in a slice of its own, the paper's rule).
+    /// slice) or by row (each row's slice drawn on its own, the paper's rule).
     #[arg(long, value_enum, default_value = "user")]
     slice_by: SliceBy,
     /// CSV of deletion priors (the user column and `p`, a probability): users whose prior is
