@@ -427,6 +427,11 @@ fn an_edited_run_json_is_refused_as_corruption_of_run_json() {
         ("\"check\": \"", "\"check\": \"0"),
         ("\"format\": \"sisa-run/3\"", "\"format\": \"sisa-run/2\""),
         ("\"slice_by\": \"user\"", "\"slice_by\": \"row\""),
+        // A digit that leaves the f32 as it was is still an edit (found by the fuzz suite).
+        (
+            "\"momentum\": 0.8999999761581421",
+            "\"momentum\": 0.89999997610581421",
+        ),
     ] {
         assert!(original.contains(from), "run.json has {from}");
         std::fs::write(&config, original.replacen(from, to, 1)).unwrap();

@@ -32,7 +32,27 @@ pub fn sniff(path: &Path) -> Result<Format> {
         .take(SNIFF as u64)
         .read_to_end(&mut head)
         .map_err(|e| Error::io(path, e))?;
-    Ok(classify(&head))
+    let format = classify(&head);
+    // Text under an IDX file's name (`…-idx3-ubyte`) is a damaged IDX file far more often than
+    // a CSV someone named so: say that, rather than complain about its CSV header.
+    if format == Format::Csv && named_like_idx(path) {
+        return Ok(Format::Other(
+            "damaged IDX (its name is an IDX file's, its first bytes are text)",
+        ));
+    }
+    Ok(format)
+}
+
+/// Whether the file name follows the IDX convention: `…-idx<d>-ubyte`, maybe `.gz`.
+fn named_like_idx(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let name = name.strip_suffix(".gz").unwrap_or(name);
+    name.strip_suffix("-ubyte")
+        .and_then(|n| n.get(n.len().saturating_sub(5)..))
+        .is_some_and(|tail| tail.starts_with("-idx") && tail.as_bytes()[4].is_ascii_digit())
 }
 
 fn classify(head: &[u8]) -> Format {
@@ -63,6 +83,17 @@ fn classify(head: &[u8]) -> Format {
 
 /// The refusal for a file of format `other` where `wanted` was expected.
 pub fn unreadable(path: &Path, other: Format, wanted: &str) -> Error {
+    if matches!(other, Format::Other(n) if n.starts_with("damaged IDX")) {
+        return Error::input(
+            path,
+            None,
+            None,
+            format!(
+                "its name is an IDX file's, but its first bytes are text, not an IDX header: \
+                 the file is damaged or misnamed; {READ_FORMATS}"
+            ),
+        );
+    }
     let what = match other {
         Format::Csv => "a CSV file".to_string(),
         Format::Idx => "an IDX file".to_string(),
@@ -80,6 +111,19 @@ pub fn unreadable(path: &Path, other: Format, wanted: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_under_an_idx_name_is_a_damaged_idx_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["x-images-idx3-ubyte", "y-labels-idx1-ubyte.gz"] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, b"}").unwrap();
+            assert!(matches!(sniff(&p).unwrap(), Format::Other(n) if n.starts_with("damaged IDX")));
+        }
+        let p = dir.path().join("x-idx3.csv");
+        std::fs::write(&p, b"user_id,label,a\n").unwrap();
+        assert_eq!(sniff(&p).unwrap(), Format::Csv);
+    }
 
     #[test]
     fn formats_are_told_by_content() {

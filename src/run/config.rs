@@ -259,8 +259,17 @@ impl RunConfig {
             Some(serde_json::Value::String(c)) => c,
             _ => return Err(Error::corrupt(path, "no check value")),
         };
-        let config: RunConfig = serde_json::from_value(value)
+        let config: RunConfig = serde_json::from_value(value.clone())
             .map_err(|e| Error::corrupt(path, format!("not a valid run.json: {e}")))?;
+        // Every value must read back as written: a digit added to a float that still rounds
+        // to the same f32 leaves the check value as it was, but it is an edit all the same.
+        // (Layout is free: whitespace is not a value.)
+        if serde_json::to_value(&config).ok().as_ref() != Some(&value) {
+            return Err(Error::corrupt(
+                path,
+                "a value does not read back as sisa wrote it: run.json was edited or damaged",
+            ));
+        }
         if config.check_value() != check {
             return Err(Error::corrupt(
                 path,

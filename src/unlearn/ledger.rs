@@ -245,6 +245,15 @@ impl Ledger {
             if e.prev != prev {
                 return Err(bad(n, "does not chain to the entry before it: an entry was removed, reordered or edited".into()));
             }
+            // The hash covers the entry as parsed; the line must also be byte for byte what
+            // sisa writes, so an edit that parses to the same values (a hex digit's case,
+            // spacing, key order) is refused too.
+            if serde_json::to_string(&e).ok().as_deref() != Some(line) {
+                return Err(bad(
+                    n,
+                    "is not byte for byte as written: the entry was edited".into(),
+                ));
+            }
             if entry_hash(e.seq, e.request, e.at, &e.event, &e.prev) != e.hash {
                 return Err(bad(
                     n,
@@ -505,6 +514,31 @@ mod tests {
         rewrite(&p, &edited);
         let e = Ledger::open(&p).unwrap_err().to_string();
         assert!(e.contains("line 4") && e.contains("edited"), "{e}");
+
+        // Edits that parse to the same values: a space, a user key's hex digits in capitals.
+        let mut spaced = good.clone();
+        spaced[0] = spaced[0].replacen(',', ", ", 1);
+        rewrite(&p, &spaced);
+        let e = Ledger::open(&p).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("byte for byte"), "{e}");
+        let other = dir.path().join("other.jsonl");
+        let key = UserKey([0xab; 32]);
+        Ledger::open(&other)
+            .unwrap()
+            .append(
+                1,
+                Event::Accepted {
+                    users: vec![key],
+                    place: None,
+                },
+            )
+            .unwrap();
+        let line = lines(&other).remove(0);
+        let cased = line.replacen(&key.to_hex(), &key.to_hex().to_uppercase(), 1);
+        assert_ne!(cased, line);
+        rewrite(&other, &[cased]);
+        let e = Ledger::open(&other).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("byte for byte"), "{e}");
 
         // A removed entry.
         let mut removed = good.clone();
