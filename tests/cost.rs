@@ -60,6 +60,30 @@ fn damage_features(path: &Path) -> Vec<u8> {
     orig
 }
 
+/// Damage every `prefix` row file of `run` but those of the numbers in `keep` (see
+/// [`damage_features`]); returns each damaged file and its original bytes.
+fn damage_all_but(run: &Path, prefix: &str, keep: &[usize]) -> Vec<(PathBuf, Vec<u8>)> {
+    data_files(run, prefix)
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            !keep
+                .iter()
+                .any(|k| name.starts_with(&format!("{prefix}{k}-")))
+        })
+        .map(|p| {
+            let orig = damage_features(&p);
+            (p, orig)
+        })
+        .collect()
+}
+
+fn restore(damaged: &[(PathBuf, Vec<u8>)]) {
+    for (p, orig) in damaged {
+        std::fs::write(p, orig).unwrap();
+    }
+}
+
 fn rows_of(status: &Value, shard: usize) -> u64 {
     status["shards"][shard]["rows"].as_u64().unwrap()
 }
@@ -77,15 +101,8 @@ fn a_deletion_reads_only_its_shard_and_held_out_bucket() {
     let status = sisa_json(&["status", "--run", r]);
 
     // Damage every other shard's and bucket's file: the deletion never reads them.
-    let mut damaged = Vec::new();
-    for (prefix, keep) in [("shard-", shard), ("test-", bucket)] {
-        for p in data_files(&run, prefix) {
-            let name = p.file_name().unwrap().to_str().unwrap().to_string();
-            if !name.starts_with(&format!("{prefix}{keep}-")) {
-                damaged.push((p.clone(), damage_features(&p)));
-            }
-        }
-    }
+    let mut damaged = damage_all_but(&run, "shard-", &[shard]);
+    damaged.extend(damage_all_but(&run, "test-", &[bucket]));
     assert_eq!(damaged.len(), 8);
     let receipt = sisa_json(&["unlearn", "--run", r, "--user", &user, "-q"]);
     let io = &receipt["measured"]["io"];
@@ -105,9 +122,7 @@ fn a_deletion_reads_only_its_shard_and_held_out_bucket() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for (p, orig) in &damaged {
-        std::fs::write(p, orig).unwrap();
-    }
+    restore(&damaged);
     let v = sisa_json(&["verify", "--run", r, "-q"]);
     assert_eq!(v["identical"], true);
 }
@@ -121,13 +136,7 @@ fn under_row_sharding_a_deletion_reads_the_user_key_columns_of_other_shards() {
     let (user, _) = csv.users().into_iter().find(|(_, c)| *c == 1).unwrap();
     let dry = sisa_json(&["unlearn", "--run", r, "--user", &user, "--dry-run"]);
     let shard = dry["shards"][0]["shard"].as_u64().unwrap() as usize;
-    let mut damaged = Vec::new();
-    for p in data_files(&run, "shard-") {
-        let name = p.file_name().unwrap().to_str().unwrap().to_string();
-        if !name.starts_with(&format!("shard-{shard}-")) {
-            damaged.push((p.clone(), damage_features(&p)));
-        }
-    }
+    let damaged = damage_all_but(&run, "shard-", &[shard]);
     let receipt = sisa_json(&["unlearn", "--run", r, "--user", &user, "-q"]);
     assert_eq!(receipt["train_rows_removed"], 1);
     let out = sisa(&["verify", "--run", r, "-q"]);
@@ -137,9 +146,7 @@ fn under_row_sharding_a_deletion_reads_the_user_key_columns_of_other_shards() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for (p, orig) in &damaged {
-        std::fs::write(p, orig).unwrap();
-    }
+    restore(&damaged);
     assert_eq!(sisa_json(&["verify", "--run", r, "-q"])["identical"], true);
     // A damaged user-key column is still refused, naming the file.
     let other = data_files(&run, "shard-")
@@ -370,23 +377,12 @@ fn add_reads_only_its_target_shards(extra: &[&str]) {
         .filter(|&k| before["shards"][k]["rows"] != after["shards"][k]["rows"])
         .collect();
     assert!(!targets.is_empty() && targets.len() < 5, "{targets:?}");
-    let mut damaged = Vec::new();
-    for p in data_files(&run, "shard-") {
-        let name = p.file_name().unwrap().to_str().unwrap().to_string();
-        if !targets
-            .iter()
-            .any(|k| name.starts_with(&format!("shard-{k}-")))
-        {
-            damaged.push((p.clone(), damage_features(&p)));
-        }
-    }
+    let damaged = damage_all_but(&run, "shard-", &targets);
     assert!(!damaged.is_empty());
     let r = run.to_str().unwrap();
     let report = sisa_json(&["add", "--run", r, "--data", rest.to_str().unwrap(), "-q"]);
     assert!(report["rows_added"].as_u64().unwrap() > 0);
-    for (p, orig) in &damaged {
-        std::fs::write(p, orig).unwrap();
-    }
+    restore(&damaged);
     // The same as training on everything at once.
     let whole = tmp.path().join("whole");
     let w = args(&digits().0, &whole);
