@@ -127,6 +127,7 @@ fn config(case: &Case, batch: usize, shards: usize) -> RunConfig {
         backend: sisa::model::Backend::Dense,
         user_column: "user_id".into(),
         label_column: "label".into(),
+        prior_column: None,
         aggregation: Aggregation::Mean,
         cpu: String::new(),
         created_by: String::new(),

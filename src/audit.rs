@@ -19,7 +19,7 @@
 //! unlearning, a forgotten user's rows must be indistinguishable from never-seen rows; a
 //! positive control (the same rows before unlearning) must separate, or the audit has no power.
 
-use crate::data::csv::{self, Columns, Need};
+use crate::data::csv::{self, Need};
 use crate::ensemble::Ensemble;
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
@@ -351,10 +351,7 @@ pub fn audit(
 /// Labelled rows of a CSV file for an audit of `run`: the run's feature columns and label
 /// column (a user column is ignored).
 pub fn read_rows(run: &Run, path: &Path) -> Result<(Vec<f32>, Vec<u32>)> {
-    let cols = Columns {
-        user: run.config.user_column.clone(),
-        label: run.config.label_column.clone(),
-    };
+    let cols = run.config.columns();
     let t = csv::read_csv(path, &cols, Need::Optional, Need::Required)?;
     t.check_features(&run.config.features, "run")?;
     let labels = t.labels.clone().unwrap_or_default();

@@ -227,8 +227,13 @@ struct TrainArgs {
     /// --risk-shards, to shards of their own), where forgetting them is cheap.
     #[arg(long, value_name = "FILE")]
     deletion_prior: Option<PathBuf>,
+    /// The column of the training CSV that holds each user's deletion prior (the same on
+    /// every row of a user), instead of --deletion-prior; it is not a feature, here or in any
+    /// later file of the run.
+    #[arg(long, value_name = "NAME", conflicts_with = "deletion_prior")]
+    deletion_prior_column: Option<String>,
     /// Prior at or above which a user is a likely requester.
-    #[arg(long, default_value_t = 0.5, requires = "deletion_prior")]
+    #[arg(long, default_value_t = 0.5)]
     risk_threshold: f64,
     /// Shards set aside for likely requesters (needs --deletion-prior).
     #[arg(long, default_value_t = 0)]
@@ -526,16 +531,19 @@ fn train_options(a: &TrainArgs) -> Result<TrainOptions> {
         seed: a.seed,
         shard_by: a.shard_by,
         slice_by: a.slice_by,
-        priors: a
-            .deletion_prior
-            .as_ref()
-            .map(|p| Priors::read(p, &a.user_column, a.risk_threshold))
-            .transpose()?,
+        priors: match (&a.deletion_prior, &a.deletion_prior_column) {
+            (Some(p), _) => Some(Priors::read(p, &a.user_column, a.risk_threshold)?),
+            (None, Some(c)) => {
+                Priors::from_column(&a.data, &a.user_column, c, a.risk_threshold, true)?
+            }
+            (None, None) => None,
+        },
         risk_shards: a.risk_shards,
         out: a.out.clone(),
         columns: Columns {
             user: a.user_column.clone(),
             label: a.label_column.clone(),
+            ignore: a.deletion_prior_column.clone(),
         },
         classes: a.classes,
         threads: a.common.threads()?,
@@ -661,10 +669,7 @@ fn cmd_status(a: StatusArgs) -> Result<i32> {
 fn eval_rows(run: &Run, data: Option<&Path>) -> Result<(Vec<f32>, Vec<u32>)> {
     match data {
         Some(p) => {
-            let cols = Columns {
-                user: run.config.user_column.clone(),
-                label: run.config.label_column.clone(),
-            };
+            let cols = run.config.columns();
             let t = csv::read_csv(p, &cols, Need::Optional, Need::Required)?;
             t.check_features(&run.config.features, "run")?;
             t.check_labels(run.config.classes, &run.config.label_column)?;
@@ -704,10 +709,7 @@ fn cmd_predict(a: PredictArgs) -> Result<i32> {
     let (run, _ledger, lock) = open(&a.run)?;
     let ensemble = Ensemble::load(&run)?;
     drop(lock);
-    let cols = Columns {
-        user: run.config.user_column.clone(),
-        label: run.config.label_column.clone(),
-    };
+    let cols = run.config.columns();
     let t = csv::read_csv(&a.data, &cols, Need::Optional, Need::Optional)?;
     t.check_features(&run.config.features, "run")?;
     let agg = a.aggregate.unwrap_or(run.config.aggregation);
@@ -866,14 +868,17 @@ fn cmd_recover(a: RunArgs) -> Result<i32> {
 fn cmd_add(a: AddArgs) -> Result<i32> {
     let opts = a.run.common.options()?;
     let (mut run, ledger, _lock) = open(&a.run)?;
-    let priors = match (&a.deletion_prior, run.config.risk_threshold) {
-        (Some(p), Some(t)) => Some(Priors::read(p, &run.config.user_column, t)?),
-        (Some(_), None) => {
+    let c = &run.config;
+    let priors = match (&a.deletion_prior, c.risk_threshold, &c.prior_column) {
+        (Some(p), Some(t), _) => Some(Priors::read(p, &c.user_column, t)?),
+        (Some(_), None, _) => {
             return Err(anyhow::anyhow!(
                 "--deletion-prior: the run was trained without a deletion prior; add its rows without one"
             ))
         }
-        (None, _) => None,
+        // A run trained with a prior column reads the new users' priors from the same column.
+        (None, Some(t), Some(col)) => Priors::from_column(&a.data, &c.user_column, col, t, false)?,
+        (None, _, _) => None,
     };
     let report = unlearn::add::add_rows(&mut run, &ledger, &a.data, priors.as_ref(), &opts)?;
     if a.json {
@@ -1149,6 +1154,7 @@ fn quickstart(a: QuickstartArgs) -> Result<i32> {
         shard_by: ShardBy::User,
         slice_by: SliceBy::User,
         deletion_prior: None,
+        deletion_prior_column: None,
         risk_threshold: 0.5,
         risk_shards: 0,
         user_column: "user_id".into(),

@@ -430,3 +430,121 @@ fn a_request_fsyncs_each_directory_once_and_each_file_it_writes_once() {
     assert!(fixed[1..].windows(2).all(|w| w[0] == w[1]), "{fixed:?}");
     assert!(fixed[1] <= 20, "{fixed:?}");
 }
+
+#[test]
+fn a_prior_column_places_users_as_the_same_priors_in_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = Csv::read(&digits().0);
+    let users: Vec<String> = csv.users().into_iter().map(|(u, _)| u).collect();
+    let prior = |u: &str| {
+        if users.iter().position(|x| x == u).unwrap() % 7 == 0 {
+            "0.75"
+        } else {
+            "0.05"
+        }
+    };
+    // The training CSV with a `p` column after the label, and the same priors as a file.
+    let with_column = tmp.path().join("with-p.csv");
+    let mut text = csv.header.replacen(",label,", ",label,p,", 1) + "\n";
+    for l in &csv.lines {
+        let u = Csv::user(l);
+        let (head, rest) = l.split_at(l.find(',').unwrap() + 1);
+        let (label, rest) = rest.split_at(rest.find(',').unwrap() + 1);
+        text += &format!("{head}{label}{},{}\n", prior(u), &rest);
+    }
+    std::fs::write(&with_column, text).unwrap();
+    assert!(csv.header.starts_with("user_id,label,"));
+    let file = tmp.path().join("priors.csv");
+    let mut list = "user_id,p\n".to_string();
+    for u in &users {
+        list += &format!("{u},{}\n", prior(u));
+    }
+    std::fs::write(&file, list).unwrap();
+    let (_, test) = digits();
+    let train_with = |data: &Path, out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out);
+        let mut args = vec![
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--test",
+            test.to_str().unwrap(),
+            "--model",
+            "models/logreg.toml",
+            "--shards",
+            "5",
+            "--slices",
+            "4",
+            "--epochs",
+            "8",
+            "--risk-shards",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        sisa_ok(&args);
+        out
+    };
+    let by_column = train_with(&with_column, "column", &["--deletion-prior-column", "p"]);
+    let by_file = train_with(
+        &digits().0,
+        "file",
+        &["--deletion-prior", file.to_str().unwrap()],
+    );
+    assert_eq!(digests(&by_column), digests(&by_file));
+    assert_eq!(config(&by_column).features, config(&by_file).features);
+    assert_eq!(config(&by_column).prior_column.as_deref(), Some("p"));
+    // Later files may carry the column too: it is never a feature.
+    let c = by_column.to_str().unwrap();
+    let a = sisa_json(&[
+        "predict",
+        "--run",
+        c,
+        "--data",
+        with_column.to_str().unwrap(),
+    ]);
+    let f = by_file.to_str().unwrap();
+    let b = sisa_json(&[
+        "predict",
+        "--run",
+        f,
+        "--data",
+        digits().0.to_str().unwrap(),
+    ]);
+    assert_eq!(a["predictions"], b["predictions"]);
+    // A user with two priors is refused, naming the line.
+    let bad = tmp.path().join("two-priors.csv");
+    let mut lines: Vec<String> = std::fs::read_to_string(&with_column)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let first = Csv::user(&lines[1]).to_string();
+    let again = (2..lines.len())
+        .find(|&i| Csv::user(&lines[i]) == first)
+        .unwrap();
+    lines[again] = lines[again]
+        .replacen(",0.75,", ",0.5,", 1)
+        .replacen(",0.05,", ",0.5,", 1);
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+    let out = sisa(&[
+        "train",
+        "--data",
+        bad.to_str().unwrap(),
+        "--model",
+        "models/logreg.toml",
+        "--deletion-prior-column",
+        "p",
+        "--out",
+        tmp.path().join("never").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("line {}, column 'p'", again + 1)) && err.contains("one prior"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("never").exists());
+}

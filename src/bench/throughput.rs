@@ -222,6 +222,7 @@ pub fn measure_preset(
         backend: crate::model::Backend::Dense,
         user_column: "user_id".into(),
         label_column: "label".into(),
+        prior_column: None,
         aggregation: Aggregation::Mean,
         cpu: cpu_model(),
         created_by: format!("sisa {}", env!("CARGO_PKG_VERSION")),

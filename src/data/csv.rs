@@ -20,6 +20,8 @@ pub struct Columns {
     pub user: String,
     /// Column holding the integer class label.
     pub label: String,
+    /// A column that is not a feature when a file has it (the deletion prior's column).
+    pub ignore: Option<String>,
 }
 
 impl Default for Columns {
@@ -27,6 +29,7 @@ impl Default for Columns {
         Columns {
             user: "user_id".into(),
             label: "label".into(),
+            ignore: None,
         }
     }
 }
@@ -438,8 +441,12 @@ pub fn for_each_row(
     };
     let user_col = find(&columns.user, user, "user id")?;
     let label_col = find(&columns.label, label, "label")?;
+    let ignored = columns
+        .ignore
+        .as_deref()
+        .and_then(|c| names.iter().position(|n| n == c));
     let feature_cols: Vec<usize> = (0..names.len())
-        .filter(|&i| Some(i) != user_col && Some(i) != label_col)
+        .filter(|&i| Some(i) != user_col && Some(i) != label_col && Some(i) != ignored)
         .collect();
     if feature_cols.is_empty() {
         return Err(Error::input(path, Some(1), None, "no feature columns"));

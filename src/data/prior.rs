@@ -27,12 +27,7 @@ pub struct Priors {
 impl Priors {
     /// Read `path` (see the module doc), with `user_column` naming the user id column.
     pub fn read(path: &Path, user_column: &str, threshold: f64) -> Result<Priors> {
-        if !(threshold > 0.0 && threshold <= 1.0) {
-            return Err(Error::field(
-                "risk_threshold",
-                format!("must be in (0, 1], not {threshold}"),
-            ));
-        }
+        check_threshold(threshold)?;
         let file = std::fs::File::open(path).at(path)?;
         let mut reader = ::csv::ReaderBuilder::new()
             .trim(::csv::Trim::All)
@@ -63,16 +58,7 @@ impl Priors {
                 return Err(bad(line, Some(user_column), "empty user id".into()));
             }
             let text = record.get(p).unwrap_or_default();
-            let value: f64 = text
-                .parse()
-                .map_err(|_| bad(line, Some("p"), format!("'{text}' is not a number")))?;
-            if !(0.0..=1.0).contains(&value) {
-                return Err(bad(
-                    line,
-                    Some("p"),
-                    format!("{value} is not a probability in [0, 1]"),
-                ));
-            }
+            let value = parse_prior(text).map_err(|m| bad(line, Some("p"), m))?;
             if by_user.insert(id.to_string(), value).is_some() {
                 return Err(bad(
                     line,
@@ -93,6 +79,74 @@ impl Priors {
             by_user,
             threshold,
         })
+    }
+
+    /// Read the priors from column `column` of the CSV at `path` (its user column
+    /// `user_column`): every row of a user must carry the same prior. The column is then not
+    /// a feature ([`crate::data::csv::Columns::ignore`]). A file without the column gives
+    /// `None` unless `required`.
+    pub fn from_column(
+        path: &Path,
+        user_column: &str,
+        column: &str,
+        threshold: f64,
+        required: bool,
+    ) -> Result<Option<Priors>> {
+        check_threshold(threshold)?;
+        let mut reader = ::csv::ReaderBuilder::new()
+            .trim(::csv::Trim::All)
+            .flexible(true)
+            .from_reader(crate::data::csv::open_maybe_gz(path)?);
+        let bad =
+            |line: u64, column: Option<&str>, m: String| Error::input(path, Some(line), column, m);
+        let header = reader
+            .headers()
+            .map_err(|e| bad(1, None, format!("unreadable header: {e}")))?
+            .clone();
+        let find = |name: &str, role: &str| {
+            header.iter().position(|h| h == name).ok_or_else(|| {
+                bad(
+                    1,
+                    Some(name),
+                    format!("no {role} column named '{name}' in the header"),
+                )
+            })
+        };
+        let user = find(user_column, "user id")?;
+        if !required && !header.iter().any(|h| h == column) {
+            return Ok(None);
+        }
+        let p = find(column, "deletion prior")?;
+        let mut by_user: HashMap<String, f64> = HashMap::new();
+        for (i, record) in reader.records().enumerate() {
+            let line = i as u64 + 2;
+            let record = record.map_err(|e| bad(line, None, format!("unreadable row: {e}")))?;
+            let (Some(id), Some(text)) = (record.get(user), record.get(p)) else {
+                continue; // a short row: the training reader names it
+            };
+            let value = parse_prior(text).map_err(|m| bad(line, Some(column), m))?;
+            match by_user.get(id) {
+                Some(&v) if v.to_bits() != value.to_bits() => {
+                    return Err(bad(
+                        line,
+                        Some(column),
+                        format!("user '{id}' has prior {v} on an earlier row and {value} here; a user has one prior"),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    if by_user.len() >= MAX_PRIOR_USERS {
+                        return Err(bad(line, None, format!("more than {MAX_PRIOR_USERS} users")));
+                    }
+                    by_user.insert(id.to_string(), value);
+                }
+            }
+        }
+        Ok(Some(Priors {
+            path: path.to_path_buf(),
+            by_user,
+            threshold,
+        }))
     }
 
     /// Priors from a map (for benchmarks and tests).
@@ -125,6 +179,27 @@ impl Priors {
     }
 }
 
+fn check_threshold(threshold: f64) -> Result<()> {
+    if !(threshold > 0.0 && threshold <= 1.0) {
+        return Err(Error::field(
+            "risk_threshold",
+            format!("must be in (0, 1], not {threshold}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A prior's text as a probability in [0, 1].
+fn parse_prior(text: &str) -> std::result::Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number"))?;
+    if !(0.0..=1.0).contains(&value) {
+        return Err(format!("{value} is not a probability in [0, 1]"));
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +209,37 @@ mod tests {
         let p = dir.path().join("priors.csv");
         std::fs::write(&p, text).unwrap();
         Priors::read(&p, "user_id", 0.5)
+    }
+
+    #[test]
+    fn reads_priors_from_a_column_of_the_training_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("train.csv");
+        std::fs::write(
+            &p,
+            "user_id,label,p,a\nu1,0,0.9,1\nu2,1,0.1,2\nu1,1,0.9,3\n",
+        )
+        .unwrap();
+        let pr = Priors::from_column(&p, "user_id", "p", 0.5, true)
+            .unwrap()
+            .unwrap();
+        assert!(pr.likely("u1") && !pr.likely("u2") && pr.len() == 2);
+        std::fs::write(&p, "user_id,label,p,a\nu1,0,0.9,1\nu1,1,0.8,3\n").unwrap();
+        let e = Priors::from_column(&p, "user_id", "p", 0.5, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 3, column 'p'") && e.contains("one prior"),
+            "{e}"
+        );
+        let e = Priors::from_column(&p, "user_id", "q", 0.5, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no deletion prior column named 'q'"), "{e}");
+        assert_eq!(
+            Priors::from_column(&p, "user_id", "q", 0.5, false).unwrap(),
+            None
+        );
     }
 
     #[test]

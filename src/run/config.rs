@@ -76,6 +76,9 @@ pub struct RunConfig {
     pub user_column: String,
     /// Label column of the input files.
     pub label_column: String,
+    /// The column of the training file that held the deletion priors, if it had one: never a
+    /// feature, in any file.
+    pub prior_column: Option<String>,
     /// Default aggregation for eval and predict.
     pub aggregation: Aggregation,
     /// CPU model the run was trained on; bitwise comparisons hold on the same kind of CPU.
@@ -138,6 +141,8 @@ impl RunConfig {
             backend,
             user_column: _,
             label_column: _,
+            // Placement is in the rows themselves (their shards and slices).
+            prior_column: _,
             aggregation: _,
             cpu: _,
             created_by: _,
@@ -185,6 +190,16 @@ impl RunConfig {
         };
         let json = serde_json::to_vec(&id).expect("serializing plain data cannot fail");
         Sha256::digest(json).into()
+    }
+
+    /// The columns of this run's input files: user, label, and the prior column that is not
+    /// a feature.
+    pub fn columns(&self) -> crate::data::csv::Columns {
+        crate::data::csv::Columns {
+            user: self.user_column.clone(),
+            label: self.label_column.clone(),
+            ignore: self.prior_column.clone(),
+        }
     }
 
     /// The rules that place every row of this run.

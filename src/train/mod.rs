@@ -429,6 +429,7 @@ fn new_config(
         backend: opts.backend,
         user_column: opts.columns.user.clone(),
         label_column: opts.columns.label.clone(),
+        prior_column: opts.columns.ignore.clone(),
         aggregation: opts.aggregation,
         cpu: cpu_model(),
         created_by: format!("sisa {}", env!("CARGO_PKG_VERSION")),

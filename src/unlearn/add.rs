@@ -6,7 +6,7 @@
 //! counted: re-importing a raw export cannot resurrect a deletion.
 
 use crate::checkpoint::Checkpoint;
-use crate::data::csv::{self, Columns, Need};
+use crate::data::csv::{self, Need};
 use crate::data::ingest::{self, Target};
 use crate::data::{Priors, Rows, UserKey};
 use crate::error::{Error, Result};
@@ -51,10 +51,7 @@ pub fn add_rows(
     priors: Option<&Priors>,
     opts: &Options,
 ) -> Result<AddReport> {
-    let cols = Columns {
-        user: run.config.user_column.clone(),
-        label: run.config.label_column.clone(),
-    };
+    let cols = run.config.columns();
     if priors.is_some() && run.config.risk_threshold.is_none() {
         return Err(Error::Request(
             "the run was trained without a deletion prior; add its rows without one".into(),
