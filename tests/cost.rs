@@ -10,12 +10,17 @@ use sisa::run::RunConfig;
 use std::path::{Path, PathBuf};
 
 fn train(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
-    let (train, test) = digits();
+    train_on(&digits().0, dir, name, extra)
+}
+
+/// `sisa train` on `data` (with the digits' held-out file), logistic regression, S = 5, R = 4.
+fn train_on(data: &Path, dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let (_, test) = digits();
     let run = dir.join(name);
     let mut args = vec![
         "train",
         "--data",
-        train.to_str().unwrap(),
+        data.to_str().unwrap(),
         "--test",
         test.to_str().unwrap(),
         "--model",
@@ -339,33 +344,7 @@ fn add_reads_only_its_target_shards(extra: &[&str]) {
         text += "\n";
     }
     std::fs::write(&rest, text).unwrap();
-    let run = tmp.path().join("run");
-    let (_, test) = digits();
-    let args = |data: &Path, out: &Path| {
-        vec![
-            "train".to_string(),
-            "--data".into(),
-            data.to_str().unwrap().into(),
-            "--test".into(),
-            test.to_str().unwrap().into(),
-            "--model".into(),
-            "models/logreg.toml".into(),
-            "--shards".into(),
-            "5".into(),
-            "--slices".into(),
-            "4".into(),
-            "--epochs".into(),
-            "8".into(),
-            "--out".into(),
-            out.to_str().unwrap().into(),
-            "-q".into(),
-        ]
-        .into_iter()
-        .chain(extra.iter().map(|e| e.to_string()))
-        .collect::<Vec<String>>()
-    };
-    let a = args(&first, &run);
-    sisa_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let run = train_on(&first, tmp.path(), "run", extra);
     // The shards the new rows go to, from a dry copy of the add.
     let dry = tmp.path().join("dry");
     copy_dir(&run, &dry);
@@ -384,9 +363,7 @@ fn add_reads_only_its_target_shards(extra: &[&str]) {
     assert!(report["rows_added"].as_u64().unwrap() > 0);
     restore(&damaged);
     // The same as training on everything at once.
-    let whole = tmp.path().join("whole");
-    let w = args(&digits().0, &whole);
-    sisa_ok(&w.iter().map(String::as_str).collect::<Vec<_>>());
+    let whole = train_on(&digits().0, tmp.path(), "whole", extra);
     assert_eq!(digests(&run), digests(&whole));
 }
 
@@ -460,32 +437,10 @@ fn a_prior_column_places_users_as_the_same_priors_in_a_file() {
         list += &format!("{u},{}\n", prior(u));
     }
     std::fs::write(&file, list).unwrap();
-    let (_, test) = digits();
-    let train_with = |data: &Path, out: &str, extra: &[&str]| {
-        let out = tmp.path().join(out);
-        let mut args = vec![
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--test",
-            test.to_str().unwrap(),
-            "--model",
-            "models/logreg.toml",
-            "--shards",
-            "5",
-            "--slices",
-            "4",
-            "--epochs",
-            "8",
-            "--risk-shards",
-            "1",
-            "--out",
-            out.to_str().unwrap(),
-            "-q",
-        ];
-        args.extend_from_slice(extra);
-        sisa_ok(&args);
-        out
+    let train_with = |data: &Path, out: &str, prior: &[&str]| {
+        let mut extra = vec!["--risk-shards", "1"];
+        extra.extend_from_slice(prior);
+        train_on(data, tmp.path(), out, &extra)
     };
     let by_column = train_with(&with_column, "column", &["--deletion-prior-column", "p"]);
     let by_file = train_with(
@@ -547,4 +502,34 @@ fn a_prior_column_places_users_as_the_same_priors_in_a_file() {
         "{err}"
     );
     assert!(!tmp.path().join("never").exists());
+}
+
+#[test]
+fn a_ledger_entry_naming_a_shard_the_run_lacks_is_refused_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = train(tmp.path(), "run", &[]);
+    // A well-chained entry (as a forger who recomputes hashes would write) that places a real
+    // user's rows in shard 99 of a 5-shard run.
+    let csv = Csv::read(&digits().0);
+    let (user, _) = csv.users().remove(0);
+    let secret = sisa::data::Secret::load(&run.join("secret")).unwrap();
+    let mut ledger = sisa::unlearn::Ledger::open(&run.join("ledger.jsonl")).unwrap();
+    ledger
+        .append(
+            1,
+            sisa::unlearn::Event::Accepted {
+                users: vec![secret.key(&user)],
+                place: Some(sisa::unlearn::Touched {
+                    shards: vec![99],
+                    buckets: vec![],
+                }),
+            },
+        )
+        .unwrap();
+    let before = tree_digest(&run);
+    let out = sisa(&["status", "--run", run.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("names shard 99"), "{err}");
+    assert_eq!(tree_digest(&run), before);
 }

@@ -89,18 +89,19 @@ impl<'a> Placer<'a> {
 
     /// Place one row of user `id`.
     pub fn push(&mut self, id: &str, label: u32, features: &[f32]) {
-        let (key, seq, likely) = match self.users.get(id) {
-            Some(entry) => *entry,
-            None => {
-                let key = self.secret.key(id);
-                let start = self.existing.get(&key).copied().unwrap_or(0);
-                (key, start, self.likely(id))
-            }
-        };
+        if !self.users.contains_key(id) {
+            // A user's first row: their key, where their numbering starts, their prior.
+            let key = self.secret.key(id);
+            let start = self.existing.get(&key).copied().unwrap_or(0);
+            let likely = self.likely(id);
+            self.users.insert(id.to_string(), (key, start, likely));
+        }
+        let entry = self.users.get_mut(id).expect("inserted above");
+        let (key, seq, likely) = *entry;
+        entry.1 += 1;
         let tag = plan::row_tag(self.rules.seed, id, seq);
         let place = self.place(id, tag, likely);
         self.shards[place.shard].push(RowId { key, seq, tag }, place.slice as u32, label, features);
-        self.users.insert(id.to_string(), (key, seq + 1, likely));
     }
 
     /// The shards, each in tag order; refuses two rows with one identity tag (`path` names

@@ -64,11 +64,9 @@ pub struct RowId {
     pub tag: u64,
 }
 
-/// Where each row of a shard falls among the slices, and what each slice holds.
+/// What each slice of a shard holds (each row's slice is [`Rows::slices`]).
 #[derive(Clone, Debug)]
 pub struct SliceIndex {
-    /// Slice (0-based) of each row.
-    pub slice_of_row: Vec<u32>,
     /// Rows per slice.
     pub counts: Vec<u64>,
     /// Digest of each slice's rows (tag, label, features, in tag order).
@@ -201,7 +199,6 @@ impl Rows {
             .map(|s| reuse(s).is_none().then(Sha256::new))
             .collect();
         let mut counts = vec![0u64; slices];
-        let slice_of_row = self.slices.clone();
         for i in 0..self.len() {
             let s = self.slices[i] as usize;
             counts[s] += 1;
@@ -219,11 +216,7 @@ impl Rows {
                 None => reuse(s).expect("a clean slice has a known digest").0[s],
             })
             .collect();
-        SliceIndex {
-            slice_of_row,
-            counts,
-            digests,
-        }
+        SliceIndex { counts, digests }
     }
 
     /// The file form: header, columns, SHA-256 trailer.
@@ -456,8 +449,8 @@ mod tests {
         assert_eq!(reused.counts, after_rows.slice_index(3).counts);
         // Slices that held none of user 1's rows keep their digest.
         for s in 0..3 {
-            let held = (0..r.len())
-                .any(|i| r.keys[i] == UserKey([1; 32]) && before.slice_of_row[i] == s as u32);
+            let held =
+                (0..r.len()).any(|i| r.keys[i] == UserKey([1; 32]) && r.slices[i] == s as u32);
             assert_eq!(before.digests[s] == after.digests[s], !held, "slice {s}");
         }
     }

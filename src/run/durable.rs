@@ -161,17 +161,6 @@ impl Io {
         }
     }
 
-    /// The sum of two readings.
-    pub fn plus(&self, other: &Io) -> Io {
-        Io {
-            fsyncs: self.fsyncs + other.fsyncs,
-            bytes_written: self.bytes_written + other.bytes_written,
-            bytes_read: self.bytes_read + other.bytes_read,
-            rows_read: self.rows_read + other.rows_read,
-            test_rows_read: self.test_rows_read + other.test_rows_read,
-        }
-    }
-
     /// Count `bytes` read from a run file holding `rows` training and `test_rows` held-out rows.
     pub fn count_read(bytes: u64, rows: u64, test_rows: u64) {
         use std::sync::atomic::Ordering::Relaxed;

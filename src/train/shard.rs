@@ -103,7 +103,7 @@ impl<'a> ShardData<'a> {
         let c = self.config;
         let norm = if c.model.standardize {
             let first: Vec<usize> = (0..self.rows.len())
-                .filter(|&i| self.index.slice_of_row[i] == 0)
+                .filter(|&i| self.rows.slices[i] == 0)
                 .collect();
             Norm::fit(&self.rows.x, self.rows.dim, first.into_iter())
         } else {
@@ -161,7 +161,7 @@ impl<'a> ShardData<'a> {
                 members.clear();
                 members.extend(
                     (0..n)
-                        .filter(|&i| (self.index.slice_of_row[i] as usize) < stage)
+                        .filter(|&i| (self.rows.slices[i] as usize) < stage)
                         .map(|i| (mix(self.rows.tags[i] ^ seed), i as u32)),
                 );
                 members.sort_unstable();

@@ -118,16 +118,18 @@ pub fn prepare(run: &Run, users: &[UserKey], loaded: &Loaded) -> (UnlearnPlan, V
             run.config.slices,
             known.as_deref().map(|d| (d, dirty.as_slice())),
         );
-        let data = ShardData::with_index(&run.config, &run.config_digest, k, &kept, index.clone());
-        let first = data
-            .lineages
-            .iter()
-            .zip(&entry.stages)
-            .position(|(new, old)| *new != old.lineage)
-            .map(|i| i + 1)
-            .unwrap_or(run.config.slices + 1);
-        let cost = data.cost_from(first);
-        full += data.cost_from(1);
+        let (first, cost, from_scratch, index) = {
+            let data = ShardData::with_index(&run.config, &run.config_digest, k, &kept, index);
+            let first = data
+                .lineages
+                .iter()
+                .zip(&entry.stages)
+                .position(|(new, old)| *new != old.lineage)
+                .map(|i| i + 1)
+                .unwrap_or(run.config.slices + 1);
+            (first, data.cost_from(first), data.cost_from(1), data.index)
+        };
+        full += from_scratch;
         plans.push(ShardPlan {
             shard: k,
             rows_removed: removed,
@@ -141,7 +143,6 @@ pub fn prepare(run: &Run, users: &[UserKey], loaded: &Loaded) -> (UnlearnPlan, V
                 .unwrap_or_default(),
             model_digest_before: entry.model_digest.clone(),
         });
-        drop(data);
         kept_shards.push(Kept {
             shard: k,
             rows: kept,

@@ -26,11 +26,20 @@ impl Loaded {
     /// Read the shards and buckets `touched` names (every one when `None`: a request
     /// recorded before the ledger said where its users are).
     pub fn read(run: &Run, touched: Option<&Touched>) -> Result<Loaded> {
-        let all_buckets = || (0..run.manifest.test.as_ref().map_or(0, Vec::len)).collect();
+        let buckets_in_run = run.manifest.test.as_ref().map_or(0, Vec::len);
         let (shards, buckets): (Vec<usize>, Vec<usize>) = match touched {
             Some(t) => (t.shards.clone(), t.buckets.clone()),
-            None => ((0..run.config.shards).collect(), all_buckets()),
+            None => (
+                (0..run.config.shards).collect(),
+                (0..buckets_in_run).collect(),
+            ),
         };
+        if let Some(k) = shards.iter().find(|&&k| k >= run.config.shards) {
+            return Err(Error::run(
+                run.dir.root(),
+                format!("a ledger entry names shard {k}, which the run does not have"),
+            ));
+        }
         let mut loaded = Loaded {
             version: run.manifest.version,
             ..Loaded::default()
@@ -38,7 +47,8 @@ impl Loaded {
         for k in shards {
             loaded.shards.insert(k, run.shard_rows(k)?);
         }
-        for b in buckets {
+        // A bucket beyond the run's is none of its held-out rows (the run may have none).
+        for b in buckets.into_iter().filter(|&b| b < buckets_in_run) {
             if let Some(rows) = run.test_bucket(b)? {
                 loaded.buckets.insert(b, rows);
             }

@@ -2,7 +2,6 @@
 
 use crate::data::UserKey;
 use crate::error::{Error, Result};
-use crate::run::durable::Io;
 use crate::run::{Run, RunLock};
 use crate::unlearn::{
     accept, complete_fresh, open, plan_unlearning, resolve_users, Fresh, Ledger, Options, Receipt,
@@ -97,7 +96,8 @@ impl Unlearner {
 
     /// Accept several resolved batches of users as one request (the server's deletions that
     /// arrived while another retrained): each touched shard retrains once for all of them.
-    /// Users in more than one batch are forgotten once.
+    /// Users in more than one batch are forgotten once. The batches are given in the order they
+    /// were resolved, so the first one's clock and I/O readings are where the request began.
     pub fn accept_together(&mut self, batches: Vec<Resolved>) -> Result<RequestId> {
         let mut iter = batches.into_iter();
         let mut all = iter
@@ -111,14 +111,6 @@ impl Unlearner {
             merge_sorted(&mut all.touched.buckets, &b.touched.buckets);
             all.loaded.shards.extend(b.loaded.shards);
             all.loaded.buckets.extend(b.loaded.buckets);
-            all.io_before = Io {
-                fsyncs: all.io_before.fsyncs.min(b.io_before.fsyncs),
-                bytes_written: all.io_before.bytes_written.min(b.io_before.bytes_written),
-                bytes_read: all.io_before.bytes_read.min(b.io_before.bytes_read),
-                rows_read: all.io_before.rows_read.min(b.io_before.rows_read),
-                test_rows_read: all.io_before.test_rows_read.min(b.io_before.test_rows_read),
-            };
-            all.started = all.started.min(b.started);
         }
         self.accept(all)
     }
