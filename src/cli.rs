@@ -215,6 +215,22 @@ struct TrainArgs {
     /// Optimizer. Default: the preset's.
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerKind>,
+    /// Preprocessing: standardize each feature (tabular data), all features by one mean and
+    /// deviation (images), or not at all. Default: the preset's.
+    #[arg(long, value_enum)]
+    standardize: Option<sisa::model::Standardize>,
+    /// Multiply every feature by this (a number or a fraction such as 1/255) instead of
+    /// standardizing; implies --standardize none. Default: the preset's.
+    #[arg(long, value_name = "FACTOR", value_parser = parse_scale)]
+    scale: Option<f32>,
+    /// Shift every training image by up to this many pixels each way, drawn per row and
+    /// epoch from the seed (0: off); needs a preset with an image input. Default: the preset's.
+    #[arg(long, value_name = "PIXELS")]
+    augment_shift: Option<usize>,
+    /// Train small shards longer: at least this many optimizer steps per shard model over
+    /// unsliced training (0: off). Default: the preset's.
+    #[arg(long)]
+    min_steps: Option<u64>,
     /// Shard by user (one user's rows share a shard) or by row (the paper's rule).
     #[arg(long, value_enum, default_value = "user")]
     shard_by: ShardBy,
@@ -504,6 +520,10 @@ fn open_unlearner(args: &RunArgs) -> Result<unlearn::Unlearner> {
     Ok(unlearner)
 }
 
+fn parse_scale(text: &str) -> std::result::Result<f32, String> {
+    sisa::model::spec::parse_scale(text).map(|v| v as f32)
+}
+
 fn train_options(a: &TrainArgs) -> Result<TrainOptions> {
     let mut model = ModelSpec::load(&a.model)?;
     if let Some(e) = a.epochs {
@@ -517,6 +537,26 @@ fn train_options(a: &TrainArgs) -> Result<TrainOptions> {
     }
     if let Some(o) = a.optimizer {
         model.optimizer = o;
+    }
+    if let Some(st) = a.standardize {
+        model.standardize = st;
+        if st != sisa::model::Standardize::None {
+            model.scale = None;
+        }
+    }
+    if let Some(f) = a.scale {
+        model.scale = Some(f);
+        model.standardize = sisa::model::Standardize::None;
+    }
+    match a.augment_shift {
+        Some(0) => model.augment = None,
+        Some(shift) => model.augment = Some(sisa::model::Augment { shift }),
+        None => {}
+    }
+    match a.min_steps {
+        Some(0) => model.min_steps = None,
+        Some(m) => model.min_steps = Some(m),
+        None => {}
     }
     model.validate()?;
     Ok(TrainOptions {
@@ -568,14 +608,36 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
             100.0 * fraction
         );
     }
+    if !a.common.quiet && epochs != opts.model.epochs {
+        eprintln!(
+            "sisa: note: min_steps {} raises the epochs from {} to {epochs} for shards of about {} rows",
+            opts.model.min_steps.unwrap_or(0),
+            opts.model.epochs,
+            run.manifest.shards.iter().map(|s| s.data.rows).sum::<u64>()
+                / run.config.shards as u64
+        );
+    }
     let rows: u64 = run.manifest.shards.iter().map(|s| s.data.rows).sum();
+    let users: u64 = run.manifest.shards.iter().map(|s| s.data.users).sum();
+    // What forgetting one user of the mean row count is expected to retrain, beside what
+    // training everything cost.
+    let one_user = sisa::plan::formula::users_rows_epochs(
+        rows as f64,
+        run.config.shards,
+        per_stage,
+        1,
+        &[rows.div_ceil(users.max(1)).max(1) as u32],
+        (run.config.shard_by, run.config.slice_by),
+    );
     if a.json {
         print_json(&json!({
             "run": run.dir.root(),
             "version": run.manifest.version,
             "shards": run.config.shards,
             "slices": run.config.slices,
+            "epochs": epochs,
             "stage_epochs": run.config.stage_epochs,
+            "expected_unlearn_rows_epochs": one_user.round() as u64,
             "rows": rows,
             "test_rows": run.manifest.test_totals().map(|t| t.0),
             "rows_epochs": summary.rows_epochs,
@@ -590,6 +652,11 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
             summary.rows_epochs,
             summary.seconds,
             run.dir.root().display()
+        );
+        println!(
+            "forgetting one user is expected to retrain {:.0} rows x epochs ({:.1}% of this training)",
+            one_user,
+            100.0 * one_user / summary.rows_epochs.max(1) as f64
         );
     }
     Ok(0)
@@ -698,6 +765,12 @@ fn cmd_eval(a: EvalArgs) -> Result<i32> {
             "version {}: accuracy {:.4} ({}) on {} rows",
             ev.version, ev.accuracy, ev.aggregate, ev.rows
         );
+        let all: Vec<String> = ev
+            .by_aggregation
+            .iter()
+            .map(|(a, acc)| format!("{a} {acc:.4}"))
+            .collect();
+        println!("  by aggregation: {}", all.join(", "));
         for s in &ev.per_shard {
             println!("  shard {:>3}: {:.4}", s.shard, s.accuracy);
         }
@@ -1151,6 +1224,10 @@ fn quickstart(a: QuickstartArgs) -> Result<i32> {
         batch_size: None,
         lr: None,
         optimizer: None,
+        standardize: None,
+        scale: None,
+        augment_shift: None,
+        min_steps: None,
         shard_by: ShardBy::User,
         slice_by: SliceBy::User,
         deletion_prior: None,

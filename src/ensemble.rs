@@ -1,4 +1,5 @@
-//! The ensemble: every non-empty shard's model, combined by posterior mean or majority vote.
+//! The ensemble: every non-empty shard's model, combined by posterior mean, majority vote or a
+//! posterior mean weighted by each shard's row count.
 
 use crate::error::{Error, Result};
 use crate::model::{predict_raw, Norm, ShardModel};
@@ -13,6 +14,8 @@ pub struct Member {
     pub norm: Norm,
     /// Its model.
     pub model: Box<dyn ShardModel>,
+    /// Rows its model was trained on: its weight under [`Aggregation::Weighted`].
+    pub rows: u64,
 }
 
 impl Member {
@@ -55,6 +58,7 @@ impl Ensemble {
                     shard: s.shard,
                     norm: ck.norm,
                     model: ck.model,
+                    rows: s.data.rows,
                 });
             }
         }
@@ -91,13 +95,18 @@ impl Ensemble {
         agg: Aggregation,
         excluded: &[usize],
     ) -> Prediction {
-        let probs: Vec<Vec<f32>> = self
+        let (probs, rows): (Vec<Vec<f32>>, Vec<u64>) = self
             .members
             .iter()
             .filter(|m| !excluded.contains(&m.shard))
-            .map(|m| m.predict_proba(x, n))
-            .collect();
-        aggregate(&probs, n, self.classes, agg)
+            .map(|m| (m.predict_proba(x, n), m.rows))
+            .unzip();
+        aggregate(&probs, &rows, n, self.classes, agg)
+    }
+
+    /// Each member's row count, in member order.
+    pub fn member_rows(&self) -> Vec<u64> {
+        self.members.iter().map(|m| m.rows).collect()
     }
 }
 
@@ -112,16 +121,39 @@ pub fn argmax(v: &[f32]) -> usize {
     best
 }
 
-/// Combine members' probabilities (each `n × classes`) in member order.
-pub fn aggregate(members: &[Vec<f32>], n: usize, classes: usize, agg: Aggregation) -> Prediction {
+/// Combine members' probabilities (each `n × classes`) in member order; `rows` holds each
+/// member's training row count, its weight under [`Aggregation::Weighted`].
+pub fn aggregate(
+    members: &[Vec<f32>],
+    rows: &[u64],
+    n: usize,
+    classes: usize,
+    agg: Aggregation,
+) -> Prediction {
     assert!(!members.is_empty(), "aggregate needs at least one member");
+    assert_eq!(members.len(), rows.len(), "one row count per member");
     let mut probs = vec![0f32; n * classes];
-    let share = 1.0 / members.len() as f32;
-    for p in members {
+    let mut share = 1.0 / members.len() as f32;
+    let total: u64 = rows.iter().sum();
+    for (p, &m_rows) in members.iter().zip(rows) {
         match agg {
             Aggregation::Mean => {
                 for (acc, v) in probs.iter_mut().zip(p) {
                     *acc += v;
+                }
+            }
+            Aggregation::Weighted => {
+                // A member's weight is its share of the rows: each is fixed by its own shard,
+                // so a deletion changes only the weights of the shards it touched (and, through
+                // the total, the scale of all, which no argmax sees).
+                share = 1.0;
+                let w = if total == 0 {
+                    1.0 / members.len() as f32
+                } else {
+                    (m_rows as f64 / total as f64) as f32
+                };
+                for (acc, v) in probs.iter_mut().zip(p) {
+                    *acc += w * v;
                 }
             }
             Aggregation::Vote => {
@@ -157,14 +189,30 @@ mod tests {
         let a = vec![0.6, 0.4, 0.1, 0.9];
         let b = vec![0.3, 0.7, 0.2, 0.8];
         let c = vec![0.9, 0.1, 0.6, 0.4];
-        let mean = aggregate(&[a.clone(), b.clone(), c.clone()], 2, 2, Aggregation::Mean);
+        let rows = [10, 10, 10];
+        let three = [a.clone(), b.clone(), c.clone()];
+        let mean = aggregate(&three, &rows, 2, 2, Aggregation::Mean);
         assert_eq!(mean.labels, [0, 1]);
         assert!((mean.probs[0] - 0.6).abs() < 1e-6);
-        let vote = aggregate(&[a, b, c], 2, 2, Aggregation::Vote);
+        // Equal row counts weigh like the plain mean.
+        let even = aggregate(&three, &rows, 2, 2, Aggregation::Weighted);
+        assert_eq!(even.labels, mean.labels);
+        assert!((even.probs[0] - 0.6).abs() < 1e-6);
+        // A shard of 8 rows against two of 1 outweighs them: row 1 follows c.
+        let heavy = aggregate(&three, &[1, 1, 8], 2, 2, Aggregation::Weighted);
+        assert!((heavy.probs[0] - (0.6 + 0.3 + 8.0 * 0.9) / 10.0).abs() < 1e-6);
+        assert_eq!(heavy.labels, [0, 0]);
+        let vote = aggregate(&[a, b, c], &rows, 2, 2, Aggregation::Vote);
         assert_eq!(vote.labels, [0, 1]);
         assert!((vote.probs[0] - 2.0 / 3.0).abs() < 1e-6);
         // A tie goes to the smallest label.
-        let tie = aggregate(&[vec![0.9, 0.1], vec![0.1, 0.9]], 1, 2, Aggregation::Vote);
+        let tie = aggregate(
+            &[vec![0.9, 0.1], vec![0.1, 0.9]],
+            &[1, 1],
+            1,
+            2,
+            Aggregation::Vote,
+        );
         assert_eq!(tie.labels, [0]);
         assert_eq!(accuracy(&[1, 2, 3], &[1, 0, 3]), 2.0 / 3.0);
     }
@@ -181,6 +229,8 @@ pub struct Evaluation {
     pub rows: usize,
     /// Ensemble accuracy.
     pub accuracy: f64,
+    /// Ensemble accuracy under every aggregation, side by side (`mean`, `vote`, `weighted`).
+    pub by_aggregation: std::collections::BTreeMap<&'static str, f64>,
     /// Each member's own accuracy.
     pub per_shard: Vec<ShardAccuracy>,
 }
@@ -211,12 +261,21 @@ impl Ensemble {
                 }
             })
             .collect();
-        let pred = aggregate(&probs, n, self.classes, agg);
+        let rows = self.member_rows();
+        let by_aggregation: std::collections::BTreeMap<_, _> =
+            [Aggregation::Mean, Aggregation::Vote, Aggregation::Weighted]
+                .into_iter()
+                .map(|a| {
+                    let pred = aggregate(&probs, &rows, n, self.classes, a);
+                    (a.name(), accuracy(&pred.labels, y))
+                })
+                .collect();
         Evaluation {
             version: self.version,
             aggregate: agg.name(),
             rows: n,
-            accuracy: accuracy(&pred.labels, y),
+            accuracy: by_aggregation[agg.name()],
+            by_aggregation,
             per_shard,
         }
     }

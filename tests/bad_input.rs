@@ -464,6 +464,23 @@ fn a_preset_with_a_bad_layer_is_refused_naming_the_preset_and_the_field() {
             "hidden = [4]\nlayers = [{ kind = \"relu\" }]",
             "layers and hidden are both given",
         ),
+        (
+            "standardize = \"maybe\"",
+            "standardize is \"maybe\"; expected \"feature\", \"global\" or \"none\"",
+        ),
+        (
+            "standardize = \"none\"\nscale = \"1/x\"",
+            "scale is \"1/x\"; expected a number or a fraction",
+        ),
+        ("scale = 0.5", "scale applies to features that are not standardized, but standardize is \"feature\""),
+        ("standardize = \"none\"\nscale = -1", "scale must be a positive number, got -1"),
+        ("augment = { shift = 1 }", "augment shifts images, but the preset has no input"),
+        (
+            "input = [1, 8, 8]\naugment = { shift = 9 }",
+            "augment shift must be in 1..=7 for 8×8 images, got 9",
+        ),
+        ("input = [1, 8, 8]\naugment = { shift = 1, turn = 2 }", "unknown field `turn`"),
+        ("min_steps = 0", "min_steps must be in 1..=2^40, got 0"),
     ] {
         let preset = tmp.path().join("bad.toml");
         std::fs::write(

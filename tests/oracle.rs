@@ -1,14 +1,17 @@
 //! The central property: after any sequence of unlearning requests, every shard is bitwise
 //! identical to the shard trained from scratch, with the same configuration and seed, on what
 //! remains. Random deletion sequences, seeded, over the MLP, logistic regression and a CNN,
-//! both backends, both sharding rules, both slicing rules and deletion-aware placement.
+//! both backends, both sharding rules, both slicing rules, deletion-aware placement, every
+//! preprocessing, augmentation and epochs raised for small shards; and the ensemble answers
+//! every aggregation (the weighted one too) with the same bits as the from-scratch ensemble.
 
 mod common;
 
 use common::*;
 use sisa::data::csv::Columns;
 use sisa::data::Priors;
-use sisa::model::{Backend, ModelSpec};
+use sisa::ensemble::Ensemble;
+use sisa::model::{Augment, Backend, ModelSpec, Standardize};
 use sisa::plan::{ShardBy, SliceBy};
 use sisa::run::{Aggregation, Run};
 use sisa::train::{self, TrainOptions};
@@ -35,6 +38,20 @@ struct Config<'a> {
     shard_by: ShardBy,
     slice_by: SliceBy,
     risk: bool,
+    tweak: Tweak,
+}
+
+/// Training options beyond the preset's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Tweak {
+    /// The preset as it is.
+    None,
+    /// Pixels (0..16 on digits) scaled by 1/16 and shifted by up to one pixel while training.
+    ScaledAndShifted,
+    /// One mean and deviation over all pixels, shifts while training.
+    GlobalAndShifted,
+    /// Epochs raised so that each shard takes at least 100 steps.
+    MinSteps,
 }
 
 /// Priors for the oracle's data: every fifth user is a likely requester.
@@ -51,6 +68,19 @@ fn options(data: &Path, out: &Path, c: Config<'_>, seed: u64, users: &[String]) 
     let mut model = ModelSpec::load(c.preset).unwrap();
     model.epochs = 6;
     model.batch_size = 16;
+    match c.tweak {
+        Tweak::None => {}
+        Tweak::ScaledAndShifted => {
+            model.standardize = Standardize::None;
+            model.scale = Some(1.0 / 16.0);
+            model.augment = Some(Augment { shift: 1 });
+        }
+        Tweak::GlobalAndShifted => {
+            model.standardize = Standardize::Global;
+            model.augment = Some(Augment { shift: 1 });
+        }
+        Tweak::MinSteps => model.min_steps = Some(100),
+    }
     TrainOptions {
         data: data.to_path_buf(),
         test: None,
@@ -102,17 +132,29 @@ fn random_deletion_sequences_equal_training_from_scratch() {
     let base = Csv::read(&base_csv);
     let users: Vec<String> = base.users().into_iter().map(|(u, _)| u).collect();
     let mut rng = Lcg(2021);
+    let table = sisa::data::csv::read_csv(
+        &base_csv,
+        &Columns::default(),
+        sisa::data::csv::Need::Optional,
+        sisa::data::csv::Need::Optional,
+    )
+    .unwrap();
+    let (x_all, n_all) = (table.x.clone(), table.len());
     let (mlp, logreg) = (
         root().join("models/mlp.toml"),
         root().join("models/logreg.toml"),
     );
     let cnn = cnn_preset(tmp.path());
-    let config = |preset, backend, shard_by, slice_by, risk| Config {
+    let tweaked = |preset, backend, shard_by, slice_by, risk, tweak| Config {
         preset,
         backend,
         shard_by,
         slice_by,
         risk,
+        tweak,
+    };
+    let config = |preset, backend, shard_by, slice_by, risk| {
+        tweaked(preset, backend, shard_by, slice_by, risk, Tweak::None)
     };
     let (user, row) = (SliceBy::User, SliceBy::Row);
     let configs = [
@@ -124,6 +166,30 @@ fn random_deletion_sequences_equal_training_from_scratch() {
         config(&mlp, Backend::Candle, ShardBy::Row, user, false),
         config(&mlp, Backend::Dense, ShardBy::User, user, true),
         config(&logreg, Backend::Dense, ShardBy::Row, row, true),
+        tweaked(
+            &cnn,
+            Backend::Dense,
+            ShardBy::User,
+            user,
+            false,
+            Tweak::ScaledAndShifted,
+        ),
+        tweaked(
+            &cnn,
+            Backend::Candle,
+            ShardBy::User,
+            row,
+            true,
+            Tweak::GlobalAndShifted,
+        ),
+        tweaked(
+            &mlp,
+            Backend::Dense,
+            ShardBy::User,
+            user,
+            true,
+            Tweak::MinSteps,
+        ),
     ];
     let mut bases = Vec::new();
     for (i, c) in configs.iter().enumerate() {
@@ -131,7 +197,7 @@ fn random_deletion_sequences_equal_training_from_scratch() {
         train::train_run(&options(&base_csv, &dir, *c, 7, &users)).unwrap();
         bases.push(dir);
     }
-    let cases = 32;
+    let cases = 33;
     for case in 0..cases {
         let which = case % configs.len();
         let c = configs[which];
@@ -188,14 +254,35 @@ fn random_deletion_sequences_equal_training_from_scratch() {
         let refs: Vec<&str> = gone.iter().map(String::as_str).collect();
         base.write_without(&refs, &reduced);
         let oracle_dir = tmp.path().join(format!("oracle-{case}"));
-        let oracle = train::train_run(&options(&reduced, &oracle_dir, c, 7, &users))
-            .unwrap()
-            .run;
+        // The from-scratch run has the run's configuration: the epochs it resolved at train
+        // time (from min_steps, on the full data) included.
+        let mut oracle_options = options(&reduced, &oracle_dir, c, 7, &users);
+        oracle_options.model.epochs = run.config.model.epochs;
+        oracle_options.model.min_steps = None;
+        let oracle = train::train_run(&oracle_options).unwrap().run;
+        assert_eq!(run.config.stage_epochs, oracle.config.stage_epochs);
+        if c.tweak == Tweak::MinSteps {
+            assert!(run.config.model.epochs > 6, "min_steps raised the epochs");
+        }
         assert_eq!(
             fingerprint(&run),
             fingerprint(&oracle),
             "case {case} ({c:?}): forgetting {gone:?} differs from training without them"
         );
+        // Served answers: every aggregation, bit for bit.
+        let (ours, theirs) = (
+            Ensemble::load(&run).unwrap(),
+            Ensemble::load(&oracle).unwrap(),
+        );
+        for agg in [Aggregation::Mean, Aggregation::Vote, Aggregation::Weighted] {
+            let (a, b) = (
+                ours.predict(&x_all, n_all, agg),
+                theirs.predict(&x_all, n_all, agg),
+            );
+            assert_eq!(a.labels, b.labels, "case {case}: {agg:?} labels");
+            let bits = |p: &[f32]| p.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a.probs), bits(&b.probs), "case {case}: {agg:?}");
+        }
         let ledger = Ledger::open(&run_dir.join("ledger.jsonl")).unwrap();
         assert!(ledger.requests().iter().all(|&r| ledger.is_done(r)));
         // Nothing unreferenced is left: tainted checkpoints and old data files are gone.

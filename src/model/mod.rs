@@ -20,7 +20,9 @@ pub mod spec;
 
 pub use net::{Conv2d, Dense, Network, Norm, Op, Workspace};
 pub use optim::Optimizer;
-pub use spec::{Activation, Architecture, LayerSpec, ModelSpec, OptimizerKind, Shape};
+pub use spec::{
+    Activation, Architecture, Augment, LayerSpec, ModelSpec, OptimizerKind, Shape, Standardize,
+};
 
 use crate::error::Result;
 use serde::{Deserialize, Serialize};

@@ -80,6 +80,53 @@ impl Norm {
         }
     }
 
+    /// Every feature multiplied by `scale`, not clipped.
+    pub fn scaled(dim: usize, scale: f32) -> Norm {
+        Norm {
+            scale: vec![scale; dim],
+            ..Norm::identity(dim)
+        }
+    }
+
+    /// One mean and one deviation over every feature of rows `rows` of `x` (summed in row
+    /// order in f64), shared by all features: standardization that keeps an image's contrast
+    /// between pixels.
+    pub fn fit_global(x: &[f32], dim: usize, rows: impl Iterator<Item = usize> + Clone) -> Norm {
+        let (mut n, mut sum) = (0f64, 0f64);
+        for i in rows.clone() {
+            n += dim as f64;
+            sum += x[i * dim..(i + 1) * dim]
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>();
+        }
+        if n == 0.0 {
+            return Norm {
+                clip: CLIP,
+                ..Norm::identity(dim)
+            };
+        }
+        let mean = sum / n;
+        let mut var = 0f64;
+        for i in rows {
+            for &v in &x[i * dim..(i + 1) * dim] {
+                let d = v as f64 - mean;
+                var += d * d;
+            }
+        }
+        let sd = (var / n).sqrt();
+        let scale = if sd > 1e-6 * (1.0 + mean.abs()) {
+            (1.0 / sd) as f32
+        } else {
+            1.0
+        };
+        Norm {
+            mean: vec![mean as f32; dim],
+            scale: vec![scale; dim],
+            clip: CLIP,
+        }
+    }
+
     /// Standardize one row into `out`.
     #[inline]
     pub fn apply(&self, row: &[f32], out: &mut [f32]) {

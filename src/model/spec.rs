@@ -41,11 +41,109 @@ pub const MAX_LAYERS: usize = 64;
 /// before gradients and optimizer state.
 pub const MAX_PARAMETERS: u64 = 1 << 27;
 
+/// How a shard's features are standardized before its model sees them. Everything fitted is
+/// fitted on the shard's own first slice, so unlearning refits it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Standardize {
+    /// Each feature by its own mean and deviation, clipped at ±6σ: for tabular data.
+    #[default]
+    Feature,
+    /// One mean and one deviation over every feature, clipped at ±6σ: for images, where a
+    /// pixel that is almost always 0 should stay small.
+    Global,
+    /// Features as they are (times `scale`, when given).
+    None,
+}
+
+impl Standardize {
+    /// The name used in presets and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Standardize::Feature => "feature",
+            Standardize::Global => "global",
+            Standardize::None => "none",
+        }
+    }
+}
+
+// Presets and `run.json` files written before `global` existed say `true` (per feature) or
+// `false` (none); those two stay booleans, so such files read and write back byte for byte.
+impl Serialize for Standardize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Standardize::Feature => s.serialize_bool(true),
+            Standardize::None => s.serialize_bool(false),
+            Standardize::Global => s.serialize_str("global"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Standardize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Bool(bool),
+            Name(String),
+        }
+        match Given::deserialize(d)? {
+            Given::Bool(true) => Ok(Standardize::Feature),
+            Given::Bool(false) => Ok(Standardize::None),
+            Given::Name(n) => match n.as_str() {
+                "feature" => Ok(Standardize::Feature),
+                "global" => Ok(Standardize::Global),
+                "none" => Ok(Standardize::None),
+                other => Err(serde::de::Error::custom(format!(
+                    "standardize is \"{other}\"; expected \"feature\", \"global\" or \"none\""
+                ))),
+            },
+        }
+    }
+}
+
+/// A fixed factor every feature is multiplied by, written as a number or a fraction
+/// (`scale = "1/255"` for 8-bit pixels).
+fn de_scale<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<f32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Number(f64),
+        Text(String),
+    }
+    let v = match Option::<Given>::deserialize(d)? {
+        None => return Ok(None),
+        Some(Given::Number(v)) => v,
+        Some(Given::Text(t)) => parse_scale(&t).map_err(serde::de::Error::custom)?,
+    };
+    Ok(Some(v as f32))
+}
+
+/// `"0.5"`, `"1/255"`: the value of a scale written as text.
+pub fn parse_scale(text: &str) -> std::result::Result<f64, String> {
+    let bad = || format!("scale is \"{text}\"; expected a number or a fraction such as \"1/255\"");
+    let num = |t: &str| t.trim().parse::<f64>().map_err(|_| bad());
+    match text.split_once('/') {
+        Some((a, b)) => Ok(num(a)? / num(b)?),
+        None => num(text),
+    }
+}
+
+/// Deterministic augmentation of image rows while training: every row of every epoch is
+/// shifted by a whole number of pixels drawn from the derived seeds and the row's tag, so
+/// retraining after a deletion draws exactly the shifts training from scratch draws.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Augment {
+    /// Largest shift, in pixels, along each axis (each row moves by -shift..=shift right and
+    /// down, the uncovered pixels set to 0 after preprocessing).
+    pub shift: usize,
+}
+
+/// Largest augmentation shift accepted, in pixels.
+pub const MAX_SHIFT: usize = 16;
+
 fn default_momentum() -> f32 {
     0.9
-}
-fn default_true() -> bool {
-    true
 }
 fn default_activation() -> Activation {
     Activation::Tanh
@@ -82,9 +180,29 @@ pub struct ModelSpec {
     pub batch_size: usize,
     /// Epochs of unsliced training; stages get SISA's recalibrated share.
     pub epochs: u32,
-    /// Standardize features per shard (from the shard's first slice). Default: true.
-    #[serde(default = "default_true")]
-    pub standardize: bool,
+    /// How features are standardized per shard (fitted on the shard's first slice):
+    /// `"feature"` (or `true`), `"global"` or `"none"` (or `false`). Default: feature.
+    #[serde(default)]
+    pub standardize: Standardize,
+    /// A fixed factor every feature is multiplied by before the model sees it (`"1/255"` for
+    /// 8-bit pixels); only with `standardize = "none"`, since standardizing undoes any scale.
+    /// Default: none.
+    #[serde(
+        default,
+        deserialize_with = "de_scale",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub scale: Option<f32>,
+    /// Random shifts of image rows while training (`augment = { shift = 1 }`); needs `input`.
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<Augment>,
+    /// Train small shards longer: each shard model takes at least this many optimizer steps
+    /// of unsliced training, so a run of S shards of n rows trains
+    /// `max(epochs, ceil(min_steps·batch_size/n))` epochs, n fixed at train time from the
+    /// training file (unlearning keeps the epochs). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_steps: Option<u64>,
     /// Input shape `[channels, height, width]` of image presets: features are read row-major
     /// as C×H×W. Default: a flat vector of the data's features.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -314,10 +432,74 @@ impl ModelSpec {
                 format!("has {} layers; at most {MAX_LAYERS}", self.hidden.len()),
             ));
         }
+        if let Some(s) = self.scale {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(Error::field(
+                    "scale",
+                    format!("must be a positive number, got {s}"),
+                ));
+            }
+            if self.standardize != Standardize::None {
+                return Err(Error::field(
+                    "scale",
+                    format!(
+                        "applies to features that are not standardized, but standardize is \"{}\" (which undoes any scale); set standardize = \"none\"",
+                        self.standardize.name()
+                    ),
+                ));
+            }
+        }
+        if let Some(a) = self.augment {
+            let Some([_, h, w]) = self.input else {
+                return Err(Error::field(
+                    "augment",
+                    "shifts images, but the preset has no input = [channels, height, width]",
+                ));
+            };
+            let most = MAX_SHIFT.min(h.min(w).saturating_sub(1));
+            if !(1..=most).contains(&a.shift) {
+                return Err(Error::field(
+                    "augment",
+                    format!(
+                        "shift must be in 1..={most} for {h}×{w} images, got {}",
+                        a.shift
+                    ),
+                ));
+            }
+        }
+        if let Some(m) = self.min_steps {
+            if !(1..=1 << 40).contains(&m) {
+                return Err(Error::field(
+                    "min_steps",
+                    format!("must be in 1..=2^40, got {m}"),
+                ));
+            }
+        }
         Ok(())
     }
 
+    /// The epoch count of unsliced training for shards of `shard_rows` rows: `epochs`, raised
+    /// by `min_steps` when shards are small.
+    pub fn epochs_for(&self, shard_rows: u64) -> u32 {
+        let Some(steps) = self.min_steps else {
+            return self.epochs;
+        };
+        let needed = (steps as u128 * self.batch_size as u128).div_ceil(shard_rows.max(1) as u128);
+        needed.clamp(self.epochs as u128, MAX_EPOCHS as u128) as u32
+    }
+
+    /// The preprocessing as one phrase (`feature standardization`, `scale 0.0039`), for
+    /// messages and reports.
+    pub fn preprocessing(&self) -> String {
+        match (self.standardize, self.scale) {
+            (Standardize::None, Some(s)) => format!("scale {s}"),
+            (Standardize::None, None) => "none".into(),
+            (st, _) => format!("{} standardization", st.name()),
+        }
+    }
+
     /// The layers before the output layer: `layers`, or `hidden` with `activation`.
+    /// An image input (`input` given) is flattened before the first of `hidden`.
     pub fn hidden_layers(&self) -> Vec<LayerSpec> {
         if !self.layers.is_empty() {
             return self.layers.clone();
@@ -326,9 +508,14 @@ impl ModelSpec {
             Activation::Tanh => LayerSpec::Tanh,
             Activation::Relu => LayerSpec::Relu,
         };
-        self.hidden
-            .iter()
-            .flat_map(|&units| [LayerSpec::Dense { units }, act.clone()])
+        let flatten = self.input.map(|_| LayerSpec::Flatten);
+        flatten
+            .into_iter()
+            .chain(
+                self.hidden
+                    .iter()
+                    .flat_map(|&units| [LayerSpec::Dense { units }, act.clone()]),
+            )
             .collect()
     }
 

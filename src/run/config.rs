@@ -1,7 +1,9 @@
 //! `run.json`: everything that determined the run's models, fixed at train time.
 
 use crate::error::{Error, IoContext, Result};
-use crate::model::{Architecture, Backend, LayerSpec, ModelConfig, ModelSpec};
+use crate::model::{
+    Architecture, Augment, Backend, LayerSpec, ModelConfig, ModelSpec, Standardize,
+};
 use crate::plan::{Rules, ShardBy, SliceBy};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -23,6 +25,10 @@ pub enum Aggregation {
     Mean,
     /// Each shard votes for its top class; ties go to the smallest label.
     Vote,
+    /// Average the shards' class probabilities, each weighted by its share of the training
+    /// rows: a shard's weight comes from its own data only, so a deletion changes the
+    /// weights of the shards it touches and no others' (relative to each other).
+    Weighted,
 }
 
 impl Aggregation {
@@ -31,6 +37,7 @@ impl Aggregation {
         match self {
             Aggregation::Mean => "mean",
             Aggregation::Vote => "vote",
+            Aggregation::Weighted => "weighted",
         }
     }
 }
@@ -106,6 +113,14 @@ struct TrainingIdentity<'a> {
     weight_decay: u32,
     batch_size: usize,
     standardize: bool,
+    // Fields added after runs existed are left out while unset, so those runs keep their
+    // digests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    standardize_global: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scale: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    augment: Option<Augment>,
     shards: usize,
     slices: usize,
     stage_epochs: &'a [u32],
@@ -164,7 +179,10 @@ impl RunConfig {
             batch_size,
             // Enters through the stage epochs it was recalibrated into.
             epochs: _,
+            min_steps: _,
             standardize,
+            scale,
+            augment,
         } = model;
         let id = TrainingIdentity {
             format: RUN_FORMAT,
@@ -176,7 +194,10 @@ impl RunConfig {
             momentum: momentum.to_bits(),
             weight_decay: weight_decay.to_bits(),
             batch_size: *batch_size,
-            standardize: *standardize,
+            standardize: *standardize == Standardize::Feature,
+            standardize_global: (*standardize == Standardize::Global).then_some(true),
+            scale: scale.map(f32::to_bits),
+            augment: *augment,
             shards: *shards,
             slices: *slices,
             stage_epochs,

@@ -7,7 +7,7 @@
 //!
 //! | parameter     | values                                | default                        |
 //! |---------------|---------------------------------------|--------------------------------|
-//! | `aggregation` | `"mean"`, `"vote"`                    | the run's (`mean` unless set)  |
+//! | `aggregation` | `"mean"`, `"vote"`, `"weighted"`      | the run's (`mean` unless set)  |
 //! | `output`      | `"label"`, `"probabilities"`, `"top_k"` | `"probabilities"` (`"label"` with `--labels-only`) |
 //! | `top_k`       | 1 ..= classes (implies `"top_k"`)     | none                           |
 //!
@@ -398,9 +398,10 @@ fn parse_parameters(
                 aggregation = match value.as_str() {
                     Some("mean") => Aggregation::Mean,
                     Some("vote") => Aggregation::Vote,
+                    Some("weighted") => Aggregation::Weighted,
                     _ => {
                         return Err(Refusal::bad_request(format!(
-                            "parameter 'aggregation' must be \"mean\" or \"vote\", not {value}"
+                            "parameter 'aggregation' must be \"mean\", \"vote\" or \"weighted\", not {value}"
                         )))
                     }
                 }

@@ -311,6 +311,7 @@ mod tests {
                     shard: k,
                     norm: Norm::identity(2),
                     model: build(&ModelConfig::dense(&[2, 2], Activation::Tanh, k as u64)).unwrap(),
+                    rows: 1,
                 })
                 .collect(),
         }

@@ -320,7 +320,8 @@ pub fn ingest(opts: &TrainOptions) -> Result<Ingested> {
         }
         None => None,
     };
-    let config = new_config(opts, names, max_label, &secret)?;
+    let rows: usize = shards.iter().map(|r| r.len()).sum();
+    let config = new_config(opts, names, max_label, rows, &secret)?;
     Ok((config, secret, shards, test))
 }
 
@@ -368,10 +369,13 @@ fn stream_placed(
 }
 
 /// The configuration of a new run on data with features `names` and labels up to `max_label`.
+/// The configuration of a new run on `rows` training rows. A preset's `min_steps` is resolved
+/// here into the epochs the run records, from the mean shard size.
 fn new_config(
     opts: &TrainOptions,
     names: Vec<String>,
     max_label: u32,
+    rows: usize,
     secret: &Secret,
 ) -> Result<RunConfig> {
     let max_label = max_label as usize;
@@ -407,6 +411,8 @@ fn new_config(
         .filter(|n| !n.is_empty())
         .unwrap_or("sisa")
         .to_string();
+    let mut model = opts.model.clone();
+    model.epochs = model.epochs_for((rows as u64).div_ceil(opts.shards as u64));
     if let Some(p) = &opts.priors {
         if p.threshold.is_nan() || p.threshold <= 0.0 || p.threshold > 1.0 {
             return Err(Error::field("risk_threshold", "must be in (0, 1]"));
@@ -415,8 +421,8 @@ fn new_config(
     Ok(RunConfig {
         format: RUN_FORMAT.to_string(),
         name,
-        stage_epochs: plan::stage_epochs(opts.model.epochs, opts.slices),
-        model: opts.model.clone(),
+        stage_epochs: plan::stage_epochs(model.epochs, opts.slices),
+        model,
         shards: opts.shards,
         slices: opts.slices,
         seed: opts.seed,
@@ -479,7 +485,13 @@ pub fn ingest_tables(opts: &TrainOptions, train: &Table, test: Option<&Table>) -
         .max()
         .unwrap_or(0);
     let secret = Secret::generate()?;
-    let config = new_config(opts, train.feature_names.clone(), max_label, &secret)?;
+    let config = new_config(
+        opts,
+        train.feature_names.clone(),
+        max_label,
+        train.len(),
+        &secret,
+    )?;
     let none = HashMap::new();
     let priors = opts.priors.as_ref();
     let shards = ingest::place_rows(train, rules(opts), Target::Train, priors, &secret, &none)?;

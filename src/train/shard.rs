@@ -9,7 +9,7 @@
 use crate::checkpoint::Checkpoint;
 use crate::data::{Rows, SliceIndex};
 use crate::error::{Error, Result};
-use crate::model::{simd, Norm};
+use crate::model::{simd, Norm, Standardize};
 use crate::plan::{self, Lineage};
 use crate::rng::mix;
 use crate::run::RunConfig;
@@ -101,13 +101,13 @@ impl<'a> ShardData<'a> {
     /// The untrained model and optimizer: standardization fitted on slice 1, seeded init.
     pub fn initial(&self) -> Result<Checkpoint> {
         let c = self.config;
-        let norm = if c.model.standardize {
-            let first: Vec<usize> = (0..self.rows.len())
-                .filter(|&i| self.rows.slices[i] == 0)
-                .collect();
-            Norm::fit(&self.rows.x, self.rows.dim, first.into_iter())
-        } else {
-            Norm::identity(self.rows.dim)
+        let first = (0..self.rows.len()).filter(|&i| self.rows.slices[i] == 0);
+        let (x, dim) = (&self.rows.x, self.rows.dim);
+        let norm = match (c.model.standardize, c.model.scale) {
+            (Standardize::Feature, _) => Norm::fit(x, dim, first),
+            (Standardize::Global, _) => Norm::fit_global(x, dim, first),
+            (Standardize::None, Some(s)) => Norm::scaled(dim, s),
+            (Standardize::None, None) => Norm::identity(dim),
         };
         Ok(Checkpoint {
             norm,
@@ -152,6 +152,7 @@ impl<'a> ShardData<'a> {
         let bs = c.model.batch_size;
         let mut xb = vec![0f32; bs * d];
         let mut yb = vec![0u32; bs];
+        let mut scratch = vec![0f32; d];
         let mut members: Vec<(u64, u32)> = Vec::with_capacity(n);
         let stage_rows = self.stage_rows();
         for stage in first.max(1)..=c.slices {
@@ -165,6 +166,11 @@ impl<'a> ShardData<'a> {
                         .map(|i| (mix(self.rows.tags[i] ^ seed), i as u32)),
                 );
                 members.sort_unstable();
+                // Each row's shift this epoch: a function of the derived seed and its tag.
+                let augment = c.model.augment.zip(c.model.input).map(|(a, shape)| {
+                    let seed = plan::derive_seed(c.seed, self.shard, stage, epoch, "augment");
+                    (a.shift, shape, seed)
+                });
                 let mut loss = 0f64;
                 for batch in members.chunks(bs) {
                     let b = batch.len();
@@ -182,7 +188,18 @@ impl<'a> ShardData<'a> {
                                 if let Some(&(_, ahead)) = batch.get(r + PREFETCH_ROWS) {
                                     prefetch(self.rows.row(ahead as usize));
                                 }
-                                norm.apply(self.rows.row(i as usize), x);
+                                let row = self.rows.row(i as usize);
+                                match augment {
+                                    None => norm.apply(row, x),
+                                    Some((shift, shape, seed)) => {
+                                        norm.apply(row, &mut scratch);
+                                        let (dx, dy) = draw_shift(
+                                            mix(self.rows.tags[i as usize] ^ seed),
+                                            shift,
+                                        );
+                                        shift_image(&scratch, x, shape, dx, dy);
+                                    }
+                                }
                                 *y = self.rows.labels[i as usize];
                             }
                         },
@@ -207,6 +224,42 @@ impl<'a> ShardData<'a> {
     }
 }
 
+/// A shift of -shift..=shift pixels along each axis from one random word.
+fn draw_shift(word: u64, shift: usize) -> (isize, isize) {
+    let span = 2 * shift as u64 + 1;
+    let dx = (word % span) as isize - shift as isize;
+    let dy = ((word >> 32) % span) as isize - shift as isize;
+    (dx, dy)
+}
+
+/// `src` (`[channels, height, width]`, row-major) moved `dx` pixels right and `dy` down into
+/// `dst`; pixels the move uncovers are 0.
+fn shift_image(src: &[f32], dst: &mut [f32], [c, h, w]: [usize; 3], dx: isize, dy: isize) {
+    for ch in 0..c {
+        let (s, d) = (
+            &src[ch * h * w..(ch + 1) * h * w],
+            &mut dst[ch * h * w..(ch + 1) * h * w],
+        );
+        for y in 0..h {
+            let out = &mut d[y * w..(y + 1) * w];
+            let sy = y as isize - dy;
+            if sy < 0 || sy >= h as isize {
+                out.fill(0.0);
+                continue;
+            }
+            let line = &s[sy as usize * w..(sy as usize + 1) * w];
+            for (x, o) in out.iter_mut().enumerate() {
+                let sx = x as isize - dx;
+                *o = if sx < 0 || sx >= w as isize {
+                    0.0
+                } else {
+                    line[sx as usize]
+                };
+            }
+        }
+    }
+}
+
 /// How many rows ahead the batch gather asks for memory: rows are visited in a shuffled order
 /// the hardware prefetcher cannot guess.
 const PREFETCH_ROWS: usize = 8;
@@ -226,4 +279,38 @@ fn prefetch(row: &[f32]) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = row;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shift_moves_pixels_and_zeroes_what_it_uncovers() {
+        // One channel, 2×3: rows [1 2 3] and [4 5 6].
+        let src = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let mut dst = [9.0; 6];
+        shift_image(&src, &mut dst, [1, 2, 3], 1, 0);
+        assert_eq!(dst, [0.0, 1.0, 2.0, 0.0, 4.0, 5.0]);
+        shift_image(&src, &mut dst, [1, 2, 3], -1, 1);
+        assert_eq!(dst, [0.0, 0.0, 0.0, 2.0, 3.0, 0.0]);
+        shift_image(&src, &mut dst, [1, 2, 3], 0, 0);
+        assert_eq!(dst, src);
+        // Two channels move together.
+        let two = [1.0, 2.0, 3.0, 4.0];
+        let mut out = [0.0; 4];
+        shift_image(&two, &mut out, [2, 1, 2], -1, 0);
+        assert_eq!(out, [2.0, 0.0, 4.0, 0.0]);
+    }
+
+    #[test]
+    fn shifts_cover_the_whole_range() {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..1000u64 {
+            let (dx, dy) = draw_shift(mix(i), 2);
+            assert!((-2..=2).contains(&dx) && (-2..=2).contains(&dy));
+            seen.insert((dx, dy));
+        }
+        assert_eq!(seen.len(), 25);
+    }
 }
