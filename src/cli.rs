@@ -538,15 +538,20 @@ fn train_options(a: &TrainArgs) -> Result<TrainOptions> {
     if let Some(o) = a.optimizer {
         model.optimizer = o;
     }
-    if let Some(st) = a.standardize {
-        model.standardize = st;
-        if st != sisa::model::Standardize::None {
-            model.scale = None;
+    // --scale implies --standardize none; given together with another --standardize, the
+    // preset check refuses the pair. A --standardize other than none drops a preset's scale.
+    match (a.scale, a.standardize) {
+        (Some(f), st) => {
+            model.scale = Some(f);
+            model.standardize = st.unwrap_or(sisa::model::Standardize::None);
         }
-    }
-    if let Some(f) = a.scale {
-        model.scale = Some(f);
-        model.standardize = sisa::model::Standardize::None;
+        (None, Some(st)) => {
+            model.standardize = st;
+            if st != sisa::model::Standardize::None {
+                model.scale = None;
+            }
+        }
+        (None, None) => {}
     }
     match a.augment_shift {
         Some(0) => model.augment = None,
