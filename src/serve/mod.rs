@@ -417,11 +417,48 @@ async fn infer_at(
         Err(r) => return r.into_response(),
     };
     drop(body);
+    match answer(&app, version, ask).await {
+        Ok(a) => (StatusCode::OK, Json(a.response(&app.name))).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// One answered inference request: the version it came from, the request, and its outputs.
+pub(crate) struct Answered {
+    /// The version every row was predicted with.
+    pub served: Arc<swap::ServedVersion>,
+    /// The request.
+    pub ask: protocol::Ask,
+    /// Output tensors, as the request asked for them.
+    pub outputs: Vec<protocol::OutputTensor>,
+}
+
+impl Answered {
+    /// The protocol's response for this answer.
+    pub fn response(self, model_name: &str) -> InferResponse {
+        InferResponse {
+            model_name: model_name.to_string(),
+            model_version: self.served.version().to_string(),
+            id: self.ask.id,
+            parameters: AnswerParameters {
+                aggregation: self.ask.aggregation.name(),
+                excluded_shards: self.served.excluded.clone(),
+                shards_voting: self.served.voting,
+            },
+            outputs: self.outputs,
+        }
+    }
+}
+
+/// Answer one checked request from the served version (`version`, when given, must be it), on
+/// tokio's blocking pool: the core every transport shares.
+pub(crate) async fn answer(
+    app: &App,
+    version: Option<&str>,
+    ask: protocol::Ask,
+) -> std::result::Result<Answered, Refusal> {
     // The one version this answer comes from: every row is predicted with it, and it is named.
-    let served = match app.served(version) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
+    let served = app.served(version)?;
     let classes = app.model.classes;
     let done = tokio::task::spawn_blocking(move || {
         let pred = served.predict(&ask.x, ask.rows, ask.aggregation);
@@ -433,11 +470,14 @@ async fn infer_at(
         Ok(x) => x,
         Err(e) => {
             log(format!("a prediction failed: {e}"));
-            return refuse(StatusCode::INTERNAL_SERVER_ERROR, "the prediction failed");
+            return Err(Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the prediction failed",
+            ));
         }
     };
     let Some(outputs) = outputs else {
-        return Refusal::new(
+        return Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "every shard with rows holds a user whose deletion is being applied (shards {:?}); \
@@ -445,21 +485,13 @@ async fn infer_at(
                 served.excluded
             ),
         )
-        .with_header(header::RETRY_AFTER, header::HeaderValue::from(1))
-        .into_response();
+        .with_header(header::RETRY_AFTER, header::HeaderValue::from(1)));
     };
-    let response = InferResponse {
-        model_name: app.name.clone(),
-        model_version: served.version().to_string(),
-        id: ask.id,
-        parameters: AnswerParameters {
-            aggregation: ask.aggregation.name(),
-            excluded_shards: served.excluded.clone(),
-            shards_voting: served.voting,
-        },
+    Ok(Answered {
+        served,
+        ask,
         outputs,
-    };
-    (StatusCode::OK, Json(response)).into_response()
+    })
 }
 
 /// The threads that run beside the HTTP server once the run is open.
