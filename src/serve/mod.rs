@@ -20,6 +20,7 @@
 //! tokio's blocking pool, never on the reactor. Logs go to stderr.
 
 pub mod admin;
+pub mod follow;
 pub mod protocol;
 pub mod swap;
 

@@ -9,9 +9,13 @@
 //! deletion the ledger records as published, is refused and logged; the old one keeps serving.
 //!
 //! While a deletion request waits for its retrained shards, those shards are left out of the
-//! vote ([`Serving::exclude`]). That is exact: with user sharding no other shard ever saw the
+//! vote ([`Serving::exclude`]), whoever accepted it: the admin worker excludes its own requests
+//! as it accepts them, and the watcher follows the ledger every [`LEDGER_POLL`] for requests
+//! accepted by other processes (`sisa unlearn`, another server, a recovery), using the shards
+//! the `accepted` entry records. That is exact: with user sharding no other shard ever saw the
 //! user's rows. The exclusion of request `r` lasts until a version that applied `r` is served.
 
+use super::follow::LedgerTail;
 use crate::ensemble::{Ensemble, Prediction};
 use crate::error::{Error, Result};
 use crate::run::{Aggregation, Run, RunDir, RunFile};
@@ -134,14 +138,8 @@ impl Serving {
 }
 
 /// Load the published version of the run at `root` and serve it if it is newer than the served
-/// one. Takes the run lock while it reads, so a publish in progress is never seen half-done.
+/// one. The caller holds the run lock, so a publish in progress is never seen half-done.
 /// Returns the version installed, or `None` when the published version is the served one.
-pub fn load_published(root: &Path, ledger: &Path, serving: &Serving) -> Result<Option<u64>> {
-    let _lock = RunLock::acquire(root)?;
-    load_published_locked(root, ledger, serving)
-}
-
-/// [`load_published`] for a caller that already holds the run lock.
 pub fn load_published_locked(root: &Path, ledger: &Path, serving: &Serving) -> Result<Option<u64>> {
     let run = Run::open(root)?;
     let version = run.manifest.version;
@@ -239,6 +237,50 @@ impl Watcher {
     }
 }
 
+/// How often the ledger is checked for requests acknowledged by other processes: well inside
+/// the 100 ms within which an acknowledged deletion's shards leave every answer.
+pub const LEDGER_POLL: Duration = Duration::from_millis(20);
+
+/// Leave out the shards of every request the ledger has accepted since the last poll (all
+/// shards when a request did not record its shards); returns whether a request was published.
+fn follow_ledger(tail: &mut LedgerTail, serving: &Serving, failing: &mut bool) -> bool {
+    let found = match tail.poll() {
+        Ok(f) => {
+            *failing = false;
+            f
+        }
+        Err(e) => {
+            if !*failing {
+                super::log(format!("cannot read {}: {e}", tail.path().display()));
+                *failing = true;
+            }
+            return false;
+        }
+    };
+    if found.unreadable > 0 {
+        super::log(format!(
+            "{} line(s) of {} could not be read as ledger entries",
+            found.unreadable,
+            tail.path().display()
+        ));
+    }
+    for (request, shards) in found.accepted {
+        let applied = serving.current().map_or(0, |s| s.applied_request);
+        if request <= applied {
+            continue;
+        }
+        let shards = shards.unwrap_or_else(|| match serving.current() {
+            Some(s) => s.ensemble.members.iter().map(|m| m.shard).collect(),
+            None => Vec::new(),
+        });
+        serving.exclude(request, &shards);
+        super::log(format!(
+            "request {request} acknowledged: shards {shards:?} left out of every answer until its version is served"
+        ));
+    }
+    found.published
+}
+
 fn watch(
     root: &Path,
     ledger: &Path,
@@ -248,13 +290,23 @@ fn watch(
     stopped: &mpsc::Receiver<()>,
 ) {
     let current = RunDir::new(root).path(RunFile::Current);
+    let mut tail = LedgerTail::new(ledger);
+    let mut ledger_failing = false;
+    // What the ledger holds already: requests accepted while the run was being opened.
+    follow_ledger(&mut tail, serving, &mut ledger_failing);
     let mut failed_at: Option<Instant> = None;
     let mut unreadable = false;
+    let mut checked = Instant::now();
     loop {
-        match stopped.recv_timeout(interval) {
+        match stopped.recv_timeout(LEDGER_POLL.min(interval)) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
+        let published = follow_ledger(&mut tail, serving, &mut ledger_failing);
+        if !published && checked.elapsed() < interval {
+            continue;
+        }
+        checked = Instant::now();
         let now = match std::fs::read(&current) {
             Ok(bytes) => {
                 unreadable = false;
@@ -272,9 +324,22 @@ fn watch(
         if now == seen && !retry {
             continue;
         }
+        // Never wait for the lock here: while another process holds it (retraining, then
+        // cleaning up after its publish), this thread must go on following the ledger. The
+        // new version is loaded at a later tick.
+        let lock = match RunLock::try_acquire(root) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => continue,
+            Err(e) => {
+                super::log(format!("cannot take the run's lock: {e}"));
+                continue;
+            }
+        };
         seen = now;
         let was = serving.current().map(|s| s.version());
-        match load_published(root, ledger, serving) {
+        let loaded = load_published_locked(root, ledger, serving);
+        drop(lock);
+        match loaded {
             Ok(Some(v)) => {
                 failed_at = None;
                 super::log(format!(
