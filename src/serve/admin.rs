@@ -160,6 +160,78 @@ impl RateLimit {
     }
 }
 
+/// Failed authentications a client address may make in a minute; the next is answered 429.
+pub const AUTH_FAILURES_PER_MINUTE: u32 = 5;
+/// Client addresses whose failures are remembered; beyond this the oldest window is dropped.
+const AUTH_CLIENTS: usize = 10_000;
+
+/// Failed admin authentications per client address, in one-minute windows: a client that
+/// guesses tokens is answered 429 (before its token is even compared) until its window ends.
+#[derive(Debug, Default)]
+pub struct AuthThrottle {
+    clients: Mutex<std::collections::HashMap<std::net::IpAddr, (Instant, u32)>>,
+}
+
+impl AuthThrottle {
+    fn lock(&self) -> MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, (Instant, u32)>> {
+        // Entries are replaced whole; a panic cannot leave one half-written.
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Err(wait)` while `ip` has used up its failures for the current window.
+    pub fn check(&self, ip: std::net::IpAddr) -> std::result::Result<(), Duration> {
+        let clients = self.lock();
+        match clients.get(&ip) {
+            Some(&(start, n))
+                if n >= AUTH_FAILURES_PER_MINUTE && start.elapsed() < Duration::from_secs(60) =>
+            {
+                Err(Duration::from_secs(60).saturating_sub(start.elapsed()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Count one failed authentication from `ip`; returns the failures in its window.
+    pub fn fail(&self, ip: std::net::IpAddr) -> u32 {
+        let mut clients = self.lock();
+        if clients.len() >= AUTH_CLIENTS && !clients.contains_key(&ip) {
+            let minute = Duration::from_secs(60);
+            clients.retain(|_, (start, _)| start.elapsed() < minute);
+            if clients.len() >= AUTH_CLIENTS {
+                if let Some(oldest) = clients.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| *k) {
+                    clients.remove(&oldest);
+                }
+            }
+        }
+        let entry = clients.entry(ip).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= Duration::from_secs(60) {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 += 1;
+        entry.1
+    }
+}
+
+/// The client's address, when the connection recorded it.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub Option<std::net::SocketAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> std::result::Result<Peer, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
 /// Where a request stands, as far as this server knows.
 #[derive(Clone, Debug, PartialEq)]
 enum Progress {
@@ -229,6 +301,18 @@ impl Requests {
         }
     }
 
+    /// How many requests this server knows in each state, judged against the served version.
+    pub fn counts(&self, serving: &Serving) -> BTreeMap<&'static str, u64> {
+        let known: Vec<RequestId> = self.lock().keys().copied().collect();
+        let mut counts = BTreeMap::new();
+        for r in known {
+            if let Some(s) = self.state(r, serving) {
+                *counts.entry(s.state).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
     fn set(&self, r: RequestId, progress: Progress) {
         if let Some(t) = self.lock().get_mut(&r) {
             t.progress = progress;
@@ -279,6 +363,8 @@ pub struct Admin {
     jobs: SyncSender<Job>,
     /// Requests known to this server.
     pub requests: Arc<Requests>,
+    /// Failed authentications per client address.
+    pub throttle: AuthThrottle,
 }
 
 impl std::fmt::Debug for Job {
@@ -302,6 +388,7 @@ impl Admin {
             Admin {
                 tokens,
                 rate,
+                throttle: AuthThrottle::default(),
                 jobs,
                 requests: Arc::new(Requests::default()),
             },
@@ -462,9 +549,12 @@ impl Worker {
         match swap::load_published_locked(&self.root, &ledger, &self.serving) {
             Ok(Some(v)) => log(format!("serving version {v} (was {was})")),
             Ok(None) => {}
-            Err(e) => log(format!(
-                "keeping version {was}: the new version cannot be served: {e}"
-            )),
+            Err(e) => {
+                self.serving.note_refused();
+                log(format!(
+                    "keeping version {was}: the new version cannot be served: {e}"
+                ))
+            }
         }
     }
 }
@@ -481,8 +571,55 @@ struct UnlearnBody {
     users: Vec<String>,
 }
 
-/// Check the bearer token and, for a submission, take one from the token's rate.
-fn authorize(admin: &Admin, headers: &HeaderMap, submit: bool) -> std::result::Result<(), Refusal> {
+/// Check the bearer token and, for a submission, take one from the token's rate. A client
+/// address with too many failures this minute is answered 429 before its token is compared;
+/// each failure is counted and logged (never the token).
+fn authorize(
+    app: &App,
+    admin: &Admin,
+    peer: Peer,
+    headers: &HeaderMap,
+    submit: bool,
+) -> std::result::Result<(), Refusal> {
+    let ip = peer.0.map(|a| a.ip());
+    if let Some(ip) = ip {
+        if let Err(wait) = admin.throttle.check(ip) {
+            app.ops
+                .metrics
+                .auth_throttled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let secs = wait.as_secs().max(1);
+            return Err(Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many failed authentications from this address; retry in {secs} s"),
+            )
+            .with_header(header::RETRY_AFTER, header::HeaderValue::from(secs)));
+        }
+    }
+    let checked = check_token(admin, headers, submit);
+    if let Err(r) = &checked {
+        if r.status == StatusCode::UNAUTHORIZED {
+            app.ops
+                .metrics
+                .auth_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let n = ip.map_or(0, |ip| admin.throttle.fail(ip));
+            log(format!(
+                "failed admin authentication from {} ({n} this minute): {}",
+                peer.0
+                    .map_or("an unknown address".into(), |a| a.ip().to_string()),
+                r.message
+            ));
+        }
+    }
+    checked
+}
+
+fn check_token(
+    admin: &Admin,
+    headers: &HeaderMap,
+    submit: bool,
+) -> std::result::Result<(), Refusal> {
     let unauthorized = |m: &str| {
         Refusal::new(StatusCode::UNAUTHORIZED, m).with_header(
             header::WWW_AUTHENTICATE,
@@ -525,13 +662,14 @@ fn authorize(admin: &Admin, headers: &HeaderMap, submit: bool) -> std::result::R
 pub async fn submit(
     State(app): State<Arc<App>>,
     UrlPath(name): UrlPath<String>,
+    peer: Peer,
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Response {
     let Some(admin) = app.admin.as_ref() else {
         return super::not_found().await;
     };
-    if let Err(r) = authorize(admin, &headers, true) {
+    if let Err(r) = authorize(&app, admin, peer, &headers, true) {
         return r.into_response();
     }
     if let Err(r) = app.check_name(&name) {
@@ -621,12 +759,13 @@ pub async fn submit(
 pub async fn state(
     State(app): State<Arc<App>>,
     UrlPath((name, request)): UrlPath<(String, String)>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> Response {
     let Some(admin) = app.admin.as_ref() else {
         return super::not_found().await;
     };
-    if let Err(r) = authorize(admin, &headers, false) {
+    if let Err(r) = authorize(&app, admin, peer, &headers, false) {
         return r.into_response();
     }
     if let Err(r) = app.check_name(&name) {

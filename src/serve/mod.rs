@@ -21,6 +21,8 @@
 
 pub mod admin;
 pub mod follow;
+pub mod listen;
+pub mod ops;
 pub mod protocol;
 pub mod swap;
 
@@ -35,11 +37,9 @@ use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use protocol::{AnswerParameters, InferResponse, ModelShape, Refusal};
 use serde_json::json;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -74,10 +74,24 @@ pub struct ServeFlags {
     /// Most unlearn submissions per token per minute. Default: 30.
     #[arg(long, default_value_t = 30)]
     pub admin_rate: u32,
-    /// How often CURRENT is checked for a newly published version, in milliseconds.
-    /// Default: 500.
+    /// How often CURRENT is checked for a newly published version, in milliseconds (the
+    /// ledger is followed every 20 ms whatever this is). Default: 500.
     #[arg(long, default_value_t = 500)]
     pub watch_interval_ms: u64,
+    /// Access-log lines on stderr as text or as JSON objects. Default: text.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: ops::LogFormat,
+    /// Most connections open at once; more are answered 503 and closed. Default: half the
+    /// process's open-file limit (at most 10000).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Seconds a connection may take to send a request's header (also the longest an idle
+    /// kept-alive connection stays open). Default: 10.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_s: u64,
+    /// Seconds a stop waits for the requests in flight before closing what is left. Default: 5.
+    #[arg(long, default_value_t = 5)]
+    pub shutdown_grace_s: u64,
 }
 
 /// Checked options the server runs on.
@@ -105,6 +119,10 @@ pub struct ServeOptions {
     pub watch_interval: Duration,
     /// How deletions retrain (threads; progress bars are always off).
     pub unlearn: Options,
+    /// Access-log format.
+    pub log_format: ops::LogFormat,
+    /// Connection limits and deadlines.
+    pub limits: listen::Limits,
 }
 
 impl ServeFlags {
@@ -131,6 +149,22 @@ impl ServeFlags {
                 "--watch-interval-ms must be at least 10".into(),
             ));
         }
+        let max_connections = self
+            .max_connections
+            .unwrap_or_else(listen::default_max_connections);
+        if max_connections == 0 {
+            return Err(Error::Config("--max-connections must be at least 1".into()));
+        }
+        if !(1..=3600).contains(&self.header_timeout_s) {
+            return Err(Error::Config(
+                "--header-timeout-s must be in 1..=3600".into(),
+            ));
+        }
+        if self.shutdown_grace_s > 3600 {
+            return Err(Error::Config(
+                "--shutdown-grace-s must be at most 3600".into(),
+            ));
+        }
         let admin = self
             .admin_token_file
             .as_deref()
@@ -150,6 +184,12 @@ impl ServeFlags {
             unlearn: Options {
                 progress: false,
                 ..unlearn
+            },
+            log_format: self.log_format,
+            limits: listen::Limits {
+                max_connections,
+                header_timeout: Duration::from_secs(self.header_timeout_s),
+                shutdown_grace: Duration::from_secs(self.shutdown_grace_s),
             },
         })
     }
@@ -188,6 +228,8 @@ pub struct App {
     pub serving: Arc<Serving>,
     /// The admin endpoints, when turned on.
     pub admin: Option<Admin>,
+    /// The access log and the metrics.
+    pub ops: ops::Ops,
 }
 
 impl App {
@@ -276,9 +318,22 @@ fn router(app: Arc<App>) -> Router {
             .route("/v2/models/{name}/unlearn", post(admin::submit))
             .route("/v2/models/{name}/unlearn/{request}", get(admin::state));
     }
-    r.fallback(not_found)
+    let ops = app.ops.clone();
+    r.route("/metrics", get(metrics))
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(app)
+        .layer(axum::middleware::from_fn_with_state(ops, ops::observe))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let mut deletions = app
+        .admin
+        .as_ref()
+        .map(|a| a.requests.counts(&app.serving))
+        .unwrap_or_default();
+    deletions.insert("waiting", app.serving.waiting() as u64);
+    ops::metrics_response(app.ops.metrics.render(&app.serving, &deletions))
 }
 
 async fn live() -> Response {
@@ -419,7 +474,12 @@ async fn infer_at(
     };
     drop(body);
     match answer(&app, version, ask).await {
-        Ok(a) => (StatusCode::OK, Json(a.response(&app.name))).into_response(),
+        Ok(a) => {
+            let seen = a.seen();
+            let mut r = (StatusCode::OK, Json(a.response(&app.name))).into_response();
+            r.extensions_mut().insert(seen);
+            r
+        }
         Err(r) => r.into_response(),
     }
 }
@@ -435,6 +495,14 @@ pub(crate) struct Answered {
 }
 
 impl Answered {
+    /// What the access log says of this answer.
+    pub fn seen(&self) -> ops::Answered {
+        ops::Answered {
+            version: self.served.version(),
+            excluded: self.served.excluded.clone(),
+        }
+    }
+
     /// The protocol's response for this answer.
     pub fn response(self, model_name: &str) -> InferResponse {
         InferResponse {
@@ -636,23 +704,25 @@ async fn run_server(opts: ServeOptions, config: RunConfig, name: String) -> Resu
         max_body_bytes: opts.max_body_bytes,
         serving: serving.clone(),
         admin,
+        ops: ops::Ops {
+            metrics: Arc::default(),
+            format: opts.log_format,
+        },
     });
     println!("sisa serve: model '{}' listening on {local}", app.name);
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    // Answers are small and latency matters: no Nagle delay on any connection.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            log(format!("cannot set TCP_NODELAY on a connection: {e}"));
-        }
-    });
-    let server = axum::serve(listener, router(app))
-        .with_graceful_shutdown(async move {
+    let metrics = app.ops.metrics.clone();
+    let server = tokio::spawn(listen::serve(
+        listener,
+        router(app),
+        opts.limits,
+        metrics,
+        async move {
             // Either a stop was sent or its sender dropped: both mean stop.
             drop(stopped.await);
-        })
-        .into_future();
-    let server = tokio::spawn(server);
+        },
+    ));
 
     let startup = Startup {
         root: opts.run.clone(),
@@ -681,8 +751,8 @@ async fn run_server(opts: ServeOptions, config: RunConfig, name: String) -> Resu
         Err(e) => {
             // Dropping the sender stops the server, as sending would.
             drop(stop);
-            if let Ok(Err(served)) = server.await {
-                log(format!("the server failed while stopping: {served}"));
+            if let Err(e) = server.await {
+                log(format!("the server failed while stopping: {e}"));
             }
             return Err(e);
         }
@@ -704,8 +774,7 @@ async fn run_server(opts: ServeOptions, config: RunConfig, name: String) -> Resu
         }
     }
     match served {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(serve_error(format!("the server failed: {e}"))),
+        Ok(()) => Ok(()),
         Err(e) => Err(serve_error(format!("the server task failed: {e}"))),
     }
 }

@@ -76,6 +76,17 @@ pub struct Serving {
     /// Shards of acknowledged requests, by request. Writers hold this lock while they build
     /// and store a new [`ServedVersion`], so no update is lost; readers never take it.
     pending: Mutex<BTreeMap<RequestId, Vec<usize>>>,
+    swaps: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+/// How often the served version changed, and how often a new one could not be served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwapCounters {
+    /// Versions installed (the first included).
+    pub swaps: u64,
+    /// Published versions refused (the served one kept serving).
+    pub refused: u64,
 }
 
 impl Serving {
@@ -124,7 +135,29 @@ impl Serving {
             }
         }
         self.store(&mut pending, Arc::new(ensemble), applied);
+        self.swaps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         true
+    }
+
+    /// Count a published version that could not be served.
+    pub fn note_refused(&self) {
+        self.refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The swap counters.
+    pub fn counters(&self) -> SwapCounters {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        SwapCounters {
+            swaps: load(&self.swaps),
+            refused: load(&self.refused),
+        }
+    }
+
+    /// Requests acknowledged whose shards are left out, waiting for their version.
+    pub fn waiting(&self) -> usize {
+        self.pending().len()
     }
 
     /// Leave `shards` out of the vote until a version that applied `request` is served.
@@ -350,6 +383,7 @@ fn watch(
             Ok(None) => failed_at = None,
             Err(e) => {
                 failed_at = Some(Instant::now());
+                serving.note_refused();
                 super::log(format!(
                     "keeping version {}: the new version cannot be served: {e}",
                     was.map_or("none".into(), |w| w.to_string())
