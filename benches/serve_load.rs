@@ -8,8 +8,10 @@
 //!   acknowledgement to the first answer from the retrained version.
 //!
 //! `SISA_BENCH_SECONDS` (default 10) sets the length of each load phase, `SISA_BENCH_CLIENTS`
-//! (default 4) the number of concurrent clients. The clients share the machine with the server,
-//! so the figures are for the whole loopback system. Results print as a Markdown table.
+//! (default `1,4`) the numbers of concurrent clients, each measured in turn: one client gives
+//! the latency of a request alone, more give it under load. The clients share the machine with
+//! the server, so the figures are for the whole loopback system. Results print as a Markdown
+//! table.
 
 #[path = "../tests/serving/mod.rs"]
 mod serving;
@@ -187,7 +189,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let seconds = env_or("SISA_BENCH_SECONDS", 10) as f64;
-    let clients = env_or("SISA_BENCH_CLIENTS", 4) as usize;
+    let clients: Vec<usize> = std::env::var("SISA_BENCH_CLIENTS")
+        .unwrap_or_else(|_| "1,4".into())
+        .split(',')
+        .map(|c| {
+            c.trim()
+                .parse()
+                .expect("SISA_BENCH_CLIENTS is a list of counts")
+        })
+        .collect();
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-bench");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).expect("remove the old benchmark run");
@@ -224,20 +234,22 @@ fn main() {
     let cpu = sisa::run::config::cpu_model();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("\n`sisa serve` on loopback: mnist-5k (784 features, 10 classes), MLP 784-128-10, S={SHARDS} shards, R=4.");
-    println!("{cpu}, {cores} cores shared by server and clients; {clients} keep-alive clients, {seconds} s per row.\n");
-    println!("| request | requests/s | rows/s | p50 ms | p99 ms | errors |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for batch in [1usize, 64] {
-        let l = load(&server, &rows, batch, clients, seconds);
-        println!(
-            "| {batch} row{} | {:.0} | {:.0} | {:.2} | {:.2} | {} |",
-            if batch == 1 { "" } else { "s" },
-            l.requests as f64 / l.seconds,
-            (l.requests * batch) as f64 / l.seconds,
-            l.percentile(0.50),
-            l.percentile(0.99),
-            l.errors
-        );
+    println!("{cpu}, {cores} cores shared by server and clients; keep-alive clients, {seconds} s per row.\n");
+    println!("| request | clients | requests/s | rows/s | p50 ms | p99 ms | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for &c in &clients {
+        for batch in [1usize, 64] {
+            let l = load(&server, &rows, batch, c, seconds);
+            println!(
+                "| {batch} row{} | {c} | {:.0} | {:.0} | {:.2} | {:.2} | {} |",
+                if batch == 1 { "" } else { "s" },
+                l.requests as f64 / l.seconds,
+                (l.requests * batch) as f64 / l.seconds,
+                l.percentile(0.50),
+                l.percentile(0.99),
+                l.errors
+            );
+        }
     }
 
     // Deletions: one user per trial, each in another shard.
