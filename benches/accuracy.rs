@@ -180,16 +180,7 @@ fn measure(run: &Run, rows_epochs: u64) -> anyhow::Result<Figures> {
         .test_rows()?
         .ok_or_else(|| anyhow::anyhow!("the run has no held-out rows"))?;
     let ev = Ensemble::load(run)?.evaluate(&test.x, &test.labels, Aggregation::Mean);
-    let rows: u64 = run.manifest.shards.iter().map(|s| s.data.rows).sum();
-    let users: u64 = run.manifest.shards.iter().map(|s| s.data.users).sum();
-    let one_user = sisa::plan::formula::users_rows_epochs(
-        rows as f64,
-        run.config.shards,
-        &run.config.stage_epochs,
-        1,
-        &[rows.div_ceil(users.max(1)).max(1) as u32],
-        (run.config.shard_by, run.config.slice_by),
-    );
+    let one_user = run.expected_one_user_rows_epochs();
     Ok(Figures {
         mean: ev.by_aggregation["mean"],
         vote: ev.by_aggregation["vote"],

@@ -623,17 +623,9 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
         );
     }
     let rows: u64 = run.manifest.shards.iter().map(|s| s.data.rows).sum();
-    let users: u64 = run.manifest.shards.iter().map(|s| s.data.users).sum();
     // What forgetting one user of the mean row count is expected to retrain, beside what
     // training everything cost.
-    let one_user = sisa::plan::formula::users_rows_epochs(
-        rows as f64,
-        run.config.shards,
-        per_stage,
-        1,
-        &[rows.div_ceil(users.max(1)).max(1) as u32],
-        (run.config.shard_by, run.config.slice_by),
-    );
+    let one_user = run.expected_one_user_rows_epochs();
     if a.json {
         print_json(&json!({
             "run": run.dir.root(),

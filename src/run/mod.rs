@@ -47,6 +47,21 @@ pub enum RowsFile {
 }
 
 impl Run {
+    /// The rows×epochs that forgetting one user of the mean row count is expected to retrain
+    /// under the run's rules (the SISA paper's expectation, [`crate::plan::formula`]).
+    pub fn expected_one_user_rows_epochs(&self) -> f64 {
+        let rows: u64 = self.manifest.shards.iter().map(|s| s.data.rows).sum();
+        let users: u64 = self.manifest.shards.iter().map(|s| s.data.users).sum();
+        crate::plan::formula::users_rows_epochs(
+            rows as f64,
+            self.config.shards,
+            &self.config.stage_epochs,
+            1,
+            &[rows.div_ceil(users.max(1)).max(1) as u32],
+            (self.config.shard_by, self.config.slice_by),
+        )
+    }
+
     /// Open the run at `root` and check its configuration and published manifest.
     pub fn open(root: &Path) -> Result<Run> {
         let dir = RunDir::new(root);
