@@ -338,6 +338,15 @@ fn every_call_answers_as_rest_and_sisa_predict_do() {
         let a = c.model_infer(req).await.unwrap().into_inner();
         assert_eq!(int64_output(&a, "label").0, mean_labels);
 
+        // A call the protocol does not define (Triton's ModelConfig) is named in its refusal.
+        let e = call_by_name(addr, "ModelConfig").await;
+        assert_status(
+            &e,
+            Code::Unimplemented,
+            "/inference.GRPCInferenceService/ModelConfig is not served: this server serves \
+             inference.GRPCInferenceService's calls ServerLive, ServerReady",
+        );
+
         // The model repository is not served.
         let e = c
             .repository_model_load(RepositoryModelLoadRequest {
@@ -814,10 +823,13 @@ fn python_clients_missing() -> Option<String> {
         {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
+                // The traceback's last line says why (ModuleNotFoundError: ...).
+                let stderr = String::from_utf8_lossy(&o.stderr);
+                let why = stderr.lines().rev().find(|l| !l.trim().is_empty());
                 return Some(format!(
                     "python3 -c 'import {module}' failed: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ))
+                    why.unwrap_or("no message").trim()
+                ));
             }
             Err(e) => return Some(format!("cannot run python3: {e}")),
         }

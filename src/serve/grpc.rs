@@ -27,6 +27,8 @@
 //!   that answered.
 //! - `RepositoryModelLoad` and `RepositoryModelUnload`: UNIMPLEMENTED, with a message saying
 //!   so: the server serves one model, its run's, and follows the run's published versions.
+//! - Any other call (Triton's own, such as `ModelConfig` or `ModelStatistics`): UNIMPLEMENTED,
+//!   with a message naming the call and the ones served.
 //!
 //! Parameters clients may send that change nothing here are accepted and ignored: per-input
 //! and per-output parameters (KServe's `binary_data_size`, as REST ignores them), and the
@@ -58,6 +60,7 @@ use proto::model_metadata_response::TensorMetadata;
 use proto::*;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,7 +69,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::body::Body;
-use tonic::codegen::{Bytes, Service};
+use tonic::codegen::{BoxFuture, Bytes, Service};
 use tonic::metadata::MetadataMap;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
@@ -402,11 +405,11 @@ fn flat_inputs(inputs: Vec<InferInputTensor>, raw: Vec<Bytes>) -> Result<Vec<Fla
     let one = inputs.len() == 1;
     let mut raw = raw.into_iter();
     let mut flat = Vec::with_capacity(inputs.len());
-    for t in inputs {
+    for mut t in inputs {
         let bytes = raw.next();
         let readable = one && t.name == protocol::INPUT && t.datatype == "FP32";
         let values = if readable {
-            input_values(&t, bytes)?
+            input_values(&mut t, bytes)?
         } else {
             Vec::new()
         };
@@ -421,7 +424,7 @@ fn flat_inputs(inputs: Vec<InferInputTensor>, raw: Vec<Bytes>) -> Result<Vec<Fla
 }
 
 /// The elements of the model's one FP32 input.
-fn input_values(t: &InferInputTensor, raw: Option<Bytes>) -> Result<Vec<f32>, Refusal> {
+fn input_values(t: &mut InferInputTensor, raw: Option<Bytes>) -> Result<Vec<f32>, Refusal> {
     let name = &t.name;
     if t.parameters.contains_key("shared_memory_region") {
         return Err(Refusal::bad_request(format!(
@@ -429,16 +432,15 @@ fn input_values(t: &InferInputTensor, raw: Option<Bytes>) -> Result<Vec<f32>, Re
              memory; send the data in contents.fp32_contents or raw_input_contents"
         )));
     }
-    let empty = InferTensorContents::default();
-    let contents = t.contents.as_ref().unwrap_or(&empty);
-    if let Some(field) = other_contents(contents) {
+    let contents = t.contents.take().unwrap_or_default();
+    if let Some(field) = other_contents(&contents) {
         return Err(Refusal::bad_request(format!(
             "input '{name}' has its data in contents.{field}: FP32 data goes in \
              contents.fp32_contents or raw_input_contents"
         )));
     }
     let Some(bytes) = raw else {
-        return Ok(contents.fp32_contents.clone());
+        return Ok(contents.fp32_contents);
     };
     if !contents.fp32_contents.is_empty() {
         return Err(Refusal::bad_request(format!(
@@ -540,27 +542,53 @@ fn infer_response(r: InferResponse) -> ModelInferResponse {
     }
 }
 
-/// The generated server behind the message-size limit: every request body is read through a
-/// [`LimitedBody`].
+/// The service's name, the prefix of every call's path.
+const SERVICE: &str = "inference.GRPCInferenceService";
+
+/// The calls of [`SERVICE`] in `proto/grpc_predict_v2.proto`.
+const CALLS: [&str; 8] = [
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelInfer",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
+];
+
+/// The generated server behind the message-size limit (every request body is read through a
+/// [`LimitedBody`]), and a named UNIMPLEMENTED for a call the proto does not define.
 #[derive(Clone)]
-struct Limited<S> {
-    inner: S,
+struct Limited {
+    inner: GrpcInferenceServiceServer<Inference>,
     limit: usize,
 }
 
-impl<S> Service<axum::http::Request<Body>> for Limited<S>
-where
-    S: Service<axum::http::Request<Body>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+impl Service<axum::http::Request<Body>> for Limited {
+    type Response = axum::http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        Service::<axum::http::Request<Body>>::poll_ready(&mut self.inner, cx)
     }
 
     fn call(&mut self, request: axum::http::Request<Body>) -> Self::Future {
+        let path = request.uri().path();
+        let call = path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .filter(|(service, _)| *service == SERVICE)
+            .map(|(_, call)| call);
+        if !call.is_some_and(|c| CALLS.contains(&c)) {
+            let status = Status::unimplemented(format!(
+                "{path} is not served: this server serves {SERVICE}'s calls {} (the Open \
+                 Inference Protocol; Triton's own calls are not part of it)",
+                CALLS.join(", ")
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
         let limit = self.limit;
         self.inner
             .call(request.map(|body| Body::new(LimitedBody::new(body, limit))))

@@ -23,6 +23,7 @@ import numpy as np
 def with_tritonclient(addr, model, x):
     """tritonclient.grpc, exactly as its documentation shows a call."""
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
 
     client = grpcclient.InferenceServerClient(url=addr)
     assert client.is_server_live()
@@ -30,6 +31,14 @@ def with_tritonclient(addr, model, x):
     assert client.is_model_ready(model)
     meta = client.get_model_metadata(model)
     assert [i.name for i in meta.inputs] == ["input"], meta
+    # Triton's own calls are refused, naming the call.
+    try:
+        client.get_model_config(model)
+    except InferenceServerException as e:
+        assert e.status() == "StatusCode.UNIMPLEMENTED", e
+        assert "ModelConfig is not served" in e.message(), e
+    else:
+        raise AssertionError("ModelConfig answered")
     inp = grpcclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     result = client.infer(model, [inp])

@@ -146,3 +146,31 @@ pub fn parameter(r: &ModelInferResponse, name: &str) -> ParameterChoice {
         .and_then(|p| p.parameter_choice.clone())
         .unwrap_or_else(|| panic!("no parameter '{name}' in {r:?}"))
 }
+
+/// Call `/inference.GRPCInferenceService/{call}`, a call the generated client may not have
+/// (Triton's own), with an empty message; the status it ends with.
+pub async fn call_by_name(addr: SocketAddr, call: &str) -> tonic::Status {
+    use tonic::codegen::http::uri::PathAndQuery;
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("a valid URI")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("the channel is ready");
+    let path = PathAndQuery::try_from(format!("/inference.GRPCInferenceService/{call}"))
+        .expect("a valid path");
+    let codec =
+        tonic_prost::ProstCodec::<proto::ServerLiveRequest, proto::ServerLiveResponse>::default();
+    match grpc
+        .unary(
+            tonic::Request::new(proto::ServerLiveRequest {}),
+            path,
+            codec,
+        )
+        .await
+    {
+        Ok(r) => panic!("{call} answered {r:?}"),
+        Err(status) => status,
+    }
+}
