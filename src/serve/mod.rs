@@ -13,6 +13,8 @@
 //!   thread that watches `CURRENT`.
 //! - [`admin`]: bearer tokens, the rate limit, and the worker that accepts, applies and publishes
 //!   deletion requests in order.
+//! - [`grpc`]: with `--grpc-addr`, the same model over the protocol's gRPC service (deletion
+//!   requests stay REST-only).
 //!
 //! Start-up: the address is bound and printed first (`listening on ADDR`), so liveness answers
 //! at once; the run is then opened through [`crate::unlearn::open`] (completing any unfinished
@@ -21,6 +23,7 @@
 
 pub mod admin;
 pub mod follow;
+pub mod grpc;
 pub mod listen;
 pub mod ops;
 pub mod protocol;
@@ -54,6 +57,11 @@ pub struct ServeFlags {
     /// Default: 127.0.0.1:8080.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
+    /// Also serve the Open Inference Protocol's gRPC service (inference.GRPCInferenceService)
+    /// on this address, its request messages bounded by --max-body-bytes; port 0 picks a free
+    /// port (the bound address is printed). Default: off.
+    #[arg(long)]
+    pub grpc_addr: Option<SocketAddr>,
     /// The model's name in URLs. Default: the run's name.
     #[arg(long)]
     pub name: Option<String>,
@@ -103,6 +111,8 @@ pub struct ServeOptions {
     pub ledger: Option<PathBuf>,
     /// Address to listen on.
     pub addr: SocketAddr,
+    /// Address to serve gRPC on, if any.
+    pub grpc_addr: Option<SocketAddr>,
     /// The model's name; the run's when `None`.
     pub name: Option<String>,
     /// Most rows in one request (at least 1).
@@ -174,6 +184,7 @@ impl ServeFlags {
             run,
             ledger,
             addr: self.addr,
+            grpc_addr: self.grpc_addr,
             name: self.name,
             max_batch: self.max_batch,
             max_body_bytes: self.max_body_bytes,
@@ -682,6 +693,10 @@ async fn run_server(opts: ServeOptions, config: RunConfig, name: String) -> Resu
     let local = listener
         .local_addr()
         .map_err(|e| serve_error(format!("cannot read the bound address: {e}")))?;
+    let grpc_listener = match opts.grpc_addr {
+        Some(a) => Some(grpc::bind(a).await?),
+        None => None,
+    };
     let serving = Arc::new(Serving::new());
     let (admin, worker) = match opts.admin {
         Some(tokens) => {
@@ -709,6 +724,7 @@ async fn run_server(opts: ServeOptions, config: RunConfig, name: String) -> Resu
             format: opts.log_format,
         },
     });
+    let grpc = grpc_listener.map(|l| grpc::spawn(l, app.clone()));
     println!("sisa serve: model '{}' listening on {local}", app.name);
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -754,13 +770,28 @@ async fn run_server(opts: ServeOptions, config: RunConfig, name: String) -> Resu
             if let Err(e) = server.await {
                 log(format!("the server failed while stopping: {e}"));
             }
+            if let Err(served) = grpc::stop(grpc).await {
+                log(format!("the gRPC server failed while stopping: {served}"));
+            }
             return Err(e);
         }
     };
     log("stopping: finishing the requests in flight");
     // Dropping the sender stops the server, as sending would.
     drop(stop);
-    let served = server.await;
+    // gRPC calls in flight get the same grace as HTTP requests; what is left after it ends
+    // with the process.
+    let grace = opts.limits.shutdown_grace + Duration::from_millis(500);
+    let grpc_stopped = async move {
+        match tokio::time::timeout(grace, grpc::stop(grpc)).await {
+            Ok(r) => r,
+            Err(_) => {
+                log("gRPC calls still in flight after the grace: closing them");
+                Ok(())
+            }
+        }
+    };
+    let (served, grpc_served) = tokio::join!(server, grpc_stopped);
     if let Some(b) = background {
         b.watcher.stop();
         if let Some(w) = b.worker {
@@ -774,7 +805,7 @@ async fn run_server(opts: ServeOptions, config: RunConfig, name: String) -> Resu
         }
     }
     match served {
-        Ok(()) => Ok(()),
+        Ok(()) => grpc_served,
         Err(e) => Err(serve_error(format!("the server task failed: {e}"))),
     }
 }

@@ -837,3 +837,78 @@ mod tests {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The same checks for a transport that decodes requests itself (gRPC).
+
+pub use decoded::{check_flat_inputs, check_output_names, check_parameter_map, FlatInput};
+
+/// The checks of [`parse_infer`] for a transport that decodes requests itself (gRPC): it hands
+/// over values already parsed, and gets the same refusals, word for word, as a JSON body would.
+mod decoded {
+    use super::*;
+
+    /// One input tensor whose elements are already FP32 values, flat and row-major.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct FlatInput {
+        /// Tensor name.
+        pub name: String,
+        /// Element type as the request named it.
+        pub datatype: String,
+        /// Shape, `[rows, features]`.
+        pub shape: Vec<i64>,
+        /// The elements.
+        pub values: Vec<f32>,
+    }
+
+    /// Check request parameters already read into a map, as [`parse_infer`] checks a JSON body's
+    /// `parameters`; returns the aggregation and which outputs are produced.
+    pub fn check_parameter_map(
+        params: &Map<String, Value>,
+        model: &ModelShape,
+    ) -> Result<(Aggregation, OutputKind), Refusal> {
+        parse_parameters(Some(params), model)
+    }
+
+    /// Check the names of requested outputs, as [`parse_infer`] checks a JSON body's `outputs`;
+    /// `None` when none were named (all that `kind` produces are returned).
+    pub fn check_output_names(
+        names: Vec<String>,
+        kind: OutputKind,
+        model: &ModelShape,
+    ) -> Result<Option<Vec<String>>, Refusal> {
+        let outputs: Vec<RequestedOutput> = names
+            .into_iter()
+            .map(|name| RequestedOutput {
+                name,
+                parameters: None,
+            })
+            .collect();
+        parse_outputs(Some(&outputs), kind, model)
+    }
+
+    /// Check input tensors given as flat FP32 values, as [`parse_infer`] checks a JSON body's
+    /// `inputs` (one input named [`INPUT`], FP32, `[n, d]`, finite, 1 ..= max_batch rows); returns
+    /// the rows, row-major, and their count.
+    pub fn check_flat_inputs(
+        inputs: Vec<FlatInput>,
+        model: &ModelShape,
+    ) -> Result<(Vec<f32>, usize), Refusal> {
+        let tensors = inputs
+            .into_iter()
+            .map(|i| InputTensor {
+                name: i.name,
+                shape: i.shape,
+                datatype: i.datatype,
+                parameters: None,
+                data: TensorData {
+                    dims: vec![i.values.len()],
+                    values: i.values,
+                    non_number: None,
+                    ragged: None,
+                },
+            })
+            .collect();
+        check_input(tensors, model)
+    }
+}
