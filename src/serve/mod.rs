@@ -31,7 +31,7 @@ use admin::{Admin, AdminTokens, Requests, Worker, WorkerSetup};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
@@ -386,23 +386,52 @@ fn model_ready_at(app: &App, name: &str, version: Option<&str>) -> Response {
 async fn infer(
     State(app): State<Arc<App>>,
     UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Response {
-    infer_at(app, &name, None, body).await
+    infer_at(app, &name, None, headers, body).await
 }
 
 async fn version_infer(
     State(app): State<Arc<App>>,
     UrlPath((name, version)): UrlPath<(String, String)>,
+    headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Response {
-    infer_at(app, &name, Some(&version), body).await
+    infer_at(app, &name, Some(&version), headers, body).await
+}
+
+/// Bodies larger than this are parsed on tokio's blocking pool: past it, the work would hold up
+/// the reactor.
+const OFF_REACTOR_BYTES: usize = 64 << 10;
+
+/// Run `f` on tokio's blocking pool.
+async fn off_reactor<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, Refusal> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        log(format!("a request's work on the blocking pool failed: {e}"));
+        Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request could not be handled",
+        )
+    })
+}
+
+/// Parse the body as a REST inference request.
+fn read_request(
+    app: &App,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> std::result::Result<protocol::RestRequest, Refusal> {
+    protocol::parse_request(body, headers, &app.model)
 }
 
 async fn infer_at(
     app: Arc<App>,
     name: &str,
     version: Option<&str>,
+    headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Err(r) = app.check_name(name) {
@@ -412,15 +441,44 @@ async fn infer_at(
         Ok(b) => b,
         Err(e) => return app.body_refusal(&e),
     };
-    let ask = match protocol::parse_infer(&body, &app.model) {
+    let request = if body.len() > OFF_REACTOR_BYTES {
+        let app = app.clone();
+        off_reactor(move || read_request(&app, &headers, &body))
+            .await
+            .and_then(|r| r)
+    } else {
+        let request = read_request(&app, &headers, &body);
+        // The rows are parsed out of it: the body need not wait for the prediction.
+        drop(body);
+        request
+    };
+    let request = match request {
+        Ok(r) => r,
+        Err(r) => return r.into_response(),
+    };
+    let answered = match answer(&app, version, request.ask).await {
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    drop(body);
-    match answer(&app, version, ask).await {
-        Ok(a) => (StatusCode::OK, Json(a.response(&app.name))).into_response(),
-        Err(r) => r.into_response(),
+    let written = protocol::write_response(&answered.response(&app.name), &request.reply);
+    let written = match written {
+        Ok(w) => w,
+        Err(e) => {
+            log(format!("cannot write an answer: {e}"));
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the answer could not be written",
+            );
+        }
+    };
+    let content_type = written.content_type();
+    let mut r = (StatusCode::OK, written.bytes).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(n) = written.json_len {
+        h.insert(protocol::HEADER_LENGTH, HeaderValue::from(n));
     }
+    r
 }
 
 /// One answered inference request: the version it came from, the request, and its outputs.
