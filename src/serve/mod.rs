@@ -401,8 +401,8 @@ async fn version_infer(
     infer_at(app, &name, Some(&version), headers, body).await
 }
 
-/// Bodies larger than this are parsed on tokio's blocking pool: past it, the work would hold up
-/// the reactor.
+/// Bodies larger than this, or compressed, are decompressed and parsed on tokio's blocking pool,
+/// and answers larger than this compressed there: past it, the work would hold up the reactor.
 const OFF_REACTOR_BYTES: usize = 64 << 10;
 
 /// Run `f` on tokio's blocking pool.
@@ -418,13 +418,14 @@ async fn off_reactor<T: Send + 'static>(
     })
 }
 
-/// Parse the body as a REST inference request.
+/// Undo the body's `Content-Encoding` and parse it as a REST inference request.
 fn read_request(
     app: &App,
     headers: &HeaderMap,
     body: &[u8],
 ) -> std::result::Result<protocol::RestRequest, Refusal> {
-    protocol::parse_request(body, headers, &app.model)
+    let body = protocol::decode_body(body, headers, app.max_body_bytes)?;
+    protocol::parse_request(&body, headers, &app.model)
 }
 
 async fn infer_at(
@@ -441,17 +442,19 @@ async fn infer_at(
         Ok(b) => b,
         Err(e) => return app.body_refusal(&e),
     };
-    let request = if body.len() > OFF_REACTOR_BYTES {
-        let app = app.clone();
-        off_reactor(move || read_request(&app, &headers, &body))
-            .await
-            .and_then(|r| r)
-    } else {
-        let request = read_request(&app, &headers, &body);
-        // The rows are parsed out of it: the body need not wait for the prediction.
-        drop(body);
-        request
-    };
+    let coding = protocol::response_coding(&headers);
+    let request =
+        if body.len() > OFF_REACTOR_BYTES || headers.contains_key(header::CONTENT_ENCODING) {
+            let app = app.clone();
+            off_reactor(move || read_request(&app, &headers, &body))
+                .await
+                .and_then(|r| r)
+        } else {
+            let request = read_request(&app, &headers, &body);
+            // The rows are parsed out of it: the body need not wait for the prediction.
+            drop(body);
+            request
+        };
     let request = match request {
         Ok(r) => r,
         Err(r) => return r.into_response(),
@@ -472,11 +475,27 @@ async fn infer_at(
         }
     };
     let content_type = written.content_type();
-    let mut r = (StatusCode::OK, written.bytes).into_response();
+    let json_len = written.json_len;
+    let (bytes, coding) = match coding {
+        None => (written.bytes, None),
+        Some(c) if written.bytes.len() <= OFF_REACTOR_BYTES => protocol::compress(written.bytes, c),
+        Some(c) => {
+            let bytes = written.bytes;
+            match off_reactor(move || protocol::compress(bytes, c)).await {
+                Ok(done) => done,
+                Err(r) => return r.into_response(),
+            }
+        }
+    };
+    let mut r = (StatusCode::OK, bytes).into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Some(n) = written.json_len {
+    if let Some(n) = json_len {
         h.insert(protocol::HEADER_LENGTH, HeaderValue::from(n));
+    }
+    if let Some(c) = coding {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(c.name()));
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     }
     r
 }

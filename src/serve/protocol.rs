@@ -40,16 +40,25 @@
 //! carries `parameters.binary_data_size` and no `data`; the answer then has the header
 //! `Inference-Header-Content-Length` (the JSON answer's length) and `Content-Type:
 //! application/octet-stream`. Without binary outputs the answer is plain JSON, as before.
+//!
+//! **Compression**: a request body with `Content-Encoding: gzip` (or `x-gzip`) or `deflate` (the
+//! zlib format, as RFC 9110 defines it and `tritonclient` sends it) is decompressed before any
+//! of the above, never past the body limit (a body that would is refused with 413), and
+//! `Inference-Header-Content-Length` counts decompressed bytes. Other codings get 415 with
+//! `Accept-Encoding: gzip, deflate`. An answer is compressed with gzip or deflate when the
+//! request's `Accept-Encoding` accepts one (gzip first when both are acceptable).
 
 use crate::ensemble::Prediction;
 use crate::run::Aggregation;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 use std::fmt;
+use std::io::{Read, Write};
 
 /// Name of the model's one input tensor.
 pub const INPUT: &str = "input";
@@ -78,6 +87,9 @@ pub const PROTOCOL_PARAMETERS: [&str; 6] = [
 
 /// The header that gives the length of the JSON part of a body with binary tensor data.
 pub const HEADER_LENGTH: HeaderName = HeaderName::from_static("inference-header-content-length");
+
+/// The content codings a request body may have, as `Accept-Encoding` names them.
+pub const ACCEPTED_ENCODINGS: &str = "gzip, deflate";
 
 /// A request the server will not answer: the HTTP status and a message naming the problem.
 /// It is sent as `{"error": message}`.
@@ -410,8 +422,9 @@ pub fn parse_infer(body: &[u8], model: &ModelShape) -> Result<Ask, Refusal> {
     parse_request(body, &HeaderMap::new(), model).map(|r| r.ask)
 }
 
-/// Parse and check a REST inference request: its body and its headers, of which
-/// `Inference-Header-Content-Length` says where the JSON ends and binary tensor data begins.
+/// Parse and check a REST inference request: its body, already decompressed
+/// ([`decode_body`]), and its headers, of which `Inference-Header-Content-Length` says where the
+/// JSON ends and binary tensor data begins.
 pub fn parse_request(
     body: &[u8],
     headers: &HeaderMap,
@@ -520,7 +533,7 @@ fn split_body<'a>(
     if n > body.len() {
         return Err(Refusal::bad_request(format!(
             "the header {HEADER_LENGTH_NAME} says the JSON part of the body is {n} bytes, but \
-             the body holds only {} bytes",
+             the body (decompressed, if it was compressed) holds only {} bytes",
             body.len()
         )));
     }
@@ -1227,6 +1240,175 @@ pub fn write_response(
     Ok(AnswerBody { bytes, json_len })
 }
 
+/// A content coding the server reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coding {
+    /// gzip (RFC 1952).
+    Gzip,
+    /// `deflate`: the zlib format (RFC 1950), as RFC 9110 defines the coding.
+    Deflate,
+}
+
+impl Coding {
+    /// The coding's name in `Content-Encoding`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Coding::Gzip => "gzip",
+            Coding::Deflate => "deflate",
+        }
+    }
+}
+
+fn unsupported_encoding(what: String) -> Refusal {
+    Refusal::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!("{what}: send the body as it is, or compressed with gzip or deflate"),
+    )
+    .with_header(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static(ACCEPTED_ENCODINGS),
+    )
+}
+
+/// The request body with its `Content-Encoding` undone: gzip, deflate (zlib) or none
+/// (`identity`). It is never inflated past `limit` bytes: a body that would be larger is
+/// refused with 413.
+pub fn decode_body<'a>(
+    body: &'a [u8],
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Cow<'a, [u8]>, Refusal> {
+    let mut codings = Vec::new();
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let Ok(text) = value.to_str() else {
+            return Err(unsupported_encoding(format!(
+                "Content-Encoding '{}' is not supported",
+                String::from_utf8_lossy(value.as_bytes())
+            )));
+        };
+        codings.extend(
+            text.split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+                .map(str::to_ascii_lowercase),
+        );
+    }
+    let coding = match codings.as_slice() {
+        [] => return Ok(Cow::Borrowed(body)),
+        [one] => match one.as_str() {
+            "gzip" | "x-gzip" => Coding::Gzip,
+            "deflate" => Coding::Deflate,
+            other => {
+                return Err(unsupported_encoding(format!(
+                    "Content-Encoding '{other}' is not supported"
+                )))
+            }
+        },
+        more => {
+            return Err(unsupported_encoding(format!(
+                "Content-Encoding '{}' applies {} codings one over another, and only one is \
+                 supported",
+                more.join(", "),
+                more.len()
+            )))
+        }
+    };
+    let mut out = Vec::new();
+    // One byte past the limit tells a body at the limit from a larger one.
+    let cap = (limit as u64).saturating_add(1);
+    let read = match coding {
+        Coding::Gzip => flate2::bufread::MultiGzDecoder::new(body)
+            .take(cap)
+            .read_to_end(&mut out)
+            .map(|_| None),
+        Coding::Deflate => {
+            let mut d = flate2::bufread::ZlibDecoder::new(body);
+            (&mut d)
+                .take(cap)
+                .read_to_end(&mut out)
+                .map(|_| Some(d.get_ref().len()))
+        }
+    };
+    if out.len() > limit {
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is larger than {limit} bytes once decompressed \
+                 (--max-body-bytes)"
+            ),
+        ));
+    }
+    let name = coding.name();
+    match read {
+        Err(e) => Err(Refusal::bad_request(format!(
+            "the request body cannot be decompressed (Content-Encoding: {name}): {e}"
+        ))),
+        Ok(Some(left)) if left > 0 => Err(Refusal::bad_request(format!(
+            "the request body holds {left} bytes after the end of its {name} data"
+        ))),
+        Ok(_) => Ok(Cow::Owned(out)),
+    }
+}
+
+/// The coding to compress an answer with, from the request's `Accept-Encoding`: gzip or
+/// deflate, whichever has the higher weight (gzip when equal); `None` when neither is
+/// acceptable.
+pub fn response_coding(headers: &HeaderMap) -> Option<Coding> {
+    let (mut gzip, mut deflate, mut any) = (None, None, None);
+    for value in headers.get_all(header::ACCEPT_ENCODING) {
+        let Ok(text) = value.to_str() else { continue };
+        for item in text.split(',') {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            // A weight that does not parse makes the coding unacceptable.
+            let q = parts
+                .find_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("q")
+                        .then(|| v.trim().parse::<f32>().unwrap_or(0.0))
+                })
+                .unwrap_or(1.0);
+            match name.as_str() {
+                "gzip" | "x-gzip" => gzip = Some(q),
+                "deflate" => deflate = Some(q),
+                "*" => any = Some(q),
+                _ => {}
+            }
+        }
+    }
+    let gzip = gzip.or(any).unwrap_or(0.0);
+    let deflate = deflate.or(any).unwrap_or(0.0);
+    if gzip > 0.0 && gzip >= deflate {
+        Some(Coding::Gzip)
+    } else if deflate > 0.0 {
+        Some(Coding::Deflate)
+    } else {
+        None
+    }
+}
+
+/// `bytes` compressed with `coding` at the fastest level, or `bytes` as they are (and no
+/// coding) if compressing fails, which writing into memory does not.
+pub fn compress(bytes: Vec<u8>, coding: Coding) -> (Vec<u8>, Option<Coding>) {
+    let level = flate2::Compression::fast();
+    let out = Vec::with_capacity(bytes.len() / 4 + 64);
+    let compressed = match coding {
+        Coding::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(out, level);
+            e.write_all(&bytes).and_then(|()| e.finish())
+        }
+        Coding::Deflate => {
+            let mut e = flate2::write::ZlibEncoder::new(out, level);
+            e.write_all(&bytes).and_then(|()| e.finish())
+        }
+    };
+    match compressed {
+        Ok(c) => (c, Some(coding)),
+        Err(_) => (bytes, None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1765,5 +1947,134 @@ mod tests {
             tail = &tail[4 + len..];
         }
         assert_eq!(strings, ["0.5:2", "0.3:1", "0.7:0", "0.1:1"]);
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        compress(data.to_vec(), Coding::Gzip).0
+    }
+
+    fn encoded(coding: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_str(coding).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn compressed_bodies_are_decompressed_within_the_limit() {
+        let body = ONE.as_bytes();
+        let deflated = compress(body.to_vec(), Coding::Deflate);
+        assert_eq!(deflated.1, Some(Coding::Deflate));
+        for (coding, bytes) in [
+            ("gzip", gzip(body)),
+            ("x-gzip", gzip(body)),
+            ("GZIP", gzip(body)),
+            ("deflate", deflated.0.clone()),
+            ("identity", body.to_vec()),
+            ("identity, gzip", gzip(body)),
+        ] {
+            assert_eq!(
+                &*decode_body(&bytes, &encoded(coding), 1024).unwrap(),
+                body,
+                "{coding}"
+            );
+        }
+        // Two gzip members are one body.
+        let mut two = gzip(b"{\"inputs\":");
+        two.extend(gzip(&body[10..]));
+        assert_eq!(&*decode_body(&two, &encoded("gzip"), 1024).unwrap(), body);
+        // A body at the limit passes; one byte more is 413, however small it is compressed.
+        let zeros = vec![b' '; 1 << 20];
+        assert!(decode_body(&gzip(&zeros), &encoded("gzip"), 1 << 20).is_ok());
+        for coding in [Coding::Gzip, Coding::Deflate] {
+            let bomb = compress(vec![b' '; (1 << 20) + 1], coding).0;
+            assert!(bomb.len() < 10 << 10, "{} bytes", bomb.len());
+            let r = decode_body(&bomb, &encoded(coding.name()), 1 << 20).unwrap_err();
+            assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+            assert!(
+                r.message
+                    .contains("larger than 1048576 bytes once decompressed (--max-body-bytes)"),
+                "{}",
+                r.message
+            );
+        }
+        // Damage is named.
+        let g = gzip(body);
+        for (coding, bytes, needle) in [
+            (
+                "gzip",
+                &g[..g.len() - 3],
+                "cannot be decompressed (Content-Encoding: gzip)",
+            ),
+            (
+                "gzip",
+                body,
+                "cannot be decompressed (Content-Encoding: gzip)",
+            ),
+            (
+                "deflate",
+                &deflated.0[..deflated.0.len() / 2],
+                "cannot be decompressed (Content-Encoding: deflate)",
+            ),
+            (
+                "deflate",
+                &g[..],
+                "cannot be decompressed (Content-Encoding: deflate)",
+            ),
+        ] {
+            let r = decode_body(bytes, &encoded(coding), 1024).unwrap_err();
+            assert_eq!(r.status, StatusCode::BAD_REQUEST);
+            assert!(r.message.contains(needle), "{}", r.message);
+        }
+        let mut trailing = deflated.0.clone();
+        trailing.extend_from_slice(b"xyz");
+        let m = decode_body(&trailing, &encoded("deflate"), 1024)
+            .unwrap_err()
+            .message;
+        assert!(
+            m.contains("3 bytes after the end of its deflate data"),
+            "{m}"
+        );
+        // Codings that are not read: 415 saying which are.
+        for coding in ["br", "gzip, deflate", "zstd"] {
+            let r = decode_body(body, &encoded(coding), 1024).unwrap_err();
+            assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+            assert!(r.message.contains("gzip or deflate"), "{}", r.message);
+            assert!(r.headers.contains(&(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("gzip, deflate")
+            )));
+        }
+    }
+
+    #[test]
+    fn accept_encoding_chooses_the_answers_coding() {
+        let accept = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            response_coding(&h)
+        };
+        assert_eq!(response_coding(&HeaderMap::new()), None);
+        assert_eq!(accept("gzip"), Some(Coding::Gzip));
+        assert_eq!(accept("gzip, deflate, br"), Some(Coding::Gzip));
+        assert_eq!(accept("deflate"), Some(Coding::Deflate));
+        assert_eq!(accept("gzip;q=0.5, deflate"), Some(Coding::Deflate));
+        assert_eq!(accept("gzip;q=0, deflate;q=0"), None);
+        assert_eq!(accept("br, identity"), None);
+        assert_eq!(accept("*"), Some(Coding::Gzip));
+        assert_eq!(accept("*;q=0"), None);
+        assert_eq!(accept("gzip;q=x"), None);
+        // What is compressed reads back.
+        let data = b"an answer, an answer, an answer".to_vec();
+        for c in [Coding::Gzip, Coding::Deflate] {
+            let (bytes, used) = compress(data.clone(), c);
+            assert_eq!(used, Some(c));
+            assert_eq!(
+                &*decode_body(&bytes, &encoded(c.name()), 1024).unwrap(),
+                &data[..]
+            );
+        }
     }
 }
