@@ -1,7 +1,8 @@
 //! Real inference clients against the real server: `tests/clients/http_clients.py` drives
 //! `sisa serve` with `tritonclient.http` and kserve's `InferenceRESTClient`, called as their
 //! documentation shows, and every answer is compared with `sisa predict --json` on the same
-//! rows: labels equal, probabilities within 1e-6.
+//! rows: labels equal, probabilities within 1e-6. The README's example with both clients is
+//! run as written, and must print what the README says.
 //!
 //! Needs `python3` with `pip install "tritonclient[http]" kserve numpy`. Without them the test
 //! says why and passes, unless the environment variable `CI` is set: then it fails.
@@ -75,6 +76,24 @@ fn run_to_end(mut cmd: Command, limit: Duration) -> String {
     out
 }
 
+/// The README's Python example that uses tritonclient and kserve (a `python` block of its
+/// "Serving" section).
+fn readme_clients_example() -> String {
+    let readme = std::fs::read_to_string(repo("README.md")).expect("read README.md");
+    let start = readme
+        .find("\n## Serving\n")
+        .expect("README has a Serving section");
+    let section = &readme[start + 1..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    section
+        .split("```python\n")
+        .skip(1)
+        .map(|b| &b[..b.find("```").expect("the end of a Python example")])
+        .find(|b| b.contains("import tritonclient.http"))
+        .expect("a Python example with tritonclient")
+        .to_string()
+}
+
 /// The first `n` held-out digits rows as a CSV file of their own.
 fn write_rows(dir: &Path, n: usize) -> std::path::PathBuf {
     let text = std::fs::read_to_string(repo("datasets/digits/test.csv")).expect("read test.csv");
@@ -143,6 +162,21 @@ fn tritonclient_and_kserve_get_the_answers_sisa_predict_gives() {
     let answer: Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: the clients printed {out}"));
     assert_eq!(answer["rows"], ROWS);
+
+    // The README's example, as written, from the repository's folder.
+    let example = readme_clients_example().replace("127.0.0.1:8080", &server.addr.to_string());
+    let mut python = Command::new("python3");
+    python.args(["-c", &example]).current_dir(repo("."));
+    let printed = run_to_end(python, Duration::from_secs(120));
+    let first: Vec<String> = labels[..4].iter().map(i64::to_string).collect();
+    let first = format!("[{}]", first.join(", "));
+    assert_eq!(printed, format!("{first} (4, 10)\n{first}\n"));
+    // And what the README says it prints is what it printed for the README's run.
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("prints `{first} (4, 10)` and `{first}`")),
+        "the README should say the example prints {first}"
+    );
     let cases = answer["cases"].as_object().unwrap();
 
     // Each case, and the outputs the answer held as binary data.

@@ -45,8 +45,10 @@
 //! zlib format, as RFC 9110 defines it and `tritonclient` sends it) is decompressed before any
 //! of the above, never past the body limit (a body that would is refused with 413), and
 //! `Inference-Header-Content-Length` counts decompressed bytes. Other codings get 415 with
-//! `Accept-Encoding: gzip, deflate`. An answer is compressed with gzip or deflate when the
-//! request's `Accept-Encoding` accepts one (gzip first when both are acceptable).
+//! `Accept-Encoding: gzip, deflate`. Inflating stops one byte past the limit, so a small body
+//! that would inflate to gigabytes costs a few times the limit in memory. An inference answer is
+//! compressed with gzip or deflate when the request's `Accept-Encoding` accepts one (the one
+//! with the higher weight; gzip when they are equal).
 
 use crate::ensemble::Prediction;
 use crate::run::Aggregation;
