@@ -496,11 +496,12 @@ fn each_bad_request_gets_its_code_and_a_message_naming_the_problem() {
         Code::InvalidArgument,
         "unknown parameter 'aggregate'; this model takes aggregation, output, top_k",
     ));
+    // The protocol's sequence parameters are accepted (and ignored) when well formed.
     cases.push((
-        "Triton's sequence parameter",
-        with_parameter("sequence_id", int(3)),
+        "a malformed sequence parameter",
+        with_parameter("sequence_id", boolean(true)),
         Code::InvalidArgument,
-        "unknown parameter 'sequence_id'",
+        "parameter 'sequence_id' must be a non-negative integer or a string, not true",
     ));
     cases.push((
         "aggregation",

@@ -160,19 +160,29 @@ impl RateLimit {
     }
 }
 
-/// Failed authentications a client address may make in a minute; the next is answered 429.
+/// Failed authentications a client address may make in a minute by default; the next is
+/// answered 429 (`--admin-auth-failures`).
 pub const AUTH_FAILURES_PER_MINUTE: u32 = 5;
 /// Client addresses whose failures are remembered; beyond this the oldest window is dropped.
 const AUTH_CLIENTS: usize = 10_000;
 
 /// Failed admin authentications per client address, in one-minute windows: a client that
 /// guesses tokens is answered 429 (before its token is even compared) until its window ends.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AuthThrottle {
+    per_minute: u32,
     clients: Mutex<std::collections::HashMap<std::net::IpAddr, (Instant, u32)>>,
 }
 
 impl AuthThrottle {
+    /// At most `per_minute` failures per address in a minute.
+    pub fn new(per_minute: u32) -> AuthThrottle {
+        AuthThrottle {
+            per_minute,
+            clients: Mutex::default(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, (Instant, u32)>> {
         // Entries are replaced whole; a panic cannot leave one half-written.
         self.clients.lock().unwrap_or_else(|p| p.into_inner())
@@ -183,7 +193,7 @@ impl AuthThrottle {
         let clients = self.lock();
         match clients.get(&ip) {
             Some(&(start, n))
-                if n >= AUTH_FAILURES_PER_MINUTE && start.elapsed() < Duration::from_secs(60) =>
+                if n >= self.per_minute && start.elapsed() < Duration::from_secs(60) =>
             {
                 Err(Duration::from_secs(60).saturating_sub(start.elapsed()))
             }
@@ -381,14 +391,14 @@ pub struct WorkerSetup {
 
 impl Admin {
     /// The admin side, and the receiving end of its queue for [`spawn_worker`].
-    pub fn new(tokens: AdminTokens, per_minute: u32) -> (Admin, WorkerSetup) {
+    pub fn new(tokens: AdminTokens, per_minute: u32, auth_failures: u32) -> (Admin, WorkerSetup) {
         let (jobs, rx) = mpsc::sync_channel(QUEUE);
         let rate = RateLimit::new(tokens.len(), per_minute);
         (
             Admin {
                 tokens,
                 rate,
-                throttle: AuthThrottle::default(),
+                throttle: AuthThrottle::new(auth_failures),
                 jobs,
                 requests: Arc::new(Requests::default()),
             },

@@ -37,7 +37,7 @@ use admin::{Admin, AdminTokens, Requests, Worker, WorkerSetup};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -82,6 +82,10 @@ pub struct ServeFlags {
     /// Most unlearn submissions per token per minute. Default: 30.
     #[arg(long, default_value_t = 30)]
     pub admin_rate: u32,
+    /// Failed admin authentications one client address may make in a minute before it is
+    /// answered 429 until the minute ends. Default: 5.
+    #[arg(long, default_value_t = admin::AUTH_FAILURES_PER_MINUTE)]
+    pub admin_auth_failures: u32,
     /// How often CURRENT is checked for a newly published version, in milliseconds (the
     /// ledger is followed every 20 ms whatever this is). Default: 500.
     #[arg(long, default_value_t = 500)]
@@ -125,6 +129,8 @@ pub struct ServeOptions {
     pub admin: Option<AdminTokens>,
     /// Unlearn submissions per token per minute (at least 1).
     pub admin_rate: u32,
+    /// Failed authentications per client address per minute (at least 1).
+    pub admin_auth_failures: u32,
     /// How often `CURRENT` is checked.
     pub watch_interval: Duration,
     /// How deletions retrain (threads; progress bars are always off).
@@ -153,6 +159,11 @@ impl ServeFlags {
         }
         if self.admin_rate == 0 {
             return Err(Error::Config("--admin-rate must be at least 1".into()));
+        }
+        if self.admin_auth_failures == 0 {
+            return Err(Error::Config(
+                "--admin-auth-failures must be at least 1".into(),
+            ));
         }
         if self.watch_interval_ms < 10 {
             return Err(Error::Config(
@@ -191,6 +202,7 @@ impl ServeFlags {
             labels_only: self.labels_only,
             admin,
             admin_rate: self.admin_rate,
+            admin_auth_failures: self.admin_auth_failures,
             watch_interval: Duration::from_millis(self.watch_interval_ms),
             unlearn: Options {
                 progress: false,
@@ -453,23 +465,53 @@ fn model_ready_at(app: &App, name: &str, version: Option<&str>) -> Response {
 async fn infer(
     State(app): State<Arc<App>>,
     UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Response {
-    infer_at(app, &name, None, body).await
+    infer_at(app, &name, None, headers, body).await
 }
 
 async fn version_infer(
     State(app): State<Arc<App>>,
     UrlPath((name, version)): UrlPath<(String, String)>,
+    headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Response {
-    infer_at(app, &name, Some(&version), body).await
+    infer_at(app, &name, Some(&version), headers, body).await
+}
+
+/// Bodies larger than this, or compressed, are decompressed and parsed on tokio's blocking pool,
+/// and answers larger than this compressed there: past it, the work would hold up the reactor.
+const OFF_REACTOR_BYTES: usize = 64 << 10;
+
+/// Run `f` on tokio's blocking pool.
+async fn off_reactor<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, Refusal> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        log(format!("a request's work on the blocking pool failed: {e}"));
+        Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request could not be handled",
+        )
+    })
+}
+
+/// Undo the body's `Content-Encoding` and parse it as a REST inference request.
+fn read_request(
+    app: &App,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> std::result::Result<protocol::RestRequest, Refusal> {
+    let body = protocol::decode_body(body, headers, app.max_body_bytes)?;
+    protocol::parse_request(&body, headers, &app.model)
 }
 
 async fn infer_at(
     app: Arc<App>,
     name: &str,
     version: Option<&str>,
+    headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Err(r) = app.check_name(name) {
@@ -479,20 +521,64 @@ async fn infer_at(
         Ok(b) => b,
         Err(e) => return app.body_refusal(&e),
     };
-    let ask = match protocol::parse_infer(&body, &app.model) {
+    let coding = protocol::response_coding(&headers);
+    let request =
+        if body.len() > OFF_REACTOR_BYTES || headers.contains_key(header::CONTENT_ENCODING) {
+            let app = app.clone();
+            off_reactor(move || read_request(&app, &headers, &body))
+                .await
+                .and_then(|r| r)
+        } else {
+            let request = read_request(&app, &headers, &body);
+            // The rows are parsed out of it: the body need not wait for the prediction.
+            drop(body);
+            request
+        };
+    let request = match request {
+        Ok(r) => r,
+        Err(r) => return r.into_response(),
+    };
+    let answered = match answer(&app, version, request.ask).await {
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    drop(body);
-    match answer(&app, version, ask).await {
-        Ok(a) => {
-            let seen = a.seen();
-            let mut r = (StatusCode::OK, Json(a.response(&app.name))).into_response();
-            r.extensions_mut().insert(seen);
-            r
+    let seen = answered.seen();
+    let written = protocol::write_response(&answered.response(&app.name), &request.reply);
+    let written = match written {
+        Ok(w) => w,
+        Err(e) => {
+            log(format!("cannot write an answer: {e}"));
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the answer could not be written",
+            );
         }
-        Err(r) => r.into_response(),
+    };
+    let content_type = written.content_type();
+    let json_len = written.json_len;
+    let (bytes, coding) = match coding {
+        None => (written.bytes, None),
+        Some(c) if written.bytes.len() <= OFF_REACTOR_BYTES => protocol::compress(written.bytes, c),
+        Some(c) => {
+            let bytes = written.bytes;
+            match off_reactor(move || protocol::compress(bytes, c)).await {
+                Ok(done) => done,
+                Err(r) => return r.into_response(),
+            }
+        }
+    };
+    let mut r = (StatusCode::OK, bytes).into_response();
+    r.extensions_mut().insert(seen);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(n) = json_len {
+        h.insert(protocol::HEADER_LENGTH, HeaderValue::from(n));
     }
+    if let Some(c) = coding {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(c.name()));
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    r
 }
 
 /// One answered inference request: the version it came from, the request, and its outputs.
@@ -700,7 +786,7 @@ async fn run_server(opts: ServeOptions, config: RunConfig, name: String) -> Resu
     let serving = Arc::new(Serving::new());
     let (admin, worker) = match opts.admin {
         Some(tokens) => {
-            let (admin, setup) = Admin::new(tokens, opts.admin_rate);
+            let (admin, setup) = Admin::new(tokens, opts.admin_rate, opts.admin_auth_failures);
             (Some(admin), Some(setup))
         }
         None => (None, None),

@@ -355,7 +355,7 @@ mod tests {
     fn times_are_rfc3339() {
         assert_eq!(rfc3339_millis(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_796_131_200_123);
-        assert_eq!(rfc3339_millis(t), "2026-12-01T16:00:00.123Z");
+        assert_eq!(rfc3339_millis(t), "2026-12-01T13:20:00.123Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339_millis(leap), "2000-02-29T00:00:00.000Z");
     }
