@@ -376,9 +376,9 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
 
 async fn server_metadata(State(app): State<Arc<App>>) -> Response {
     let extensions: &[&str] = if app.admin.is_some() {
-        &["unlearn"]
+        &["binary_tensor_data", "classification", "unlearn"]
     } else {
-        &[]
+        &["binary_tensor_data", "classification"]
     };
     Json(json!({
         "name": "sisa",
