@@ -887,7 +887,13 @@ fn tritonclient_and_kserve_with_their_default_calls_answer_as_sisa_predict() {
     let rows_file = dir.path().join("rows.json");
     std::fs::write(&rows_file, serde_json::to_vec(&rows).unwrap()).unwrap();
     // One process a client: the two packages cannot be loaded into one Python process.
-    for client in ["tritonclient", "kserve", "kserve-contents"] {
+    for client in [
+        "tritonclient",
+        "tritonclient-gzip",
+        "tritonclient-deflate",
+        "kserve",
+        "kserve-contents",
+    ] {
         let o = Command::new("python3")
             .arg(repo("tests/clients/grpc_clients.py"))
             .arg(client)

@@ -604,7 +604,10 @@ fn metadata_health_and_parameters_follow_the_protocol() {
     assert_eq!(c.get("/v2/health/ready", &[]).unwrap().status, 200);
     let meta = c.get("/v2", &[]).unwrap().json();
     assert_eq!(meta["name"], "sisa");
-    assert_eq!(meta["extensions"], json!(["binary_tensor_data", "classification"]));
+    assert_eq!(
+        meta["extensions"],
+        json!(["binary_tensor_data", "classification"])
+    );
     let model = c.get(&server.path(""), &[]).unwrap().json();
     assert_eq!(model["name"], "digits-v2");
     assert_eq!(model["versions"], json!(["1"]));

@@ -30,10 +30,14 @@
 //! - Any other call (Triton's own, such as `ModelConfig` or `ModelStatistics`): UNIMPLEMENTED,
 //!   with a message naming the call and the ones served.
 //!
+//! Messages compressed with gzip or deflate are accepted (inflated no further than
+//! `--max-body-bytes`), and answers are compressed for a client that asks.
+//!
 //! Parameters clients may send that change nothing here are accepted and ignored: per-input
 //! and per-output parameters (KServe's `binary_data_size`, as REST ignores them), and the
-//! request parameters `binary_data_output` (HTTP only: gRPC outputs are always raw), `priority`
-//! and `timeout` (Triton's scheduling parameters: every request is answered when it arrives).
+//! request parameters `binary_data_output` (HTTP only: gRPC outputs are always raw), `priority`,
+//! `timeout` and the sequence parameters (Triton's scheduling parameters: every request is
+//! answered when it arrives).
 //! Any other request parameter is refused, naming it, as REST refuses it. Shared memory and
 //! Triton's `classification` output parameter are refused, naming them.
 //!
@@ -69,6 +73,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::body::Body;
+use tonic::codec::CompressionEncoding;
 use tonic::codegen::{BoxFuture, Bytes, Service};
 use tonic::metadata::MetadataMap;
 use tonic::transport::server::TcpIncoming;
@@ -121,7 +126,14 @@ pub(crate) fn spawn(listener: TcpListener, app: Arc<App>) -> GrpcServer {
         .map_or_else(|_| "the gRPC address".to_string(), |a| a.to_string());
     let limit = app.max_body_bytes;
     let service = Limited {
-        inner: GrpcInferenceServiceServer::new(Inference { app }).max_decoding_message_size(limit),
+        // gzip and deflate messages are accepted (tonic inflates them no further than the
+        // same limit) and answers are compressed when the client asks for it.
+        inner: GrpcInferenceServiceServer::new(Inference { app })
+            .max_decoding_message_size(limit)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Deflate)
+            .send_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Deflate),
         limit,
     };
     // Answers are small and latency matters: no Nagle delay on any connection.

@@ -2,7 +2,8 @@
 
 Usage: python3 grpc_clients.py CLIENT HOST:PORT MODEL ROWS.json
 
-CLIENT is `tritonclient` (tritonclient.grpc), `kserve` (KServe's InferenceGRPCClient with a
+CLIENT is `tritonclient` (tritonclient.grpc; `tritonclient-gzip` and `tritonclient-deflate`
+compress the request), `kserve` (KServe's InferenceGRPCClient with a
 NumPy array, sent as raw bytes) or `kserve-contents` (the same with the values as a list, sent in
 contents.fp32_contents). One client a process: both packages register their own copy of the
 `inference` protobuf package, and Python refuses to load the two into one process.
@@ -20,8 +21,9 @@ import sys
 import numpy as np
 
 
-def with_tritonclient(addr, model, x):
-    """tritonclient.grpc, exactly as its documentation shows a call."""
+def with_tritonclient(addr, model, x, compression=None):
+    """tritonclient.grpc, exactly as its documentation shows a call (with `compression`,
+    "gzip" or "deflate", the request message compressed)."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
@@ -41,7 +43,7 @@ def with_tritonclient(addr, model, x):
         raise AssertionError("ModelConfig answered")
     inp = grpcclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    result = client.infer(model, [inp])
+    result = client.infer(model, [inp], compression_algorithm=compression)
     answer = {
         "label": result.as_numpy("label").tolist(),
         "probabilities": result.as_numpy("probabilities").tolist(),
@@ -81,10 +83,15 @@ def main():
         x = np.array(json.load(f), dtype=np.float32)
     if client == "tritonclient":
         answer = with_tritonclient(addr, model, x)
+    elif client in ("tritonclient-gzip", "tritonclient-deflate"):
+        answer = with_tritonclient(addr, model, x, compression=client.split("-")[1])
     elif client in ("kserve", "kserve-contents"):
         answer = asyncio.run(with_kserve(addr, model, x, as_list=client == "kserve-contents"))
     else:
-        sys.exit(f"unknown client {client!r}: tritonclient, kserve or kserve-contents")
+        sys.exit(
+            f"unknown client {client!r}: tritonclient, tritonclient-gzip, tritonclient-deflate, "
+            "kserve or kserve-contents"
+        )
     print(json.dumps(answer))
 
 
