@@ -953,3 +953,51 @@ fn tritonclient_and_kserve_with_their_default_calls_answer_as_sisa_predict() {
         assert!(out.starts_with("1 [0] [["), "version 1, label 0: {out}");
     }
 }
+
+#[test]
+fn grpc_connections_share_the_connection_cap_with_rest() {
+    let (server, addr) = start(shared_run(), &["--max-connections", "2"], &[]);
+    // The readiness probe's connection is closed; give the server a moment to see it.
+    std::thread::sleep(Duration::from_millis(300));
+    // Two half-sent REST headers hold both slots.
+    let held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+            std::io::Write::write_all(&mut s, b"GET /v2/health/live HTTP/1.1\r\nHo").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    runtime().block_on(async {
+        let refused = async {
+            let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut c =
+                proto::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel);
+            c.server_live(ServerLiveRequest {})
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        assert!(
+            refused.is_err(),
+            "a gRPC connection beyond the cap was served"
+        );
+    });
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    runtime().block_on(async {
+        let mut c = connect(addr).await;
+        let live = c.server_live(ServerLiveRequest {}).await.unwrap();
+        assert!(live.into_inner().live);
+    });
+    assert!(server.wait_stderr(
+        "every connection slot is taken (--max-connections): closing new gRPC connections",
+        Duration::from_secs(5)
+    ));
+}

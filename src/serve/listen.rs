@@ -51,16 +51,17 @@ pub fn default_max_connections() -> usize {
     (soft / 2).clamp(16, 10_000) as usize
 }
 
-/// Serve `router` on `listener` until `stop` resolves, within `limits`.
+/// Serve `router` on `listener` until `stop` resolves, within `limits`. `slots` holds the
+/// connection slots this server shares with the gRPC one (`limits.max_connections` in all).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     stop: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(stop);
     let mut warned_full = None::<Instant>;
     loop {

@@ -810,7 +810,9 @@ async fn run_server(opts: ServeOptions, config: RunConfig, name: String) -> Resu
             format: opts.log_format,
         },
     });
-    let grpc = grpc_listener.map(|l| grpc::spawn(l, app.clone()));
+    // REST and gRPC connections share the --max-connections slots.
+    let slots = Arc::new(tokio::sync::Semaphore::new(opts.limits.max_connections));
+    let grpc = grpc_listener.map(|l| grpc::spawn(l, app.clone(), slots.clone()));
     println!("sisa serve: model '{}' listening on {local}", app.name);
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -819,6 +821,7 @@ async fn run_server(opts: ServeOptions, config: RunConfig, name: String) -> Resu
         listener,
         router(app),
         opts.limits,
+        slots.clone(),
         metrics,
         async move {
             // Either a stop was sent or its sender dropped: both mean stop.
