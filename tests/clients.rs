@@ -18,24 +18,6 @@ use std::time::{Duration, Instant};
 /// Rows of the held-out digits the clients send.
 const ROWS: usize = 16;
 
-/// Why the Python clients cannot run here, if they cannot.
-fn clients_missing() -> Option<String> {
-    match Command::new("python3")
-        .args(["-c", "import tritonclient.http, kserve, numpy"])
-        .output()
-    {
-        Err(e) => Some(format!("python3 cannot be run: {e}")),
-        Ok(o) if !o.status.success() => Some(format!(
-            "python3 cannot import the clients: {}",
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        )),
-        Ok(_) => None,
-    }
-}
-
 /// Run `cmd` to its end, killing it after `limit`; its stdout, or a panic with its stderr.
 fn run_to_end(mut cmd: Command, limit: Duration) -> String {
     let mut child = cmd
@@ -79,19 +61,10 @@ fn run_to_end(mut cmd: Command, limit: Duration) -> String {
 /// The README's Python example that uses tritonclient and kserve (a `python` block of its
 /// "Serving" section).
 fn readme_clients_example() -> String {
-    let readme = std::fs::read_to_string(repo("README.md")).expect("read README.md");
-    let start = readme
-        .find("\n## Serving\n")
-        .expect("README has a Serving section");
-    let section = &readme[start + 1..];
-    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
-    section
-        .split("```python\n")
-        .skip(1)
-        .map(|b| &b[..b.find("```").expect("the end of a Python example")])
+    readme_serving_python()
+        .into_iter()
         .find(|b| b.contains("import tritonclient.http"))
         .expect("a Python example with tritonclient")
-        .to_string()
 }
 
 /// The first `n` held-out digits rows as a CSV file of their own.
@@ -109,13 +82,10 @@ fn close(a: f64, b: f64) -> bool {
 
 #[test]
 fn tritonclient_and_kserve_get_the_answers_sisa_predict_gives() {
-    if let Some(why) = clients_missing() {
-        let install = "pip install \"tritonclient[http]\" kserve numpy";
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set and the client test cannot run: {why} ({install})"
-        );
-        println!("skipped: {why}; {install} to run this test");
+    if !python_has(
+        &["tritonclient.http", "kserve", "numpy"],
+        "pip install \"tritonclient[http]\" kserve numpy",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

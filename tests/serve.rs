@@ -881,24 +881,9 @@ fn a_directory_that_is_not_a_run_is_refused_at_start() {
 // ---------------------------------------------------------------------------------------------
 // The README's curl examples, run as written.
 
-/// The README's "Serving" section, up to the next section.
-fn serving_section() -> String {
-    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
-    let start = readme
-        .lines()
-        .position(|l| l == "## Serving")
-        .expect("README has a Serving section");
-    let lines: Vec<&str> = readme
-        .lines()
-        .skip(start + 1)
-        .take_while(|l| !l.starts_with("## "))
-        .collect();
-    lines.join("\n")
-}
-
 /// The shell lines of the README's "Serving" section that call curl.
 fn readme_curl_lines() -> Vec<String> {
-    let section = serving_section();
+    let section = readme_serving_section();
     let mut lines = Vec::new();
     let mut in_sh = false;
     for line in section.lines() {
@@ -913,14 +898,12 @@ fn readme_curl_lines() -> Vec<String> {
     lines
 }
 
-/// The README's Python example (the Serving section's `python` block).
+/// The README's first Python example (the Serving section's first `python` block).
 fn readme_python() -> String {
-    let section = serving_section();
-    let code = section.find("```python\n").expect("a Python example") + "```python\n".len();
-    let end = section[code..]
-        .find("```")
-        .expect("the end of the Python example");
-    section[code..code + end].to_string()
+    readme_serving_python()
+        .into_iter()
+        .next()
+        .expect("a Python example")
 }
 
 /// Split a curl line the way sh would (single quotes literal; in double quotes only

@@ -355,3 +355,68 @@ pub fn wait_state(c: &mut Client, server: &Server, token: &str, request: u64, wa
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Whether `python3` imports every one of `modules` (each in a process of its own:
+/// `tritonclient.grpc` and `kserve` cannot share one). When it cannot, the test that asked
+/// skips, printing why and `install`; under `CI` it fails instead, so CI always runs it.
+pub fn python_has(modules: &[&str], install: &str) -> bool {
+    for module in modules {
+        let why = match Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+        {
+            Ok(o) if o.status.success() => continue,
+            // The traceback's last line says why (ModuleNotFoundError: ...).
+            Ok(o) => format!(
+                "python3 -c 'import {module}' failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("no message")
+                    .trim()
+            ),
+            Err(e) => format!("cannot run python3: {e}"),
+        };
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set and this test cannot run: {why}; install with: {install}"
+        );
+        println!("skipped: {why}; {install} to run this test");
+        return false;
+    }
+    true
+}
+
+/// The README's "Serving" section, up to the next section.
+pub fn readme_serving_section() -> String {
+    let readme = std::fs::read_to_string(repo("README.md")).expect("read README.md");
+    let start = readme
+        .lines()
+        .position(|l| l == "## Serving")
+        .expect("README has a Serving section");
+    let lines: Vec<&str> = readme
+        .lines()
+        .skip(start + 1)
+        .take_while(|l| !l.starts_with("## "))
+        .collect();
+    lines.join("\n")
+}
+
+/// The `python` code blocks of the README's "Serving" section, in order.
+pub fn readme_serving_python() -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut block: Option<String> = None;
+    for line in readme_serving_section().lines() {
+        match (&mut block, line) {
+            (None, "```python") => block = Some(String::new()),
+            (Some(_), "```") => blocks.extend(block.take()),
+            (Some(b), l) => {
+                b.push_str(l);
+                b.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
