@@ -37,14 +37,6 @@ use sisa::train::TrainOptions;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Append formatted text to a `String` (which cannot fail), and a newline.
-macro_rules! wln {
-    ($s:expr, $($arg:tt)*) => {{
-        $s.push_str(&format!($($arg)*));
-        $s.push('\n');
-    }};
-}
-
 const SHARDS: [usize; 4] = [1, 5, 10, 20];
 const SEED: u64 = 7;
 const MEDIAN_SEEDS: [u64; 3] = [1, 2, 3];

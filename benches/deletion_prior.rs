@@ -33,14 +33,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Append formatted text to a `String` (which cannot fail), and a newline.
-macro_rules! wln {
-    ($s:expr, $($arg:tt)*) => {{
-        $s.push_str(&format!($($arg)*));
-        $s.push('\n');
-    }};
-}
-
 const SHARDS: usize = 10;
 const SLICES: usize = 5;
 const RISK_SHARDS: usize = 2;

@@ -41,14 +41,6 @@ macro_rules! w {
     };
 }
 
-/// [`w!`] and a newline.
-macro_rules! wln {
-    ($s:expr, $($arg:tt)*) => {{
-        $s.push_str(&format!($($arg)*));
-        $s.push('\n');
-    }};
-}
-
 /// Rows per shard, held fixed as N grows (default; `SISA_SCALE_SHARD_ROWS` changes it).
 const SHARD_ROWS: usize = 10_000;
 /// Slices R.

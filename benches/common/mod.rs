@@ -4,6 +4,16 @@
 // Each benchmark is its own crate and uses part of this module.
 #![allow(dead_code)]
 
+/// Append formatted text to a `String` (which cannot fail), and a newline.
+macro_rules! wln {
+    ($s:expr, $($arg:tt)*) => {{
+        $s.push_str(&format!($($arg)*));
+        $s.push('\n');
+    }};
+}
+// In scope in each benchmark through `use common::*`.
+pub(crate) use wln;
+
 use sisa::data::csv::Table;
 use sisa::ensemble::Ensemble;
 use sisa::run::{Aggregation, Run};
