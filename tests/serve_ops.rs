@@ -363,3 +363,23 @@ fn failed_admin_authentication_is_throttled_per_address_and_logged() {
     assert_eq!(sample(&s, "sisa_admin_auth_failures_total", &[]), 5.0);
     assert!(sample(&s, "sisa_admin_auth_throttled_total", &[]) >= 3.0);
 }
+
+#[test]
+fn limits_out_of_range_are_refused_naming_the_flag() {
+    for (flag, value) in [
+        ("--max-connections", "0"),
+        ("--header-timeout-s", "0"),
+        ("--header-timeout-s", "3601"),
+        ("--shutdown-grace-s", "3601"),
+        ("--admin-auth-failures", "0"),
+    ] {
+        let err = Server::spawn(run(), &[flag, value], &[])
+            .err()
+            .unwrap_or_else(|| panic!("{flag} {value} was taken"));
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
+    let err = Server::spawn(run(), &["--log-format", "xml"], &[])
+        .err()
+        .expect("--log-format xml was taken");
+    assert!(err.contains("invalid value 'xml'"), "{err}");
+}
