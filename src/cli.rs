@@ -19,8 +19,49 @@ use std::time::Instant;
 #[derive(Parser, Debug)]
 #[command(name = "sisa", version, about, long_about = None)]
 pub struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The flags every command takes, before or after its name.
+#[derive(Args, Debug, Clone)]
+struct Global {
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress bars (they are drawn only on a terminal anyway).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Worker threads, 1 to 1024: shards trained or retrained side by side (train, unlearn,
+    /// add, verify, recover, serve, bench, quickstart); the result is bitwise the same for
+    /// any N. Commands that train nothing accept it and ignore it. [default: all cores]
+    #[arg(long, global = true, value_name = "N", value_parser = parse_threads)]
+    threads: Option<usize>,
+}
+
+impl Global {
+    fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| train::default_threads().min(train::MAX_THREADS))
+    }
+    fn options(&self) -> Options {
+        Options {
+            threads: self.threads(),
+            progress: !self.quiet,
+        }
+    }
+}
+
+fn parse_threads(text: &str) -> std::result::Result<usize, String> {
+    let n: usize = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a whole number"))?;
+    if !(1..=train::MAX_THREADS).contains(&n) {
+        return Err(format!("must be in 1..={}, got {n}", train::MAX_THREADS));
+    }
+    Ok(n)
 }
 
 #[derive(Subcommand, Debug)]
@@ -78,9 +119,6 @@ struct ReceiptArgs {
     /// A user id: recompute its key and check the receipt names it.
     #[arg(long)]
     user: Option<String>,
-    /// Print a JSON document.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -94,43 +132,16 @@ struct AddArgs {
     /// threshold applies). Users the run holds keep the place of their rows.
     #[arg(long, value_name = "FILE")]
     deletion_prior: Option<PathBuf>,
-    /// Print a JSON document.
+    /// Add the rows even if the run has added the same rows (same users, labels and features,
+    /// in order) before; without it such a batch is refused.
     #[arg(long)]
-    json: bool,
+    allow_duplicate: bool,
 }
 
 #[derive(Subcommand, Debug)]
 enum LedgerCommand {
     /// Check the hash chain: any edited, removed, reordered or truncated entry is named.
     Verify(LedgerArgs),
-}
-
-#[derive(Args, Debug, Clone)]
-struct Common {
-    /// Worker threads for training shards side by side. Default: all cores.
-    #[arg(long)]
-    threads: Option<usize>,
-    /// No progress bars.
-    #[arg(long, short)]
-    quiet: bool,
-}
-
-impl Common {
-    fn threads(&self) -> Result<usize> {
-        match self.threads {
-            Some(n) => {
-                sisa::Error::check_range("threads", n, 1..=train::MAX_THREADS)?;
-                Ok(n)
-            }
-            None => Ok(train::default_threads().min(train::MAX_THREADS)),
-        }
-    }
-    fn options(&self) -> Result<Options> {
-        Ok(Options {
-            threads: self.threads()?,
-            progress: !self.quiet,
-        })
-    }
 }
 
 #[derive(Args, Debug)]
@@ -141,8 +152,6 @@ struct RunArgs {
     /// The deletion ledger. Default: RUN/ledger.jsonl.
     #[arg(long)]
     ledger: Option<PathBuf>,
-    #[command(flatten)]
-    common: Common,
 }
 
 #[derive(Args, Debug)]
@@ -153,9 +162,6 @@ struct LedgerArgs {
     /// The deletion ledger. Default: RUN/ledger.jsonl.
     #[arg(long)]
     ledger: Option<PathBuf>,
-    /// Print a JSON document.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -166,8 +172,6 @@ struct QuickstartArgs {
     /// Directory holding digits/train.csv and digits/test.csv. Default: the bundled datasets.
     #[arg(long)]
     datasets: Option<PathBuf>,
-    #[command(flatten)]
-    common: Common,
 }
 
 #[derive(Args, Debug)]
@@ -191,16 +195,16 @@ struct TrainArgs {
     /// Model preset (models/*.toml).
     #[arg(long)]
     model: PathBuf,
-    /// Number of shards S. Default: 10.
+    /// Number of shards S.
     #[arg(long, default_value_t = 10)]
     shards: usize,
-    /// Number of slices R per shard. Default: 5.
+    /// Number of slices R per shard.
     #[arg(long, default_value_t = 5)]
     slices: usize,
     /// Epochs of unsliced training; each stage trains SISA's recalibrated share. Default: the preset's.
     #[arg(long)]
     epochs: Option<u32>,
-    /// Seed of every random choice. Default: 7.
+    /// Seed of every random choice.
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Run directory to create; must not exist (or be empty).
@@ -254,16 +258,16 @@ struct TrainArgs {
     /// Shards set aside for likely requesters (needs --deletion-prior).
     #[arg(long, default_value_t = 0)]
     risk_shards: usize,
-    /// Name of the user id column. Default: user_id.
+    /// Name of the user id column.
     #[arg(long, default_value = "user_id")]
     user_column: String,
-    /// Name of the label column. Default: label.
+    /// Name of the label column.
     #[arg(long, default_value = "label")]
     label_column: String,
     /// Number of classes, when the data does not show every class. Default: largest label + 1.
     #[arg(long)]
     classes: Option<usize>,
-    /// Default aggregation saved in the run. Default: mean.
+    /// Default aggregation saved in the run.
     #[arg(long, value_enum, default_value = "mean")]
     aggregate: Aggregation,
     /// Backend that trains the shard models: dense (hand-written CPU code, the fastest exact
@@ -275,20 +279,12 @@ struct TrainArgs {
     /// it, and every later command must pass the same --ledger. Default: RUN/ledger.jsonl.
     #[arg(long)]
     ledger: Option<PathBuf>,
-    /// Print a JSON document.
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    common: Common,
 }
 
 #[derive(Args, Debug)]
 struct StatusArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// Print a JSON document.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -301,9 +297,6 @@ struct EvalArgs {
     /// Aggregation. Default: the run's (mean unless set at train time).
     #[arg(long, value_enum)]
     aggregate: Option<Aggregation>,
-    /// Print a JSON document.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -316,12 +309,10 @@ struct PredictArgs {
     /// Aggregation. Default: the run's.
     #[arg(long, value_enum)]
     aggregate: Option<Aggregation>,
-    /// Print a JSON document (with class probabilities).
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("who").required(true).multiple(true).args(["users", "users_file"])))]
 struct UnlearnArgs {
     #[command(flatten)]
     run: RunArgs,
@@ -334,9 +325,6 @@ struct UnlearnArgs {
     /// Print the plan and its cost; change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Print a JSON document (the plan, or the receipt).
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -354,9 +342,6 @@ struct VerifyArgs {
     /// Verify only this shard; repeat for more. Default: every shard.
     #[arg(long)]
     shard: Vec<usize>,
-    /// Print a JSON document.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -414,8 +399,6 @@ struct BenchArgs {
     /// Directory for results.json, results.md and the plots.
     #[arg(long)]
     out: PathBuf,
-    #[command(flatten)]
-    common: Common,
 }
 
 #[derive(Args, Debug)]
@@ -434,36 +417,44 @@ struct AuditArgs {
     /// Seed of the resampling.
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// Print a JSON document.
-    #[arg(long)]
-    json: bool,
 }
 
 /// Run the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    let g = cli.global;
     match cli.command {
-        Command::Quickstart(a) => quickstart(a),
-        Command::Train(a) => cmd_train(a),
-        Command::Status(a) => cmd_status(a),
-        Command::Eval(a) => cmd_eval(a),
-        Command::Predict(a) => cmd_predict(a),
-        Command::Unlearn(a) => cmd_unlearn(a),
-        Command::Verify(a) => cmd_verify(a),
-        Command::Recover(a) => cmd_recover(a),
+        Command::Quickstart(a) => quickstart(a, &g),
+        Command::Train(a) => cmd_train(a, &g),
+        Command::Status(a) => cmd_status(a, &g),
+        Command::Eval(a) => cmd_eval(a, &g),
+        Command::Predict(a) => cmd_predict(a, &g),
+        Command::Unlearn(a) => cmd_unlearn(a, &g),
+        Command::Verify(a) => cmd_verify(a, &g),
+        Command::Recover(a) => cmd_recover(a, &g),
         Command::Serve(a) => {
-            let opts = a.run.common.options()?;
-            sisa::serve::serve(a.serve.options(a.run.run, a.run.ledger, opts)?)?;
+            let mut opts = a.serve.options(a.run.run, a.run.ledger, g.options())?;
+            opts.announce_json = g.json;
+            sisa::serve::serve(opts)?;
             Ok(0)
         }
-        Command::Bench(a) => cmd_bench(a),
-        Command::Audit(a) => cmd_audit(a),
+        Command::Bench(a) => cmd_bench(a, &g),
+        Command::Audit(a) => cmd_audit(a, &g),
         Command::Ledger {
             command: LedgerCommand::Verify(a),
-        } => cmd_ledger_verify(a),
-        Command::Add(a) => cmd_add(a),
+        } => cmd_ledger_verify(a, &g),
+        Command::Add(a) => cmd_add(a, &g),
         Command::Receipt {
             command: ReceiptCommand::Verify(a),
-        } => cmd_receipt_verify(a),
+        } => cmd_receipt_verify(a, &g),
+    }
+}
+
+/// The exit code for an error: 2 for bad usage (a flag out of range or at odds with another;
+/// clap exits 2 itself for unknown or missing flags), 1 for everything else.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    match e.downcast_ref::<sisa::Error>() {
+        Some(sisa::Error::Usage(_) | sisa::Error::Field { .. }) => 2,
+        _ => 1,
     }
 }
 
@@ -496,14 +487,13 @@ fn print_json(value: &serde_json::Value) {
 }
 
 /// Open a run: lock, replay the ledger, report any recovery on stderr.
-fn open(args: &RunArgs) -> Result<(Run, Ledger, unlearn::RunLock)> {
-    Ok(open_unlearner(args)?.into_parts())
+fn open(args: &RunArgs, g: &Global) -> Result<(Run, Ledger, unlearn::RunLock)> {
+    Ok(open_unlearner(args, g)?.into_parts())
 }
 
 /// Open a run as its writer of deletions (see [`open`]).
-fn open_unlearner(args: &RunArgs) -> Result<unlearn::Unlearner> {
-    let unlearner =
-        unlearn::Unlearner::open(&args.run, args.ledger.as_deref(), &args.common.options()?)?;
+fn open_unlearner(args: &RunArgs, g: &Global) -> Result<unlearn::Unlearner> {
+    let unlearner = unlearn::Unlearner::open(&args.run, args.ledger.as_deref(), &g.options())?;
     let report = unlearner.recovery();
     if !report.completed.is_empty() {
         eprintln!(
@@ -524,7 +514,7 @@ fn parse_scale(text: &str) -> std::result::Result<f32, String> {
     sisa::model::spec::parse_scale(text).map(|v| v as f32)
 }
 
-fn train_options(a: &TrainArgs) -> Result<TrainOptions> {
+fn train_options(a: &TrainArgs, g: &Global) -> Result<TrainOptions> {
     let mut model = ModelSpec::load(&a.model)?;
     if let Some(e) = a.epochs {
         model.epochs = e;
@@ -591,21 +581,21 @@ fn train_options(a: &TrainArgs) -> Result<TrainOptions> {
             ignore: a.deletion_prior_column.clone(),
         },
         classes: a.classes,
-        threads: a.common.threads()?,
-        progress: !a.common.quiet,
+        threads: g.threads(),
+        progress: !g.quiet,
         aggregation: a.aggregate,
         ledger: a.ledger.clone(),
         backend: a.backend.unwrap_or_default(),
     })
 }
 
-fn cmd_train(a: TrainArgs) -> Result<i32> {
-    let opts = train_options(&a)?;
+fn cmd_train(a: TrainArgs, g: &Global) -> Result<i32> {
+    let opts = train_options(&a, g)?;
     let summary = train::train_run(&opts)?;
     let run = &summary.run;
     let (epochs, per_stage) = (run.config.model.epochs, &run.config.stage_epochs);
     let fraction = sisa::plan::sliced_fraction(epochs, per_stage);
-    if !a.common.quiet && !(0.8..=1.25).contains(&fraction) {
+    if !g.quiet && !(0.8..=1.25).contains(&fraction) {
         eprintln!(
             "sisa: note: {} slices turn {epochs} epochs into {} per stage (SISA's 2e/(R+1), rounded), so training visited {:.0}% of the rows x epochs of unsliced training",
             per_stage.len(),
@@ -613,7 +603,7 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
             100.0 * fraction
         );
     }
-    if !a.common.quiet && epochs != opts.model.epochs {
+    if !g.quiet && epochs != opts.model.epochs {
         eprintln!(
             "sisa: note: min_steps {} raises the epochs from {} to {epochs} for shards of about {} rows",
             opts.model.min_steps.unwrap_or(0),
@@ -626,7 +616,7 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
     // What forgetting one user of the mean row count is expected to retrain, beside what
     // training everything cost.
     let one_user = run.expected_one_user_rows_epochs();
-    if a.json {
+    if g.json {
         print_json(&json!({
             "run": run.dir.root(),
             "version": run.manifest.version,
@@ -691,9 +681,9 @@ fn status_json(run: &Run, ledger: &Ledger) -> serde_json::Value {
     })
 }
 
-fn cmd_status(a: StatusArgs) -> Result<i32> {
-    let (run, ledger, _lock) = open(&a.run)?;
-    if a.json {
+fn cmd_status(a: StatusArgs, g: &Global) -> Result<i32> {
+    let (run, ledger, _lock) = open(&a.run, g)?;
+    if g.json {
         print_json(&status_json(&run, &ledger));
         return Ok(0);
     }
@@ -748,14 +738,14 @@ fn eval_rows(run: &Run, data: Option<&Path>) -> Result<(Vec<f32>, Vec<u32>)> {
     }
 }
 
-fn cmd_eval(a: EvalArgs) -> Result<i32> {
-    let (run, _ledger, lock) = open(&a.run)?;
+fn cmd_eval(a: EvalArgs, g: &Global) -> Result<i32> {
+    let (run, _ledger, lock) = open(&a.run, g)?;
     let ensemble = Ensemble::load(&run)?;
     drop(lock);
     let (x, y) = eval_rows(&run, a.data.as_deref())?;
     let agg = a.aggregate.unwrap_or(run.config.aggregation);
     let ev = ensemble.evaluate(&x, &y, agg);
-    if a.json {
+    if g.json {
         print_json(&serde_json::to_value(&ev)?);
     } else {
         println!(
@@ -775,8 +765,8 @@ fn cmd_eval(a: EvalArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn cmd_predict(a: PredictArgs) -> Result<i32> {
-    let (run, _ledger, lock) = open(&a.run)?;
+fn cmd_predict(a: PredictArgs, g: &Global) -> Result<i32> {
+    let (run, _ledger, lock) = open(&a.run, g)?;
     let ensemble = Ensemble::load(&run)?;
     drop(lock);
     let cols = run.config.columns();
@@ -785,7 +775,7 @@ fn cmd_predict(a: PredictArgs) -> Result<i32> {
     let agg = a.aggregate.unwrap_or(run.config.aggregation);
     let pred = ensemble.predict(&t.x, t.len(), agg);
     let c = run.config.classes;
-    if a.json {
+    if g.json {
         let rows: Vec<_> = pred
             .labels
             .iter()
@@ -805,18 +795,18 @@ fn cmd_predict(a: PredictArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn cmd_unlearn(a: UnlearnArgs) -> Result<i32> {
+fn cmd_unlearn(a: UnlearnArgs, g: &Global) -> Result<i32> {
     let mut ids = a.users.clone();
     if let Some(f) = &a.users_file {
         ids.extend(csv::read_user_list(f)?);
     }
-    let mut unlearner = open_unlearner(&a.run)?;
+    let mut unlearner = open_unlearner(&a.run, g)?;
     let resolved = unlearner.resolve(&ids)?;
     let run = unlearner.run().clone();
     let keys = resolved.keys.clone();
     if a.dry_run {
         let plan = unlearner.plan(&resolved);
-        if a.json {
+        if g.json {
             let mut v = serde_json::to_value(&plan)?;
             v["dry_run"] = json!(true);
             v["fraction"] = json!(plan.fraction());
@@ -857,7 +847,7 @@ fn cmd_unlearn(a: UnlearnArgs) -> Result<i32> {
     );
     let receipt = unlearner.complete(request)?;
     let receipt_path = run.dir.path(sisa::run::RunFile::Receipt(request));
-    if a.json {
+    if g.json {
         let mut v = serde_json::to_value(&receipt)?;
         v["receipt_file"] = json!(receipt_path);
         print_json(&v);
@@ -887,13 +877,12 @@ fn cmd_unlearn(a: UnlearnArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn cmd_verify(a: VerifyArgs) -> Result<i32> {
-    let (run, _ledger, _lock) = open(&a.run)?;
+fn cmd_verify(a: VerifyArgs, g: &Global) -> Result<i32> {
+    let (run, _ledger, _lock) = open(&a.run, g)?;
     let shards = (!a.shard.is_empty()).then_some(a.shard.as_slice());
-    let verdicts =
-        sisa::verify::verify(&run, shards, a.run.common.threads()?, !a.run.common.quiet)?;
+    let verdicts = sisa::verify::verify(&run, shards, g.threads(), !g.quiet)?;
     let ok = verdicts.iter().all(|v| v.identical);
-    if a.json {
+    if g.json {
         print_json(&json!({"version": run.manifest.version, "identical": ok, "shards": verdicts}));
     } else {
         for v in &verdicts {
@@ -924,8 +913,21 @@ fn cmd_verify(a: VerifyArgs) -> Result<i32> {
     Ok(if ok { 0 } else { 3 })
 }
 
-fn cmd_recover(a: RunArgs) -> Result<i32> {
-    let (run, ledger, _lock) = open(&a)?;
+fn cmd_recover(a: RunArgs, g: &Global) -> Result<i32> {
+    let unlearner = open_unlearner(&a, g)?;
+    let recovery = unlearner.recovery().clone();
+    let (run, ledger, _lock) = unlearner.into_parts();
+    if g.json {
+        print_json(&json!({
+            "run": run.dir.root(),
+            "version": run.manifest.version,
+            "requests": ledger.requests().len(),
+            "completed": recovery.completed,
+            "removed_files": recovery.removed_files,
+            "pending": 0,
+        }));
+        return Ok(0);
+    }
     println!(
         "run {} is at version {} with {} request(s) applied; nothing is pending",
         run.dir.root().display(),
@@ -935,9 +937,9 @@ fn cmd_recover(a: RunArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn cmd_add(a: AddArgs) -> Result<i32> {
-    let opts = a.run.common.options()?;
-    let (mut run, ledger, _lock) = open(&a.run)?;
+fn cmd_add(a: AddArgs, g: &Global) -> Result<i32> {
+    let opts = g.options();
+    let (mut run, ledger, _lock) = open(&a.run, g)?;
     let c = &run.config;
     let priors = match (&a.deletion_prior, c.risk_threshold, &c.prior_column) {
         (Some(p), Some(t), _) => Some(Priors::read(p, &c.user_column, t)?),
@@ -950,8 +952,15 @@ fn cmd_add(a: AddArgs) -> Result<i32> {
         (None, Some(t), Some(col)) => Priors::from_column(&a.data, &c.user_column, col, t, false)?,
         (None, _, _) => None,
     };
-    let report = unlearn::add::add_rows(&mut run, &ledger, &a.data, priors.as_ref(), &opts)?;
-    if a.json {
+    let report = unlearn::add::add_rows(
+        &mut run,
+        &ledger,
+        &a.data,
+        priors.as_ref(),
+        a.allow_duplicate,
+        &opts,
+    )?;
+    if g.json {
         print_json(&serde_json::to_value(&report)?);
     } else {
         println!(
@@ -968,13 +977,13 @@ fn cmd_add(a: AddArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn cmd_receipt_verify(a: ReceiptArgs) -> Result<i32> {
-    let (run, ledger, _lock) = open(&a.run)?;
+fn cmd_receipt_verify(a: ReceiptArgs, g: &Global) -> Result<i32> {
+    let (run, ledger, _lock) = open(&a.run, g)?;
     let bytes =
         std::fs::read(&a.receipt).with_context(|| format!("reading {}", a.receipt.display()))?;
     let check = unlearn::receipt::verify(&run, &ledger, &bytes, a.user.as_deref())
         .with_context(|| format!("receipt {}", a.receipt.display()))?;
-    if a.json {
+    if g.json {
         let mut v = serde_json::to_value(&check)?;
         v["ok"] = json!(check.ok());
         print_json(&v);
@@ -1016,7 +1025,7 @@ fn cmd_receipt_verify(a: ReceiptArgs) -> Result<i32> {
     Ok(if check.ok() { 0 } else { 3 })
 }
 
-fn cmd_ledger_verify(a: LedgerArgs) -> Result<i32> {
+fn cmd_ledger_verify(a: LedgerArgs, g: &Global) -> Result<i32> {
     let path = unlearn::location::resolve(&a.run, a.ledger.as_deref())?;
     let ledger = Ledger::open(&path)?;
     unlearn::location::check(&a.run, &ledger)?;
@@ -1025,7 +1034,7 @@ fn cmd_ledger_verify(a: LedgerArgs) -> Result<i32> {
         .iter()
         .filter(|&&r| ledger.is_done(r))
         .count();
-    if a.json {
+    if g.json {
         print_json(&json!({
             "ledger": path,
             "entries": ledger.entries().len(),
@@ -1047,7 +1056,7 @@ fn cmd_ledger_verify(a: LedgerArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn cmd_bench(a: BenchArgs) -> Result<i32> {
+fn cmd_bench(a: BenchArgs, g: &Global) -> Result<i32> {
     let datasets = bundled("datasets").unwrap_or_else(|| PathBuf::from("datasets"));
     let standard = sisa::bench::standard_data(&datasets);
     let (data, test, users, name, note) = match a.data {
@@ -1097,11 +1106,15 @@ fn cmd_bench(a: BenchArgs) -> Result<i32> {
         membership: Default::default(),
         keep_runs: a.keep_runs,
         out: a.out,
-        threads: a.common.threads()?,
-        progress: !a.common.quiet,
+        threads: g.threads(),
+        progress: !g.quiet,
     };
     let (report, written) = sisa::bench::run(&opts)?;
-    print!("{}", sisa::bench::report::markdown(&report));
+    if g.json {
+        print_json(&serde_json::to_value(&report)?);
+    } else {
+        print!("{}", sisa::bench::report::markdown(&report));
+    }
     eprintln!(
         "sisa bench: wrote {}, {} and {} plots in {:.0}s",
         written.json.display(),
@@ -1122,8 +1135,8 @@ fn dataset_name(p: &Path) -> String {
     name.split('.').next().unwrap_or(name).to_string()
 }
 
-fn cmd_audit(a: AuditArgs) -> Result<i32> {
-    let (run, _ledger, lock) = open(&a.run)?;
+fn cmd_audit(a: AuditArgs, g: &Global) -> Result<i32> {
+    let (run, _ledger, lock) = open(&a.run, g)?;
     let opts = sisa::audit::AuditOptions {
         bootstrap: a.bootstrap,
         null_draws: a.bootstrap,
@@ -1132,7 +1145,7 @@ fn cmd_audit(a: AuditArgs) -> Result<i32> {
     };
     let r = sisa::audit::audit_files(&run, &a.members, &a.nonmembers, &opts)?;
     drop(lock);
-    if a.json {
+    if g.json {
         print_json(&serde_json::to_value(&r)?);
         return Ok(0);
     }
@@ -1172,7 +1185,7 @@ fn bundled(rel: &str) -> Option<PathBuf> {
     src.exists().then_some(src)
 }
 
-fn quickstart(a: QuickstartArgs) -> Result<i32> {
+fn quickstart(a: QuickstartArgs, g: &Global) -> Result<i32> {
     let datasets = match &a.datasets {
         Some(d) => d.clone(),
         None => bundled("datasets").ok_or_else(|| {
@@ -1194,7 +1207,7 @@ fn quickstart(a: QuickstartArgs) -> Result<i32> {
             );
         }
     }
-    let quiet = a.common.quiet;
+    let quiet = g.quiet;
     let say = |s: String| {
         if !quiet {
             eprintln!("{s}");
@@ -1237,10 +1250,8 @@ fn quickstart(a: QuickstartArgs) -> Result<i32> {
         aggregate: Aggregation::Mean,
         ledger: None,
         backend: None,
-        json: false,
-        common: a.common.clone(),
     };
-    let summary = train::train_run(&train_options(&targs)?)?;
+    let summary = train::train_run(&train_options(&targs, g)?)?;
     let run = summary.run;
     let agg = Aggregation::Mean;
     let (x, y) = eval_rows(&run, None)?;
@@ -1272,14 +1283,14 @@ fn quickstart(a: QuickstartArgs) -> Result<i32> {
     ));
     drop(run);
     let started = Instant::now();
-    let mut unlearner = unlearn::Unlearner::open(&a.out, None, &a.common.options()?)?;
+    let mut unlearner = unlearn::Unlearner::open(&a.out, None, &g.options())?;
     let receipt = unlearner.forget(&ids)?;
     let request = receipt.request;
     let unlearn_seconds = started.elapsed().as_secs_f64();
     let (run, _ledger, _lock) = unlearner.into_parts();
 
     say("4/5 verify: retraining every shard from scratch on the remaining data".into());
-    let verdicts = sisa::verify::verify(&run, None, a.common.threads()?, !quiet)?;
+    let verdicts = sisa::verify::verify(&run, None, g.threads(), !quiet)?;
     let identical = verdicts.iter().all(|v| v.identical);
 
     let (x, y) = eval_rows(&run, None)?;
@@ -1289,6 +1300,27 @@ fn quickstart(a: QuickstartArgs) -> Result<i32> {
         after.accuracy, after.rows
     ));
 
+    let receipt_path = run.dir.path(sisa::run::RunFile::Receipt(request));
+    if g.json {
+        print_json(&json!({
+            "run": a.out,
+            "dataset": "digits",
+            "shards": shards,
+            "slices": slices,
+            "training_seconds": summary.seconds,
+            "training_rows_epochs": summary.rows_epochs,
+            "accuracy_before": before.accuracy,
+            "version_before": before.version,
+            "users": ids,
+            "receipt": receipt,
+            "unlearn_seconds": unlearn_seconds,
+            "accuracy_after": after.accuracy,
+            "version_after": after.version,
+            "identical": identical,
+            "receipt_file": receipt_path,
+        }));
+        return Ok(if identical { 0 } else { 3 });
+    }
     println!("sisa quickstart: digits (1,797 images 8x8, 10 classes), MLP, S={shards} shards, R={slices} slices");
     println!("  run directory           {}", a.out.display());
     println!(
@@ -1331,9 +1363,6 @@ fn quickstart(a: QuickstartArgs) -> Result<i32> {
             "FAILED: a shard differs from a from-scratch retrain"
         }
     );
-    println!(
-        "  receipt                 {}",
-        run.dir.path(sisa::run::RunFile::Receipt(request)).display()
-    );
+    println!("  receipt                 {}", receipt_path.display());
     Ok(if identical { 0 } else { 3 })
 }

@@ -46,6 +46,12 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// A command-line flag whose value is wrong whatever the files say (out of range, or at
+    /// odds with another flag); the message names the flag. The binary exits 2 for it, as for
+    /// any usage error.
+    #[error("{0}")]
+    Usage(String),
+
     /// One setting (a count, a rate, a size) out of its range. The library names the field
     /// (`shards`, `classes`); the binary maps it to its flag.
     #[error("invalid configuration: {}", Error::field_text(field, message))]

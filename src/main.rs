@@ -47,7 +47,7 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("sisa: error: {}", cli::describe(&e));
-            std::process::exit(1);
+            std::process::exit(cli::exit_code(&e));
         }
     }
 }

@@ -43,7 +43,7 @@ pub fn verify(
     let wanted = shards.unwrap_or(&all);
     for &k in wanted {
         if k >= run.config.shards {
-            return Err(Error::Config(format!(
+            return Err(Error::Usage(format!(
                 "--shard {k}: the run has shards 0..{}",
                 run.config.shards - 1
             )));

@@ -200,7 +200,8 @@ fn bad_flags_and_presets() {
         ];
         all.extend(args);
         let r = sisa(&all);
-        assert_eq!(r.status.code(), Some(1));
+        // A flag out of range is a usage error.
+        assert_eq!(r.status.code(), Some(2));
         assert!(
             String::from_utf8_lossy(&r.stderr).contains(want),
             "{want}: {}",
@@ -277,7 +278,19 @@ fn unknown_user_changes_nothing() {
         "the run on disk is unchanged, ledger included"
     );
     // An empty request, and a dry run, change nothing either.
+    // No user at all is a usage error; a users file that names none is an empty request.
     let o = sisa(&["unlearn", "--run", run.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--user"));
+    let empty = run.parent().unwrap().join("nobody.txt");
+    std::fs::write(&empty, "# no one\n").unwrap();
+    let o = sisa(&[
+        "unlearn",
+        "--run",
+        run.to_str().unwrap(),
+        "--users-file",
+        empty.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no users given"));
     sisa_ok(&[

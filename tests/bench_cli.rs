@@ -224,7 +224,11 @@ fn bench_refuses_nonsense_sweeps() {
         "--out",
         dir.path().join("b").to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a flag out of range is a usage error"
+    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("--shards"));
 }
 

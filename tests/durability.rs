@@ -289,7 +289,19 @@ fn add_refuses_forgotten_users_and_equals_training_on_everything() {
         victim_rows_later
     );
     assert_eq!(report["users_refused"], 1);
-    let out = sisa_ok(&["add", "--run", r, "--data", rest.to_str().unwrap(), "-q"]);
+    // The same batch again is refused as a duplicate; added on purpose, it trains twice.
+    let again = sisa(&["add", "--run", r, "--data", rest.to_str().unwrap(), "-q"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--allow-duplicate"));
+    let out = sisa_ok(&[
+        "add",
+        "--run",
+        r,
+        "--data",
+        rest.to_str().unwrap(),
+        "--allow-duplicate",
+        "-q",
+    ]);
     assert!(out.contains("refused"), "{out}");
     // The oracle: everything except the victim, trained from scratch... minus the rows added twice.
     let _ = out;

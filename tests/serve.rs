@@ -907,7 +907,7 @@ fn readme_python() -> String {
 }
 
 /// Split a curl line the way sh would (single quotes literal; in double quotes only
-/// `$(cat admin.token)` is expanded), then read method, URL, headers and body from it.
+/// `$(cat runs/admin.token)` is expanded), then read method, URL, headers and body from it.
 fn parse_curl(line: &str, token: &str) -> (String, String, Vec<(String, String)>, Vec<u8>) {
     let mut words = Vec::new();
     let mut word = String::new();
@@ -934,10 +934,10 @@ fn parse_curl(line: &str, token: &str) -> (String, String, Vec<(String, String)>
                     inner.push(c);
                 }
                 assert!(
-                    !inner.contains('$') || inner.contains("$(cat admin.token)"),
+                    !inner.contains('$') || inner.contains("$(cat runs/admin.token)"),
                     "{inner}"
                 );
-                word.push_str(&inner.replace("$(cat admin.token)", token));
+                word.push_str(&inner.replace("$(cat runs/admin.token)", token));
             }
             ' ' if !word.is_empty() || quoted => {
                 words.push(std::mem::take(&mut word));
@@ -1005,10 +1005,10 @@ fn the_readme_examples_work_against_the_server() {
         "an unlearn example"
     );
 
-    // The README trains runs/digits and keeps the token in admin.token next to it.
+    // The README trains runs/digits and keeps the token in runs/admin.token beside it.
     let start = |dir: &Path| {
         let run = train_digits(&dir.join("runs"), "digits", SHARDS);
-        let (tokens, token) = token_file(dir);
+        let (tokens, token) = token_file(&dir.join("runs"));
         let server = Server::start(&run, &["--admin-token-file", tokens.to_str().unwrap()], &[]);
         (server, token)
     };
@@ -1051,7 +1051,7 @@ fn the_readme_examples_work_against_the_server() {
         );
     }
 
-    // The exact lines, run by sh and curl, in the folder that holds admin.token.
+    // The exact lines, run by sh and curl, in the folder that holds runs/admin.token.
     let curl = std::process::Command::new("curl").arg("--version").output();
     if !curl.is_ok_and(|o| o.status.success()) {
         println!(

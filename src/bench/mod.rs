@@ -207,7 +207,7 @@ struct Context<'a> {
 fn check(opts: &BenchOptions) -> Result<()> {
     let positive = |name: &str, v: &[usize]| {
         if v.is_empty() || v.contains(&0) {
-            Err(Error::Config(format!(
+            Err(Error::Usage(format!(
                 "--{name} needs one or more positive numbers, got {v:?}"
             )))
         } else {
@@ -218,7 +218,7 @@ fn check(opts: &BenchOptions) -> Result<()> {
     positive("slices", &opts.slices)?;
     positive("requests", &opts.requests)?;
     if opts.samples == 0 {
-        return Err(Error::Config("--samples must be at least 1".into()));
+        return Err(Error::Usage("--samples must be at least 1".into()));
     }
     opts.model.validate()
 }

@@ -4,6 +4,7 @@
 //! user's rows, tag), refusing bad input with the file, line and column; the row store keeps a
 //! shard's rows in one checksummed file.
 
+pub mod batch;
 pub mod csv;
 pub mod format;
 pub mod idx;

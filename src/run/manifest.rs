@@ -107,6 +107,11 @@ pub struct Manifest {
     pub test: Option<Vec<DataRef>>,
     /// Every shard, in order.
     pub shards: Vec<ShardEntry>,
+    /// Content digests ([`crate::data::batch::BatchDigest`]) of the batches `sisa add` has
+    /// added, oldest first: adding one again is refused. Absent until the first add, so the
+    /// manifests of runs that never added read and write back byte for byte.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added_batches: Vec<String>,
 }
 
 impl Manifest {

@@ -54,7 +54,6 @@ use swap::{Serving, Watcher};
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServeFlags {
     /// Address to listen on; port 0 picks a free port (the bound address is printed).
-    /// Default: 127.0.0.1:8080.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
     /// Also serve the Open Inference Protocol's gRPC service (inference.GRPCInferenceService)
@@ -65,10 +64,10 @@ pub struct ServeFlags {
     /// The model's name in URLs. Default: the run's name.
     #[arg(long)]
     pub name: Option<String>,
-    /// Most rows in one inference request. Default: 1024.
+    /// Most rows in one inference request.
     #[arg(long, default_value_t = 1024)]
     pub max_batch: usize,
-    /// Largest request body in bytes; a larger one gets 413. Default: 16777216 (16 MiB).
+    /// Largest request body in bytes; a larger one gets 413.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
     /// Answer labels only, never probabilities: a defence against attacks that compare two
@@ -79,18 +78,18 @@ pub struct ServeFlags {
     /// Default: none, and the unlearn endpoints answer 404.
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
-    /// Most unlearn submissions per token per minute. Default: 30.
+    /// Most unlearn submissions per token per minute.
     #[arg(long, default_value_t = 30)]
     pub admin_rate: u32,
     /// Failed admin authentications one client address may make in a minute before it is
-    /// answered 429 until the minute ends. Default: 5.
+    /// answered 429 until the minute ends.
     #[arg(long, default_value_t = admin::AUTH_FAILURES_PER_MINUTE)]
     pub admin_auth_failures: u32,
     /// How often CURRENT is checked for a newly published version, in milliseconds (the
-    /// ledger is followed every 20 ms whatever this is). Default: 500.
+    /// ledger is followed every 20 ms whatever this is).
     #[arg(long, default_value_t = 500)]
     pub watch_interval_ms: u64,
-    /// Access-log lines on stderr as text or as JSON objects. Default: text.
+    /// Access-log lines on stderr as text or as JSON objects.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: ops::LogFormat,
     /// Most connections open at once; more are answered 503 and closed. Default: half the
@@ -98,10 +97,10 @@ pub struct ServeFlags {
     #[arg(long)]
     pub max_connections: Option<usize>,
     /// Seconds a connection may take to send a request's header (also the longest an idle
-    /// kept-alive connection stays open). Default: 10.
+    /// kept-alive connection stays open).
     #[arg(long, default_value_t = 10)]
     pub header_timeout_s: u64,
-    /// Seconds a stop waits for the requests in flight before closing what is left. Default: 5.
+    /// Seconds a stop waits for the requests in flight before closing what is left.
     #[arg(long, default_value_t = 5)]
     pub shutdown_grace_s: u64,
 }
@@ -139,6 +138,8 @@ pub struct ServeOptions {
     pub log_format: ops::LogFormat,
     /// Connection limits and deadlines.
     pub limits: listen::Limits,
+    /// Announce the bound addresses as one JSON line on stdout (`--json`) instead of text.
+    pub announce_json: bool,
 }
 
 impl ServeFlags {
@@ -150,23 +151,23 @@ impl ServeFlags {
         unlearn: Options,
     ) -> Result<ServeOptions> {
         if self.max_batch == 0 {
-            return Err(Error::Config("--max-batch must be at least 1".into()));
+            return Err(Error::Usage("--max-batch must be at least 1".into()));
         }
         if self.max_body_bytes < 1024 {
-            return Err(Error::Config(
+            return Err(Error::Usage(
                 "--max-body-bytes must be at least 1024".into(),
             ));
         }
         if self.admin_rate == 0 {
-            return Err(Error::Config("--admin-rate must be at least 1".into()));
+            return Err(Error::Usage("--admin-rate must be at least 1".into()));
         }
         if self.admin_auth_failures == 0 {
-            return Err(Error::Config(
+            return Err(Error::Usage(
                 "--admin-auth-failures must be at least 1".into(),
             ));
         }
         if self.watch_interval_ms < 10 {
-            return Err(Error::Config(
+            return Err(Error::Usage(
                 "--watch-interval-ms must be at least 10".into(),
             ));
         }
@@ -174,15 +175,15 @@ impl ServeFlags {
             .max_connections
             .unwrap_or_else(listen::default_max_connections);
         if max_connections == 0 {
-            return Err(Error::Config("--max-connections must be at least 1".into()));
+            return Err(Error::Usage("--max-connections must be at least 1".into()));
         }
         if !(1..=3600).contains(&self.header_timeout_s) {
-            return Err(Error::Config(
+            return Err(Error::Usage(
                 "--header-timeout-s must be in 1..=3600".into(),
             ));
         }
         if self.shutdown_grace_s > 3600 {
-            return Err(Error::Config(
+            return Err(Error::Usage(
                 "--shutdown-grace-s must be at most 3600".into(),
             ));
         }
@@ -214,6 +215,7 @@ impl ServeFlags {
                 header_timeout: Duration::from_secs(self.header_timeout_s),
                 shutdown_grace: Duration::from_secs(self.shutdown_grace_s),
             },
+            announce_json: false,
         })
     }
 }
@@ -746,7 +748,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     let config = RunConfig::load(&config_path)?;
     let name = opts.name.clone().unwrap_or_else(|| config.name.clone());
     if name.is_empty() || name.contains('/') {
-        return Err(Error::Config(format!(
+        return Err(Error::Usage(format!(
             "model name '{name}' must be non-empty and hold no '/' (pass --name)"
         )));
     }
@@ -812,8 +814,28 @@ async fn run_server(opts: ServeOptions, config: RunConfig, name: String) -> Resu
     });
     // REST and gRPC connections share the --max-connections slots.
     let slots = Arc::new(tokio::sync::Semaphore::new(opts.limits.max_connections));
+    let grpc_local = grpc_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(|e| Error::Serve {
+            addr: opts.grpc_addr.map(|a| a.to_string()).unwrap_or_default(),
+            message: format!("cannot read the bound gRPC address: {e}"),
+        })?
+        .map(|a| a.to_string());
     let grpc = grpc_listener.map(|l| grpc::spawn(l, app.clone(), slots.clone()));
-    println!("sisa serve: model '{}' listening on {local}", app.name);
+    if opts.announce_json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": app.name,
+                "addr": local.to_string(),
+                "grpc_addr": grpc_local,
+            })
+        );
+    } else {
+        println!("sisa serve: model '{}' listening on {local}", app.name);
+    }
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics = app.ops.metrics.clone();

@@ -743,6 +743,7 @@ fn build_run(
         applied_entry: String::new(),
         test: test_ref,
         shards,
+        added_batches: Vec::new(),
     };
     manifest.publish(&dir)?;
     Ok((manifest, seconds, total))

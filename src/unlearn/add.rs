@@ -36,6 +36,9 @@ pub struct AddReport {
     pub retrained_rows_epochs: u64,
     /// Ensemble version published (unchanged when nothing was added).
     pub version: u64,
+    /// Content digest of the batch ([`crate::data::batch::BatchDigest`]), recorded in the
+    /// manifest so that adding the same rows again is refused.
+    pub batch_digest: String,
 }
 
 /// Add the rows of `data` to `run`, refusing every user in `ledger`, and publish a new version.
@@ -44,11 +47,16 @@ pub struct AddReport {
 /// requesters, the user-key columns of the other shard a known user could be in; under row
 /// sharding, every shard's user-key column, since a user's rows are numbered across shards).
 /// `priors` places new likely requesters; a known user keeps the place of their rows.
+///
+/// A batch whose rows (user, label, features, in order) digest like one added before is
+/// refused, naming the version that added it, unless `allow_duplicate`: adding a file twice
+/// would otherwise train on every row twice.
 pub fn add_rows(
     run: &mut Run,
     ledger: &Ledger,
     data: &Path,
     priors: Option<&Priors>,
+    allow_duplicate: bool,
     opts: &Options,
 ) -> Result<AddReport> {
     let cols = run.config.columns();
@@ -61,6 +69,19 @@ pub fn add_rows(
     table.check_features(&run.config.features, "run")?;
     table.check_labels(run.config.classes, &run.config.label_column)?;
     let rows_read = table.len() as u64;
+    let batch_digest = batch_digest(&table);
+    if !allow_duplicate && run.manifest.added_batches.contains(&batch_digest) {
+        return Err(Error::input(
+            data,
+            None,
+            None,
+            format!(
+                "these {rows_read} rows were added to the run before (batch digest {}); \
+                 pass --allow-duplicate to add them again",
+                &batch_digest[..16]
+            ),
+        ));
+    }
     // Refuse every row of a forgotten user.
     let forgotten: HashSet<UserKey> = ledger.deleted_users().into_iter().map(|(k, _)| k).collect();
     let ids = table.user_ids.clone().expect("user column is required");
@@ -84,6 +105,7 @@ pub fn add_rows(
         shards: Vec::new(),
         retrained_rows_epochs: 0,
         version: run.manifest.version,
+        batch_digest: batch_digest.clone(),
     };
     if table.is_empty() {
         return Ok(report);
@@ -226,10 +248,22 @@ pub fn add_rows(
     report.retrained_rows_epochs = jobs.iter().map(|j| j.data.cost_from(j.first)).sum();
     crate::unlearn::retrain_into(run, &mut manifest, jobs, "adding", opts)?;
     manifest.version += 1;
+    manifest.added_batches.push(batch_digest);
     run.publish(manifest)?;
     run.collect_garbage_in(Some(&touched))?;
     report.version = run.manifest.version;
     Ok(report)
+}
+
+/// The content digest of every row of `table`, as read (before any row is refused).
+fn batch_digest(table: &csv::Table) -> String {
+    let mut d = crate::data::batch::BatchDigest::new();
+    let users = table.user_ids.as_deref().unwrap_or_default();
+    let labels = table.labels.as_deref().unwrap_or_default();
+    for (i, (user, label)) in users.iter().zip(labels).enumerate() {
+        d.push(user, *label, table.row(i));
+    }
+    d.finish()
 }
 
 /// A known user whose new rows the rules (with the prior given) would place elsewhere than
