@@ -41,10 +41,11 @@ fn main() -> anyhow::Result<()> {
         model_path,
         model,
         preset_epochs,
-        presets: vec![
-            root.join("models/logreg.toml"),
-            root.join("models/mlp.toml"),
-        ],
+        presets: ["logreg", "mlp"]
+            .iter()
+            .map(|name| sisa::model::presets::built_in(name).unwrap().spec())
+            .collect::<sisa::Result<_>>()
+            .unwrap(),
         shards: vec![1, 5, 10, 20],
         slices: vec![1, 5, 10],
         requests: vec![1, 8],

@@ -1,7 +1,7 @@
 //! Command-line interface: raw arguments are parsed here, validated into library calls, and
 //! results printed (one JSON document on stdout with `--json`; progress and logs on stderr).
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use sisa::data::csv::{self, Columns, Need};
@@ -92,6 +92,8 @@ enum Command {
     /// Membership-inference audit (loss threshold): can an attacker tell --members from
     /// --nonmembers under the published ensemble?
     Audit(AuditArgs),
+    /// List the built-in model presets with their layers and training settings.
+    Models,
     /// Inspect the deletion ledger.
     Ledger {
         #[command(subcommand)]
@@ -192,8 +194,9 @@ struct TrainArgs {
     /// Give rows users by a seeded rule, for data without a user column: uniform:U or zipf:U:s.
     #[arg(long)]
     users: Option<sisa::data::UserRule>,
-    /// Model preset (models/*.toml).
-    #[arg(long)]
+    /// Model preset: a built-in one by name (cnn, logreg, mlp, mlp-image; `sisa models` lists
+    /// them) or a TOML file.
+    #[arg(long, value_name = "NAME|FILE")]
     model: PathBuf,
     /// Number of shards S.
     #[arg(long, default_value_t = 10)]
@@ -363,8 +366,9 @@ struct BenchArgs {
     /// uniform:20000.
     #[arg(long)]
     users: Option<sisa::data::UserRule>,
-    /// Model preset. Default: models/mlp.toml.
-    #[arg(long)]
+    /// Model preset: a built-in name or a TOML file (whose neighbours' training throughput is
+    /// measured beside it). Default: the built-in mlp.
+    #[arg(long, value_name = "NAME|FILE")]
     model: Option<PathBuf>,
     /// Epochs of unsliced training. Default: the preset's.
     #[arg(long)]
@@ -438,6 +442,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Bench(a) => cmd_bench(a, &g),
+        Command::Models => cmd_models(&g),
         Command::Audit(a) => cmd_audit(a, &g),
         Command::Ledger {
             command: LedgerCommand::Verify(a),
@@ -515,7 +520,7 @@ fn parse_scale(text: &str) -> std::result::Result<f32, String> {
 }
 
 fn train_options(a: &TrainArgs, g: &Global) -> Result<TrainOptions> {
-    let mut model = ModelSpec::load(&a.model)?;
+    let mut model = ModelSpec::resolve(&a.model)?;
     if let Some(e) = a.epochs {
         model.epochs = e;
     }
@@ -1057,32 +1062,52 @@ fn cmd_ledger_verify(a: LedgerArgs, g: &Global) -> Result<i32> {
 }
 
 fn cmd_bench(a: BenchArgs, g: &Global) -> Result<i32> {
-    let datasets = bundled("datasets").unwrap_or_else(|| PathBuf::from("datasets"));
-    let standard = sisa::bench::standard_data(&datasets);
+    // Without --data: Debian's Fashion-MNIST if installed, else the MNIST subset compiled into
+    // the binary, written to a scratch folder for the run.
+    let mut scratch = None;
     let (data, test, users, name, note) = match a.data {
         Some(d) => (d.clone(), a.test, a.users, dataset_name(&d), None),
-        None => (
-            standard.data,
-            a.test.or(Some(standard.test)),
-            a.users.or(standard.users),
-            standard.name,
-            standard.note,
-        ),
+        None => {
+            let s = Scratch::new(parent_of(&a.out), "bench-data")?;
+            let standard = sisa::bench::standard_data(s.path());
+            if standard.name == sisa::data::bundled::MNIST_5K.name {
+                sisa::data::bundled::MNIST_5K.write_under(s.path())?;
+            }
+            scratch = Some(s);
+            (
+                standard.data,
+                a.test.or(Some(standard.test)),
+                a.users.or(standard.users),
+                standard.name,
+                standard.note,
+            )
+        }
     };
-    let model_path = match a.model {
-        Some(m) => m,
-        None => bundled("models/mlp.toml").ok_or_else(|| anyhow!("cannot find models/mlp.toml"))?,
+    // A preset file is measured with the presets beside it; a built-in one with every
+    // built-in preset.
+    let model_arg = a.model.unwrap_or_else(|| PathBuf::from("mlp"));
+    let mut model = ModelSpec::resolve(&model_arg)?;
+    let presets: Vec<ModelSpec> = if model_arg.exists() {
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(model_arg.parent().unwrap_or(Path::new(".")))
+                .with_context(|| format!("listing the presets beside {}", model_arg.display()))?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<std::io::Result<_>>()?;
+        files.retain(|p| p.extension().is_some_and(|x| x == "toml"));
+        files.sort();
+        files
+            .iter()
+            .map(|p| ModelSpec::load(p))
+            .collect::<sisa::Result<_>>()?
+    } else {
+        sisa::model::presets::PRESETS
+            .iter()
+            .map(|p| p.spec())
+            .collect::<sisa::Result<_>>()?
     };
-    let mut model = ModelSpec::load(&model_path)?;
+    let model_path = model_arg;
     let preset_epochs = model.epochs;
     model.epochs = a.epochs.unwrap_or(model.epochs);
-    let mut presets: Vec<PathBuf> =
-        std::fs::read_dir(model_path.parent().unwrap_or(Path::new(".")))
-            .with_context(|| format!("listing the presets beside {}", model_path.display()))?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<std::io::Result<_>>()?;
-    presets.retain(|p| p.extension().is_some_and(|x| x == "toml"));
-    presets.sort();
     let opts = sisa::bench::BenchOptions {
         data,
         test,
@@ -1110,6 +1135,7 @@ fn cmd_bench(a: BenchArgs, g: &Global) -> Result<i32> {
         progress: !g.quiet,
     };
     let (report, written) = sisa::bench::run(&opts)?;
+    drop(scratch);
     if g.json {
         print_json(&serde_json::to_value(&report)?);
     } else {
@@ -1121,6 +1147,76 @@ fn cmd_bench(a: BenchArgs, g: &Global) -> Result<i32> {
         written.markdown.display(),
         written.plots.len(),
         report.seconds
+    );
+    Ok(0)
+}
+
+fn cmd_models(g: &Global) -> Result<i32> {
+    let specs: Vec<ModelSpec> = sisa::model::presets::PRESETS
+        .iter()
+        .map(|p| p.spec())
+        .collect::<sisa::Result<_>>()?;
+    let preprocessing = |m: &ModelSpec| match (m.scale, m.standardize) {
+        (Some(f), _) => {
+            let inverse = 1.0 / f as f64;
+            if (inverse - inverse.round()).abs() < 1e-4 * inverse {
+                format!("values scaled by 1/{}", inverse.round())
+            } else {
+                format!("values scaled by {f}")
+            }
+        }
+        (None, sisa::model::Standardize::Feature) => "each feature standardized".into(),
+        (None, sisa::model::Standardize::Global) => "standardized by one mean and deviation".into(),
+        (None, sisa::model::Standardize::None) => "values as they are".into(),
+    };
+    if g.json {
+        let presets: Vec<_> = specs
+            .iter()
+            .map(|m| {
+                json!({
+                    "name": m.name,
+                    "description": m.description,
+                    "input": m.input,
+                    "layers": sisa::model::presets::layer_lines(m),
+                    "optimizer": m.optimizer,
+                    "lr": m.lr,
+                    "batch_size": m.batch_size,
+                    "epochs": m.epochs,
+                    "preprocessing": preprocessing(m),
+                    "augment_shift": m.augment.map(|a| a.shift),
+                })
+            })
+            .collect();
+        print_json(&json!({ "presets": presets }));
+        return Ok(0);
+    }
+    for m in &specs {
+        println!("{}: {}", m.name, m.description);
+        let input = match m.input {
+            Some([c, h, w]) => format!("image {c}x{h}x{w}"),
+            None => "the data's features".into(),
+        };
+        println!("  input     {input}, {}", preprocessing(m));
+        println!(
+            "  layers    {}",
+            sisa::model::presets::layer_lines(m).join(" > ")
+        );
+        let shift = m
+            .augment
+            .map(|a| format!(", images shifted by up to {} while training", a.shift))
+            .unwrap_or_default();
+        println!(
+            "  training  {}, lr {}, batch {}, {} epochs{shift}",
+            serde_json::to_value(m.optimizer)?
+                .as_str()
+                .unwrap_or_default(),
+            m.lr,
+            m.batch_size,
+            m.epochs
+        );
+    }
+    println!(
+        "use one with --model NAME, or pass a TOML file of your own (see models/ in the source)"
     );
     Ok(0)
 }
@@ -1175,26 +1271,55 @@ fn cmd_audit(a: AuditArgs, g: &Global) -> Result<i32> {
     Ok(0)
 }
 
-/// Find a bundled file: relative to the working directory, then to the source tree.
-fn bundled(rel: &str) -> Option<PathBuf> {
-    let here = PathBuf::from(rel);
-    if here.exists() {
-        return Some(here);
+/// A folder for data compiled into the binary, written for one command and removed when it
+/// ends (the run it trains does not refer to the files it was trained from).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    /// A new empty folder `.sisa-WHAT-PID` in `parent` (created if missing).
+    fn new(parent: &Path, what: &str) -> Result<Scratch> {
+        let dir = parent.join(format!(".sisa-{what}-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing the leftover {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Scratch(dir))
     }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
-    src.exists().then_some(src)
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("sisa: note: could not remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// The folder a path is in (`.` for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 fn quickstart(a: QuickstartArgs, g: &Global) -> Result<i32> {
-    let datasets = match &a.datasets {
-        Some(d) => d.clone(),
-        None => bundled("datasets").ok_or_else(|| {
-            anyhow!("cannot find the bundled datasets/ folder; pass --datasets DIR")
-        })?,
+    // The digits compiled into the binary, unless --datasets names a folder of them.
+    // (The scratch folder lives until quickstart returns.)
+    let (digits, _scratch) = match &a.datasets {
+        Some(d) => (d.join("digits"), None),
+        None => {
+            let s = Scratch::new(parent_of(&a.out), "quickstart-data")?;
+            (sisa::data::bundled::DIGITS.write_under(s.path())?, Some(s))
+        }
     };
-    let model = bundled("models/mlp.toml").ok_or_else(|| anyhow!("cannot find models/mlp.toml"))?;
-    let train_csv = datasets.join("digits/train.csv");
-    let test_csv = datasets.join("digits/test.csv");
+    let model = PathBuf::from("mlp");
+    let train_csv = digits.join("train.csv");
+    let test_csv = digits.join("test.csv");
     if a.out.exists() {
         if a.out.join("run.json").exists() && a.out.join("CURRENT").exists() {
             std::fs::remove_dir_all(&a.out).with_context(|| {
@@ -1215,9 +1340,11 @@ fn quickstart(a: QuickstartArgs, g: &Global) -> Result<i32> {
     };
     let (shards, slices, seed) = (5, 4, 7);
     say(format!(
-        "1/5 train: {} with {} (S={shards}, R={slices})",
-        train_csv.display(),
-        model.display()
+        "1/5 train: {} with the built-in mlp preset (S={shards}, R={slices})",
+        match &a.datasets {
+            Some(_) => train_csv.display().to_string(),
+            None => "the bundled digits".to_string(),
+        }
     ));
     let targs = TrainArgs {
         data: train_csv.clone(),

@@ -64,7 +64,7 @@ pub struct BenchOptions {
     /// Epochs the preset asks for.
     pub preset_epochs: u32,
     /// Presets whose training throughput is measured.
-    pub presets: Vec<PathBuf>,
+    pub presets: Vec<ModelSpec>,
     /// Shard counts to sweep. Default: 1, 5, 10, 20.
     pub shards: Vec<usize>,
     /// Slice counts to sweep. Default: 1, 5, 10.
@@ -738,8 +738,7 @@ pub fn run(opts: &BenchOptions) -> Result<(Report, Written)> {
     let peak = throughput::measure_peak(opts.threads);
     let mut presets = Vec::new();
     let mut seen_model = false;
-    for p in &opts.presets {
-        let spec = ModelSpec::load(p)?;
+    for spec in &opts.presets {
         seen_model |= spec.name == opts.model.name;
         if spec
             .input
@@ -749,7 +748,7 @@ pub fn run(opts: &BenchOptions) -> Result<(Report, Written)> {
             continue;
         }
         presets.push(throughput::measure_preset(
-            &spec,
+            spec,
             &train_table,
             16_384,
             2,

@@ -5,6 +5,7 @@
 //! shard's rows in one checksummed file.
 
 pub mod batch;
+pub mod bundled;
 pub mod csv;
 pub mod format;
 pub mod idx;

@@ -15,6 +15,7 @@
 pub mod candle;
 pub mod net;
 pub mod optim;
+pub mod presets;
 pub mod simd;
 pub mod spec;
 

@@ -387,15 +387,19 @@ impl ModelSpec {
     /// Read a preset file and check it.
     pub fn load(path: &Path) -> Result<ModelSpec> {
         let text = std::fs::read_to_string(path).at(path)?;
-        let mut spec: ModelSpec = toml::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?;
-        spec.source = Some(path.display().to_string());
+        ModelSpec::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parse and check a preset's TOML text; `source` names it in messages (a path, or
+    /// `built-in preset 'mlp'`).
+    pub fn from_toml(text: &str, source: &str) -> Result<ModelSpec> {
+        let mut spec: ModelSpec = toml::from_str(text)
+            .map_err(|e| Error::Config(format!("{source}: {}", e.message())))?;
+        spec.source = Some(source.to_string());
         spec.validate().map_err(|e| match e {
-            Error::Field { field, message } => Error::Config(format!(
-                "{}: {}",
-                path.display(),
-                Error::field_text(field, &message)
-            )),
+            Error::Field { field, message } => {
+                Error::Config(format!("{source}: {}", Error::field_text(field, &message)))
+            }
             other => other,
         })?;
         Ok(spec)
