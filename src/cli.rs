@@ -763,11 +763,54 @@ fn cmd_eval(a: EvalArgs, g: &Global) -> Result<i32> {
             .map(|(a, acc)| format!("{a} {acc:.4}"))
             .collect();
         println!("  by aggregation: {}", all.join(", "));
+        print_metrics(&ev.metrics);
+        println!("per shard:");
         for s in &ev.per_shard {
             println!("  shard {:>3}: {:.4}", s.shard, s.accuracy);
         }
     }
     Ok(0)
+}
+
+/// Most classes whose confusion matrix the text output prints (`--json` always has it).
+const CONFUSION_TEXT_CLASSES: usize = 20;
+
+/// The per-class table, macro averages, log-loss and (for few classes) the confusion matrix.
+fn print_metrics(m: &sisa::metrics::Metrics) {
+    println!("  log-loss {:.4}, macro F1 {:.4}", m.log_loss, m.macro_f1);
+    println!(
+        "  {:>8} {:>9} {:>9} {:>9} {:>8}",
+        "class", "precision", "recall", "f1", "support"
+    );
+    for c in &m.per_class {
+        println!(
+            "  {:>8} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+            c.class, c.precision, c.recall, c.f1, c.support
+        );
+    }
+    println!(
+        "  {:>8} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+        "macro", m.macro_precision, m.macro_recall, m.macro_f1, m.rows
+    );
+    let classes = m.confusion.len();
+    if classes > CONFUSION_TEXT_CLASSES {
+        println!("  confusion matrix: {classes}x{classes}, in --json");
+        return;
+    }
+    let width = m
+        .confusion
+        .iter()
+        .flatten()
+        .max()
+        .map_or(1, |v| v.to_string().len())
+        .max(classes.to_string().len());
+    println!("  confusion matrix (rows: true class, columns: predicted):");
+    let header: Vec<String> = (0..classes).map(|c| format!("{c:>width$}")).collect();
+    println!("  {:>8} {}", "", header.join(" "));
+    for (t, row) in m.confusion.iter().enumerate() {
+        let cells: Vec<String> = row.iter().map(|v| format!("{v:>width$}")).collect();
+        println!("  {t:>8} {}", cells.join(" "));
+    }
 }
 
 fn cmd_predict(a: PredictArgs, g: &Global) -> Result<i32> {

@@ -233,6 +233,9 @@ pub struct Evaluation {
     pub by_aggregation: std::collections::BTreeMap<&'static str, f64>,
     /// Each member's own accuracy.
     pub per_shard: Vec<ShardAccuracy>,
+    /// Log-loss, per-class precision, recall and F1, macro averages and the confusion matrix
+    /// of the answers under `aggregate`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// One member's accuracy.
@@ -262,11 +265,20 @@ impl Ensemble {
             })
             .collect();
         let rows = self.member_rows();
+        let mut metrics = None;
         let by_aggregation: std::collections::BTreeMap<_, _> =
             [Aggregation::Mean, Aggregation::Vote, Aggregation::Weighted]
                 .into_iter()
                 .map(|a| {
                     let pred = aggregate(&probs, &rows, n, self.classes, a);
+                    if a == agg {
+                        metrics = Some(crate::metrics::classification(
+                            &pred.probs,
+                            &pred.labels,
+                            y,
+                            self.classes,
+                        ));
+                    }
                     (a.name(), accuracy(&pred.labels, y))
                 })
                 .collect();
@@ -277,6 +289,7 @@ impl Ensemble {
             accuracy: by_aggregation[agg.name()],
             by_aggregation,
             per_shard,
+            metrics: metrics.expect("every aggregation is measured, the chosen one among them"),
         }
     }
 }

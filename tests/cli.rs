@@ -445,3 +445,66 @@ fn add_refuses_a_batch_it_has_added_unless_allowed() {
     let status = json_of(&["status", "--run", r]);
     assert_eq!(status["version"], 4);
 }
+
+#[test]
+fn eval_reports_log_loss_per_class_figures_and_the_confusion_matrix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = small_run(tmp.path());
+    let r = run.to_str().unwrap();
+    let (_, test) = digits();
+    let t = test.to_str().unwrap();
+    let ev = json_of(&["eval", "--run", r, "--data", t, "--aggregate", "vote"]);
+    let pred = json_of(&["predict", "--run", r, "--data", t, "--aggregate", "vote"]);
+    let csv = Csv::read(&test);
+    let truth: Vec<usize> = csv
+        .lines
+        .iter()
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    // The same figures, computed here from predict's answers.
+    let m = &ev["metrics"];
+    let classes = m["confusion"].as_array().unwrap().len();
+    assert_eq!(classes, 10);
+    let mut confusion = vec![vec![0u64; classes]; classes];
+    let mut loss = 0.0;
+    for (p, &y) in pred["predictions"].as_array().unwrap().iter().zip(&truth) {
+        confusion[y][p["label"].as_u64().unwrap() as usize] += 1;
+        let q = p["probabilities"][y].as_f64().unwrap().clamp(1e-15, 1.0);
+        loss -= q.ln();
+    }
+    loss /= truth.len() as f64;
+    let got: Vec<Vec<u64>> = serde_json::from_value(m["confusion"].clone()).unwrap();
+    assert_eq!(got, confusion);
+    assert!((m["log_loss"].as_f64().unwrap() - loss).abs() < 1e-6, "{m}");
+    let f1: Vec<f64> = (0..classes)
+        .map(|c| {
+            let hit = confusion[c][c] as f64;
+            let support: u64 = confusion[c].iter().sum();
+            let predicted: u64 = confusion.iter().map(|row| row[c]).sum();
+            let (p, r) = (hit / predicted.max(1) as f64, hit / support.max(1) as f64);
+            if p + r == 0.0 {
+                0.0
+            } else {
+                2.0 * p * r / (p + r)
+            }
+        })
+        .collect();
+    let macro_f1 = f1.iter().sum::<f64>() / classes as f64;
+    assert!(
+        (m["macro_f1"].as_f64().unwrap() - macro_f1).abs() < 1e-9,
+        "{m}"
+    );
+    assert_eq!(m["per_class"].as_array().unwrap().len(), classes);
+    assert_eq!(ev["accuracy"], m["accuracy"]);
+    // The text shows the table and the matrix.
+    let text = sisa_ok(&["eval", "--run", r, "--data", t]);
+    for want in [
+        "log-loss",
+        "precision",
+        "recall",
+        "macro",
+        "confusion matrix",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+}
