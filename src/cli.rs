@@ -261,6 +261,7 @@ struct TrainArgs {
     #[arg(long, default_value = "label")]
     label_column: String,
     /// Number of classes, when the data does not show every class. Default: largest label + 1.
+    /// With labels that are names, the classes are the names: N must equal their number.
     #[arg(long)]
     classes: Option<usize>,
     /// Default aggregation saved in the run. Default: mean.
@@ -310,7 +311,8 @@ struct EvalArgs {
 struct PredictArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// CSV of rows to predict: the run's feature columns (user id and label columns are ignored).
+    /// CSV of rows to predict: the run's feature columns (user id and label columns are not
+    /// features; a label must still be one the run can read).
     #[arg(long)]
     data: PathBuf,
     /// Aggregation. Default: the run's.
@@ -622,12 +624,19 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
                 / run.config.shards as u64
         );
     }
+    if let (false, Some(names)) = (a.common.quiet, &run.config.class_names) {
+        eprintln!(
+            "sisa: note: the training labels are not all non-negative integers, so they are class names: {} classes, {} (run.json class_names; class index = position)",
+            names.len(),
+            sisa::data::classes::list(names, 10)
+        );
+    }
     let rows: u64 = run.manifest.shards.iter().map(|s| s.data.rows).sum();
     // What forgetting one user of the mean row count is expected to retrain, beside what
     // training everything cost.
     let one_user = run.expected_one_user_rows_epochs();
     if a.json {
-        print_json(&json!({
+        let mut v = json!({
             "run": run.dir.root(),
             "version": run.manifest.version,
             "shards": run.config.shards,
@@ -640,7 +649,11 @@ fn cmd_train(a: TrainArgs) -> Result<i32> {
             "rows_epochs": summary.rows_epochs,
             "seconds": summary.seconds,
             "peak_rss_bytes": peak_rss_bytes(),
-        }));
+        });
+        if let Some(names) = &run.config.class_names {
+            v["class_names"] = json!(names);
+        }
+        print_json(&v);
     } else {
         println!(
             "trained {} shards x {} slices on {rows} rows ({} rows x epochs) in {:.2}s; published version 1 at {}",
@@ -694,7 +707,11 @@ fn status_json(run: &Run, ledger: &Ledger) -> serde_json::Value {
 fn cmd_status(a: StatusArgs) -> Result<i32> {
     let (run, ledger, _lock) = open(&a.run)?;
     if a.json {
-        print_json(&status_json(&run, &ledger));
+        let mut v = status_json(&run, &ledger);
+        if let Some(names) = &run.config.class_names {
+            v["class_names"] = json!(names);
+        }
+        print_json(&v);
         return Ok(0);
     }
     let c = &run.config;
@@ -709,6 +726,9 @@ fn cmd_status(a: StatusArgs) -> Result<i32> {
         c.classes,
         ledger.requests().len()
     );
+    if let Some(names) = &c.class_names {
+        println!("classes: {}", sisa::data::classes::list(names, 20));
+    }
     println!(
         "{:>5} {:>8} {:>6} {:>6}  model digest",
         "shard", "rows", "users", "stages"
@@ -734,9 +754,9 @@ fn eval_rows(run: &Run, data: Option<&Path>) -> Result<(Vec<f32>, Vec<u32>)> {
     match data {
         Some(p) => {
             let cols = run.config.columns();
-            let t = csv::read_csv(p, &cols, Need::Optional, Need::Required)?;
+            let classes = run.config.labels();
+            let t = csv::read_csv_with(p, &cols, Need::Optional, Need::Required, &classes)?;
             t.check_features(&run.config.features, "run")?;
-            t.check_labels(run.config.classes, &run.config.label_column)?;
             let labels = t.labels.clone().expect("label column is required");
             Ok((t.x, labels))
         }
@@ -756,7 +776,11 @@ fn cmd_eval(a: EvalArgs) -> Result<i32> {
     let agg = a.aggregate.unwrap_or(run.config.aggregation);
     let ev = ensemble.evaluate(&x, &y, agg);
     if a.json {
-        print_json(&serde_json::to_value(&ev)?);
+        let mut v = serde_json::to_value(&ev)?;
+        if let Some(names) = &run.config.class_names {
+            v["class_names"] = json!(names);
+        }
+        print_json(&v);
     } else {
         println!(
             "version {}: accuracy {:.4} ({}) on {} rows",
@@ -771,6 +795,9 @@ fn cmd_eval(a: EvalArgs) -> Result<i32> {
         for s in &ev.per_shard {
             println!("  shard {:>3}: {:.4}", s.shard, s.accuracy);
         }
+        if let Some(names) = &run.config.class_names {
+            println!("  classes: {}", sisa::data::classes::list(names, 20));
+        }
     }
     Ok(0)
 }
@@ -780,7 +807,14 @@ fn cmd_predict(a: PredictArgs) -> Result<i32> {
     let ensemble = Ensemble::load(&run)?;
     drop(lock);
     let cols = run.config.columns();
-    let t = csv::read_csv(&a.data, &cols, Need::Optional, Need::Optional)?;
+    let names = run.config.labels();
+    // A label column is read by the run's class names, or (as before names existed) as any
+    // integer.
+    let reading = match names.names() {
+        Some(_) => names.clone(),
+        None => sisa::data::Classes::any_index(),
+    };
+    let t = csv::read_csv_with(&a.data, &cols, Need::Optional, Need::Optional, &reading)?;
     t.check_features(&run.config.features, "run")?;
     let agg = a.aggregate.unwrap_or(run.config.aggregation);
     let pred = ensemble.predict(&t.x, t.len(), agg);
@@ -791,11 +825,22 @@ fn cmd_predict(a: PredictArgs) -> Result<i32> {
             .iter()
             .zip(pred.probs.chunks(c))
             .zip(&t.lines)
-            .map(|((l, p), line)| json!({"line": line, "label": l, "probabilities": p}))
+            .map(|((l, p), line)| match names.name(*l) {
+                Some(name) => {
+                    json!({"line": line, "label": l, "class": name, "probabilities": p})
+                }
+                None => json!({"line": line, "label": l, "probabilities": p}),
+            })
             .collect();
         print_json(
             &json!({"version": ensemble.version, "aggregate": agg.name(), "predictions": rows}),
         );
+    } else if names.names().is_some() {
+        println!("line,label,class,confidence");
+        for ((l, p), line) in pred.labels.iter().zip(pred.probs.chunks(c)).zip(&t.lines) {
+            let name = csv::field(names.name(*l).unwrap_or_default());
+            println!("{line},{l},{name},{:.6}", p[*l as usize]);
+        }
     } else {
         println!("line,label,confidence");
         for ((l, p), line) in pred.labels.iter().zip(pred.probs.chunks(c)).zip(&t.lines) {

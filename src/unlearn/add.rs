@@ -57,9 +57,9 @@ pub fn add_rows(
             "the run was trained without a deletion prior; add its rows without one".into(),
         ));
     }
-    let mut table = csv::read_csv(data, &cols, Need::Required, Need::Required)?;
+    let classes = run.config.labels();
+    let mut table = csv::read_csv_with(data, &cols, Need::Required, Need::Required, &classes)?;
     table.check_features(&run.config.features, "run")?;
-    table.check_labels(run.config.classes, &run.config.label_column)?;
     let rows_read = table.len() as u64;
     // Refuse every row of a forgotten user.
     let forgotten: HashSet<UserKey> = ledger.deleted_users().into_iter().map(|(k, _)| k).collect();
