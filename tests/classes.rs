@@ -1,10 +1,13 @@
 //! Class names end to end: the bundled digits with their labels written as names train,
 //! predict, evaluate, unlearn, add and verify with the real binary; the names sort in byte
 //! order whatever the file's order; names in a byte order equal to the integer order give the
-//! integer run's models bit for bit; and a name the run does not know is refused naming the
-//! file, line and column.
+//! integer run's models bit for bit; a name the run does not know is refused naming the file,
+//! line and column; and the server's answers (REST and gRPC) carry the names.
 
 mod common;
+#[path = "serving/grpc.rs"]
+mod grpc_client;
+mod serving;
 
 use common::*;
 use serde_json::{json, Value};
@@ -273,4 +276,131 @@ fn a_name_the_run_does_not_know_is_refused_naming_file_line_and_column() {
             "is not a class of this run",
         ],
     );
+}
+
+#[test]
+fn serving_answers_carry_class_names_over_rest_and_grpc() {
+    use grpc_client::proto::model_infer_request::InferRequestedOutputTensor;
+    use grpc_client::proto::ModelMetadataRequest;
+    let (run, test) = shared_run();
+    // The named held-out file's first rows: the bundled file's, labels aside.
+    let rows = serving::digits_rows(4);
+    let want = sisa_json(&["predict", "--run", s(run), "--data", s(test)]);
+    let want: Vec<(u64, String)> = want["predictions"].as_array().unwrap()[..4]
+        .iter()
+        .map(|p| {
+            (
+                p["label"].as_u64().unwrap(),
+                p["class"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let names: Vec<String> = (0..10).map(|d| format!("digit-{d}")).collect();
+
+    let server = serving::Server::start(run, &["--grpc-addr", "127.0.0.1:0"], &[]);
+    let mut c = server.client();
+    let meta = c.get(&server.path(""), &[]).unwrap().json();
+    assert_eq!(meta["parameters"]["class_names"], json!(names));
+    assert_eq!(
+        meta["outputs"].as_array().unwrap().last().unwrap(),
+        &json!({"name": "class_name", "datatype": "BYTES", "shape": [-1]})
+    );
+    let infer = |c: &mut serving::http::Client, body: Vec<u8>| -> Value {
+        let r = c
+            .post(
+                &server.path("/infer"),
+                &[("Content-Type", "application/json")],
+                &body,
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()
+    };
+    let answer = infer(&mut c, serving::infer_body(&rows, None));
+    let outputs = answer["outputs"].as_array().unwrap();
+    assert_eq!(outputs[0]["name"], "label");
+    assert_eq!(outputs[1]["name"], "probabilities");
+    let class_name = outputs.last().unwrap();
+    assert_eq!(class_name["name"], "class_name");
+    assert_eq!(class_name["datatype"], "BYTES");
+    assert_eq!(class_name["shape"], json!([4]));
+    let labels: Vec<u64> = outputs[0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let got_names: Vec<String> = class_name["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let got: Vec<(u64, String)> = labels.into_iter().zip(got_names).collect();
+    assert_eq!(got, want);
+    // Triton's classification extension: score:index:name, best first.
+    let mut req: Value = serde_json::from_slice(&serving::infer_body(&rows, None)).unwrap();
+    req["outputs"] = json!([{"name": "probabilities", "parameters": {"classification": 2}}]);
+    let answer = infer(&mut c, serde_json::to_vec(&req).unwrap());
+    let strings = answer["outputs"][0]["data"].as_array().unwrap();
+    assert_eq!(strings.len(), 8);
+    for (i, (label, name)) in want.iter().enumerate() {
+        let best = strings[2 * i].as_str().unwrap();
+        let parts: Vec<&str> = best.splitn(3, ':').collect();
+        assert_eq!(parts[1], label.to_string(), "{best}");
+        assert_eq!(parts[2], name, "{best}");
+        assert!(parts[0].parse::<f32>().is_ok(), "{best}");
+    }
+
+    // gRPC: the same names, as BYTES in raw_output_contents (a 4-byte length before each).
+    let addr = grpc_client::grpc_addr(&server);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = grpc_client::connect(addr).await;
+        let meta = client
+            .model_metadata(ModelMetadataRequest {
+                name: server.model.clone(),
+                version: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let last = meta.outputs.last().unwrap();
+        assert_eq!(
+            (last.name.as_str(), last.datatype.as_str()),
+            ("class_name", "BYTES")
+        );
+        let mut request = grpc_client::infer_request(&server.model, &rows, true);
+        request.outputs = ["label", "class_name"]
+            .map(|name| InferRequestedOutputTensor {
+                name: name.into(),
+                ..Default::default()
+            })
+            .to_vec();
+        let r = client.model_infer(request).await.unwrap().into_inner();
+        let (labels, _) = grpc_client::int64_output(&r, "label");
+        let i = r
+            .outputs
+            .iter()
+            .position(|o| o.name == "class_name")
+            .unwrap();
+        assert_eq!(r.outputs[i].datatype, "BYTES");
+        assert_eq!(r.outputs[i].shape, [4]);
+        let mut raw = &r.raw_output_contents[i][..];
+        let mut got = Vec::new();
+        for label in labels {
+            let n = u32::from_le_bytes(raw[..4].try_into().unwrap()) as usize;
+            got.push((
+                label as u64,
+                String::from_utf8(raw[4..4 + n].to_vec()).unwrap(),
+            ));
+            raw = &raw[4 + n..];
+        }
+        assert!(raw.is_empty());
+        assert_eq!(got, want);
+    });
 }
