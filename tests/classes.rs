@@ -161,6 +161,27 @@ fn string_labels_train_predict_eval_unlearn_add_and_verify() {
     let text = sisa_ok(&["eval", "--run", s(&named)]);
     assert!(text.contains("classes: 'digit-0', 'digit-1'"), "{text}");
 
+    // audit reads the names too: the same losses, so the same figures, as the integer run.
+    let audit = |run: &Path, members: &Path, nonmembers: &Path| {
+        let mut r = sisa_json(&[
+            "audit",
+            "--run",
+            s(run),
+            "--members",
+            s(members),
+            "--nonmembers",
+            s(nonmembers),
+            "--bootstrap",
+            "50",
+        ]);
+        r.as_object_mut().unwrap().remove("options");
+        r
+    };
+    assert_eq!(
+        audit(&named, &data, &test),
+        audit(&integer, &int_data, &int_test)
+    );
+
     // unlearn and verify, then add rows of a new user with names, and verify again.
     let user = Csv::user(&Csv::read(&data).lines[0]).to_string();
     sisa_ok(&["unlearn", "--run", s(&named), "--user", &user, "-q"]);
