@@ -127,6 +127,7 @@ fn config(case: &Case, batch: usize, shards: usize) -> RunConfig {
         risk_threshold: None,
         features: (0..case.inputs).map(|i| format!("f{i}")).collect(),
         classes: case.classes,
+        class_names: None,
         backend: sisa::model::Backend::Dense,
         user_column: "user_id".into(),
         label_column: "label".into(),

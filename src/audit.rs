@@ -352,24 +352,10 @@ pub fn audit(
 /// column (a user column is ignored).
 pub fn read_rows(run: &Run, path: &Path) -> Result<(Vec<f32>, Vec<u32>)> {
     let cols = run.config.columns();
-    let t = csv::read_csv(path, &cols, Need::Optional, Need::Required)?;
+    let classes = run.config.labels();
+    let t = csv::read_csv_with(path, &cols, Need::Optional, Need::Required, &classes)?;
     t.check_features(&run.config.features, "run")?;
     let labels = t.labels.clone().unwrap_or_default();
-    if let Some(i) = labels
-        .iter()
-        .position(|&l| l as usize >= run.config.classes)
-    {
-        return Err(Error::input(
-            path,
-            Some(t.lines[i]),
-            Some(&run.config.label_column),
-            format!(
-                "label {} is not a class of this run (0..{})",
-                labels[i],
-                run.config.classes - 1
-            ),
-        ));
-    }
     Ok((t.x, labels))
 }
 

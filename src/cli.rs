@@ -268,6 +268,7 @@ struct TrainArgs {
     #[arg(long, default_value = "label")]
     label_column: String,
     /// Number of classes, when the data does not show every class. Default: largest label + 1.
+    /// With labels that are names, the classes are the names: N must equal their number.
     #[arg(long)]
     classes: Option<usize>,
     /// Default aggregation saved in the run.
@@ -306,7 +307,8 @@ struct EvalArgs {
 struct PredictArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// CSV of rows to predict: the run's feature columns (user id and label columns are ignored).
+    /// CSV of rows to predict: the run's feature columns (user id and label columns are not
+    /// features; a label must still be one the run can read).
     #[arg(long)]
     data: PathBuf,
     /// Aggregation. Default: the run's.
@@ -617,12 +619,19 @@ fn cmd_train(a: TrainArgs, g: &Global) -> Result<i32> {
                 / run.config.shards as u64
         );
     }
+    if let (false, Some(names)) = (g.quiet, &run.config.class_names) {
+        eprintln!(
+            "sisa: note: the training labels are not all non-negative integers, so they are class names: {} classes, {} (run.json class_names; class index = position)",
+            names.len(),
+            sisa::data::classes::list(names, 10)
+        );
+    }
     let rows: u64 = run.manifest.shards.iter().map(|s| s.data.rows).sum();
     // What forgetting one user of the mean row count is expected to retrain, beside what
     // training everything cost.
     let one_user = run.expected_one_user_rows_epochs();
     if g.json {
-        print_json(&json!({
+        let mut v = json!({
             "run": run.dir.root(),
             "version": run.manifest.version,
             "shards": run.config.shards,
@@ -635,7 +644,11 @@ fn cmd_train(a: TrainArgs, g: &Global) -> Result<i32> {
             "rows_epochs": summary.rows_epochs,
             "seconds": summary.seconds,
             "peak_rss_bytes": peak_rss_bytes(),
-        }));
+        });
+        if let Some(names) = &run.config.class_names {
+            v["class_names"] = json!(names);
+        }
+        print_json(&v);
     } else {
         println!(
             "trained {} shards x {} slices on {rows} rows ({} rows x epochs) in {:.2}s; published version 1 at {}",
@@ -689,7 +702,11 @@ fn status_json(run: &Run, ledger: &Ledger) -> serde_json::Value {
 fn cmd_status(a: StatusArgs, g: &Global) -> Result<i32> {
     let (run, ledger, _lock) = open(&a.run, g)?;
     if g.json {
-        print_json(&status_json(&run, &ledger));
+        let mut v = status_json(&run, &ledger);
+        if let Some(names) = &run.config.class_names {
+            v["class_names"] = json!(names);
+        }
+        print_json(&v);
         return Ok(0);
     }
     let c = &run.config;
@@ -704,6 +721,9 @@ fn cmd_status(a: StatusArgs, g: &Global) -> Result<i32> {
         c.classes,
         ledger.requests().len()
     );
+    if let Some(names) = &c.class_names {
+        println!("classes: {}", sisa::data::classes::list(names, 20));
+    }
     println!(
         "{:>5} {:>8} {:>6} {:>6}  model digest",
         "shard", "rows", "users", "stages"
@@ -729,9 +749,9 @@ fn eval_rows(run: &Run, data: Option<&Path>) -> Result<(Vec<f32>, Vec<u32>)> {
     match data {
         Some(p) => {
             let cols = run.config.columns();
-            let t = csv::read_csv(p, &cols, Need::Optional, Need::Required)?;
+            let classes = run.config.labels();
+            let t = csv::read_csv_with(p, &cols, Need::Optional, Need::Required, &classes)?;
             t.check_features(&run.config.features, "run")?;
-            t.check_labels(run.config.classes, &run.config.label_column)?;
             let labels = t.labels.clone().expect("label column is required");
             Ok((t.x, labels))
         }
@@ -751,7 +771,16 @@ fn cmd_eval(a: EvalArgs, g: &Global) -> Result<i32> {
     let agg = a.aggregate.unwrap_or(run.config.aggregation);
     let ev = ensemble.evaluate(&x, &y, agg);
     if g.json {
-        print_json(&serde_json::to_value(&ev)?);
+        let mut v = serde_json::to_value(&ev)?;
+        if let Some(names) = &run.config.class_names {
+            v["class_names"] = json!(names);
+            if let Some(per_class) = v["metrics"]["per_class"].as_array_mut() {
+                for (c, name) in per_class.iter_mut().zip(names) {
+                    c["name"] = json!(name);
+                }
+            }
+        }
+        print_json(&v);
     } else {
         println!(
             "version {}: accuracy {:.4} ({}) on {} rows",
@@ -763,10 +792,13 @@ fn cmd_eval(a: EvalArgs, g: &Global) -> Result<i32> {
             .map(|(a, acc)| format!("{a} {acc:.4}"))
             .collect();
         println!("  by aggregation: {}", all.join(", "));
-        print_metrics(&ev.metrics);
+        print_metrics(&ev.metrics, run.config.class_names.as_deref());
         println!("per shard:");
         for s in &ev.per_shard {
             println!("  shard {:>3}: {:.4}", s.shard, s.accuracy);
+        }
+        if let Some(names) = &run.config.class_names {
+            println!("  classes: {}", sisa::data::classes::list(names, 20));
         }
     }
     Ok(0)
@@ -775,21 +807,37 @@ fn cmd_eval(a: EvalArgs, g: &Global) -> Result<i32> {
 /// Most classes whose confusion matrix the text output prints (`--json` always has it).
 const CONFUSION_TEXT_CLASSES: usize = 20;
 
-/// The per-class table, macro averages, log-loss and (for few classes) the confusion matrix.
-fn print_metrics(m: &sisa::metrics::Metrics) {
+/// The per-class table (by name, for a run whose labels are names), macro averages,
+/// log-loss and (for few classes) the confusion matrix, its rows and columns by class index.
+fn print_metrics(m: &sisa::metrics::Metrics, names: Option<&[String]>) {
     println!("  log-loss {:.4}, macro F1 {:.4}", m.log_loss, m.macro_f1);
+    let label = |c: usize| match names {
+        Some(n) => format!("{c} {}", n[c]),
+        None => c.to_string(),
+    };
+    let width = m
+        .per_class
+        .iter()
+        .map(|c| label(c.class).chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(8, 40);
     println!(
-        "  {:>8} {:>9} {:>9} {:>9} {:>8}",
+        "  {:>width$} {:>9} {:>9} {:>9} {:>8}",
         "class", "precision", "recall", "f1", "support"
     );
     for c in &m.per_class {
         println!(
-            "  {:>8} {:>9.4} {:>9.4} {:>9.4} {:>8}",
-            c.class, c.precision, c.recall, c.f1, c.support
+            "  {:>width$} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+            label(c.class),
+            c.precision,
+            c.recall,
+            c.f1,
+            c.support
         );
     }
     println!(
-        "  {:>8} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+        "  {:>width$} {:>9.4} {:>9.4} {:>9.4} {:>8}",
         "macro", m.macro_precision, m.macro_recall, m.macro_f1, m.rows
     );
     let classes = m.confusion.len();
@@ -818,7 +866,14 @@ fn cmd_predict(a: PredictArgs, g: &Global) -> Result<i32> {
     let ensemble = Ensemble::load(&run)?;
     drop(lock);
     let cols = run.config.columns();
-    let t = csv::read_csv(&a.data, &cols, Need::Optional, Need::Optional)?;
+    let names = run.config.labels();
+    // A label column is read by the run's class names, or (as before names existed) as any
+    // integer.
+    let reading = match names.names() {
+        Some(_) => names.clone(),
+        None => sisa::data::Classes::any_index(),
+    };
+    let t = csv::read_csv_with(&a.data, &cols, Need::Optional, Need::Optional, &reading)?;
     t.check_features(&run.config.features, "run")?;
     let agg = a.aggregate.unwrap_or(run.config.aggregation);
     let pred = ensemble.predict(&t.x, t.len(), agg);
@@ -829,11 +884,22 @@ fn cmd_predict(a: PredictArgs, g: &Global) -> Result<i32> {
             .iter()
             .zip(pred.probs.chunks(c))
             .zip(&t.lines)
-            .map(|((l, p), line)| json!({"line": line, "label": l, "probabilities": p}))
+            .map(|((l, p), line)| match names.name(*l) {
+                Some(name) => {
+                    json!({"line": line, "label": l, "class": name, "probabilities": p})
+                }
+                None => json!({"line": line, "label": l, "probabilities": p}),
+            })
             .collect();
         print_json(
             &json!({"version": ensemble.version, "aggregate": agg.name(), "predictions": rows}),
         );
+    } else if names.names().is_some() {
+        println!("line,label,class,confidence");
+        for ((l, p), line) in pred.labels.iter().zip(pred.probs.chunks(c)).zip(&t.lines) {
+            let name = csv::field(names.name(*l).unwrap_or_default());
+            println!("{line},{l},{name},{:.6}", p[*l as usize]);
+        }
     } else {
         println!("line,label,confidence");
         for ((l, p), line) in pred.labels.iter().zip(pred.probs.chunks(c)).zip(&t.lines) {

@@ -7,8 +7,9 @@
 //! scratch without the user.
 //!
 //! - [`error`]: one error type that names the file, line, column, shard or request at fault.
-//! - [`data`]: CSV and IDX ingest with validation, seeded user rules for data without users,
-//!   the checksummed row store, HMAC user keys.
+//! - [`data`]: CSV and IDX ingest with validation, class labels (integers or names) to class
+//!   indices, seeded user rules for data without users, the checksummed row store, HMAC user
+//!   keys.
 //! - [`rng`]: SplitMix64, the one seeded random number generator.
 //! - [`plan`]: pure functions for shard and slice assignment, stage epochs and lineage hashes.
 //! - [`model`]: model presets and the dense networks they describe, with hand-derived gradients.

@@ -92,18 +92,69 @@ fn empty_files() {
 
 #[test]
 fn bad_labels() {
+    // Labels that are not all non-negative integers are class names (tests/classes.rs); these
+    // can be neither.
     train_refuses(
-        "user_id,label,a,b\nu1,0,1,2\nu2,1.5,3,4\n",
-        &["line 3", "column 'label'", "not a non-negative integer"],
+        "user_id,label,a,b\nu1,0,1,2\nu2,,3,4\n",
+        &["line 3", "column 'label'", "empty label"],
     );
     train_refuses(
-        "user_id,label,a,b\nu1,-2,1,2\n",
-        &["line 2", "column 'label'", "negative"],
+        "user_id,label,a,b\nu1,0,1,2\nu2,70000,3,4\n",
+        &[
+            "line 3",
+            "column 'label'",
+            "label 70000 is larger than 65535",
+        ],
     );
     train_refuses(
-        "user_id,label,a,b\nu1,cat,1,2\n",
-        &["line 2", "column 'label'"],
+        "user_id,label,a,b\nu1,cat,1,2\nu2,\"c\na\nt\",3,4\n",
+        &["line 3", "column 'label'", "control character"],
     );
+    train_refuses(
+        "user_id,label,a,b\nu1,cat,1,2\nu2,cat ,3,4\n",
+        &[
+            "column 'label'",
+            "every label is 'cat'",
+            "two or more classes",
+        ],
+    );
+}
+
+#[test]
+fn classes_flag_with_class_names_must_count_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("names.csv");
+    std::fs::write(&data, GOOD.replace(",0,", ",cat,").replace(",1,", ",dog,")).unwrap();
+    let out = tmp.path().join("run");
+    let args = |classes: &'static str| {
+        vec![
+            "train".to_string(),
+            "--data".into(),
+            data.to_str().unwrap().into(),
+            "--model".into(),
+            "models/logreg.toml".into(),
+            "--shards".into(),
+            "2".into(),
+            "--slices".into(),
+            "1".into(),
+            "--classes".into(),
+            classes.into(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+            "-q".into(),
+        ]
+    };
+    let o = sisa(&args("3").iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--classes 3 does not fit the data")
+            && err.contains("its 2 distinct names are the classes"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // The number of names is accepted.
+    sisa_ok(&args("2").iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 #[test]

@@ -446,16 +446,16 @@ fn an_edited_run_json_is_refused_as_corruption_of_run_json() {
 fn line_numbers_are_right_in_crlf_and_cr_only_files() {
     let tmp = tempfile::tempdir().unwrap();
     for (name, text, line) in [
-        ("crlf.csv", "user_id,label,a\r\nu,1,2\r\nu,x,3\r\n", 3),
-        ("cr.csv", "user_id,label,a\ru,1,2\ru,x,3\r", 3),
+        ("crlf.csv", "user_id,label,a\r\nu,1,2\r\nu,1,x\r\n", 3),
+        ("cr.csv", "user_id,label,a\ru,1,2\ru,1,x\r", 3),
         (
             "blank.csv",
-            "user_id,label,a\r\nu,1,2\r\n\r\n\r\nu,x,3\r\n",
+            "user_id,label,a\r\nu,1,2\r\n\r\n\r\nu,1,x\r\n",
             5,
         ),
         (
             "quoted.csv",
-            "user_id,label,a\r\nu,1,\"2\r\n\"\r\nu,x,3\r\n",
+            "user_id,label,a\r\nu,1,\"2\r\n\"\r\nu,1,x\r\n",
             4,
         ),
         ("mixed.csv", "user_id,label,a\n\ru,1,2\r\n\nu,1\r", 5),

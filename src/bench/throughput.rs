@@ -219,6 +219,7 @@ pub fn measure_preset(
         risk_threshold: None,
         features: sub.feature_names.clone(),
         classes,
+        class_names: None,
         backend: crate::model::Backend::Dense,
         user_column: "user_id".into(),
         label_column: "label".into(),

@@ -1,24 +1,24 @@
-//! CSV ingest: a header, a user id column, an integer label column, numeric features.
+//! CSV ingest: a header, a user id column, a label column, numeric features.
 //!
 //! Files may be gzipped (detected by their magic bytes, whatever their name). Every problem is
 //! reported with the file, the 1-based line and the column: ragged rows, values that are not
-//! finite numbers, labels that are not non-negative integers, duplicate or missing columns,
-//! empty files.
+//! finite numbers, labels that are not classes of the run ([`Classes`]), duplicate or missing
+//! columns, empty files.
 
+use crate::data::classes::{At, Classes, Label};
 use crate::error::{Error, IoContext, Result};
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// Largest class label accepted; keeps a typo from allocating a huge output layer.
-pub const MAX_LABEL: u32 = 65_535;
+pub use crate::data::classes::MAX_LABEL;
 
 /// Names of the special columns. Defaults: `user_id` and `label`.
 #[derive(Clone, Debug)]
 pub struct Columns {
     /// Column holding the owning user's id.
     pub user: String,
-    /// Column holding the integer class label.
+    /// Column holding the class label (an integer or a name).
     pub label: String,
     /// A column that is not a feature when a file has it (the deletion prior's column).
     pub ignore: Option<String>,
@@ -307,29 +307,6 @@ impl<R: Read> Read for LineCounter<R> {
     }
 }
 
-fn parse_label(raw: &str) -> std::result::Result<u32, String> {
-    let t = raw.trim();
-    if let Ok(v) = t.parse::<i64>() {
-        if v < 0 {
-            return Err(format!("label {t} is negative"));
-        }
-        if v > MAX_LABEL as i64 {
-            return Err(format!("label {t} is larger than {MAX_LABEL}"));
-        }
-        return Ok(v as u32);
-    }
-    match t.parse::<f64>() {
-        Ok(v) if v.is_finite() && v.fract() == 0.0 && v >= 0.0 && v <= MAX_LABEL as f64 => {
-            Ok(v as u32)
-        }
-        Ok(v) if v.is_finite() && v < 0.0 => Err(format!("label {t} is negative")),
-        Ok(v) if v.is_finite() && v.fract() == 0.0 => {
-            Err(format!("label {t} is larger than {MAX_LABEL}"))
-        }
-        _ => Err(format!("label '{t}' is not a non-negative integer")),
-    }
-}
-
 fn parse_feature(raw: &str) -> std::result::Result<f32, String> {
     let t = raw.trim();
     match t.parse::<f32>() {
@@ -347,14 +324,28 @@ pub struct Record<'a> {
     pub line: u64,
     /// The user id, when the file has a user column.
     pub user: Option<&'a str>,
-    /// The label, when the file has a label column.
-    pub label: Option<u32>,
+    /// The label's text as written, when the file has a label column ([`Classes`] turns it
+    /// into a class index).
+    pub label: Option<&'a str>,
     /// The features, in header order.
     pub features: &'a [f32],
 }
 
-/// Read a CSV file. `user` and `label` say whether those columns must be present.
+/// Read a CSV file with integer labels. `user` and `label` say whether those columns must be
+/// present.
 pub fn read_csv(path: &Path, columns: &Columns, user: Need, label: Need) -> Result<Table> {
+    read_csv_with(path, columns, user, label, &Classes::any_index())
+}
+
+/// [`read_csv`] for a run whose labels are `classes`: every label becomes its class index, and
+/// one that is not a class is refused, naming the file, line and column.
+pub fn read_csv_with(
+    path: &Path,
+    columns: &Columns,
+    user: Need,
+    label: Need,
+    classes: &Classes,
+) -> Result<Table> {
     let mut table = Table {
         path: path.to_path_buf(),
         feature_names: Vec::new(),
@@ -372,7 +363,13 @@ pub fn read_csv(path: &Path, columns: &Columns, user: Need, label: Need) -> Resu
                 .push(u.to_string());
         }
         if let Some(l) = r.label {
-            table.labels.get_or_insert_with(Vec::new).push(l);
+            let at = At {
+                path,
+                line: r.line,
+                column: &columns.label,
+            };
+            let index = classes.index(Label::Text(l), at)?;
+            table.labels.get_or_insert_with(Vec::new).push(index);
         }
         table.lines.push(r.line);
         Ok(())
@@ -489,13 +486,7 @@ pub fn for_each_row(
             }
             None => None,
         };
-        let label = match label_col {
-            Some(c) => Some(
-                parse_label(&record[c])
-                    .map_err(|m| Error::input(path, Some(line), Some(&names[c]), m))?,
-            ),
-            None => None,
-        };
+        let label = label_col.map(|c| record[c].trim());
         on_row(Record {
             line,
             user,
@@ -513,6 +504,16 @@ pub fn for_each_row(
         ));
     }
     Ok(feature_cols.iter().map(|&i| names[i].clone()).collect())
+}
+
+/// `text` as one CSV field: in double quotes (each quote doubled) when it holds a comma, a
+/// quote or a line end, as written otherwise.
+pub fn field(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\"")).into()
+    } else {
+        text.into()
+    }
 }
 
 /// Read user ids, one per line; blank lines and lines starting with '#' are skipped.
@@ -625,10 +626,18 @@ mod tests {
     }
 
     #[test]
-    fn labels_accept_integral_decimals() {
-        assert_eq!(parse_label("3"), Ok(3));
-        assert_eq!(parse_label("3.0"), Ok(3));
-        assert!(parse_label("70000").is_err());
-        assert!(parse_label("abc").is_err());
+    fn labels_are_read_as_the_run_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "a.csv", "user_id,label,a\nu,3.0,1\nu,cat,2\n");
+        let cols = Columns::default();
+        let e = read_csv(&p, &cols, Need::Required, Need::Required).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("line 3, column 'label': label 'cat' is not a non-negative integer"),
+            "{e}"
+        );
+        let named = Classes::named(vec!["3.0".into(), "cat".into()]).unwrap();
+        let t = read_csv_with(&p, &cols, Need::Required, Need::Required, &named).unwrap();
+        assert_eq!(t.labels.as_deref(), Some(&[0, 1][..]));
     }
 }

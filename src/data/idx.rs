@@ -17,7 +17,7 @@
 
 use crate::data::csv::{open_with_length, MAX_LABEL};
 use crate::data::rows::MAX_FEATURES;
-use crate::data::{Event, Labelled};
+use crate::data::{Event, Label, Labelled};
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -592,7 +592,7 @@ pub fn for_each_labelled(
         on_event(Event::Row(Labelled {
             line: i as u64 + 1,
             user: &ids[i],
-            label: label_values[i],
+            label: Label::Index(label_values[i]),
             features,
         }))?;
         i += 1;

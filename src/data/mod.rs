@@ -1,11 +1,13 @@
-//! Data in and out: CSV and IDX ingest, the checksummed row store, user keys.
+//! Data in and out: CSV and IDX ingest, class labels, the checksummed row store, user keys.
 //!
 //! Ingest turns a CSV or IDX file into rows with an identity (user key, position among the
-//! user's rows, tag), refusing bad input with the file, line and column; the row store keeps a
-//! shard's rows in one checksummed file.
+//! user's rows, tag), refusing bad input with the file, line and column; every label goes
+//! through [`Classes`] (integers or names) to its class index; the row store keeps a shard's
+//! rows in one checksummed file.
 
 pub mod batch;
 pub mod bundled;
+pub mod classes;
 pub mod csv;
 pub mod format;
 pub mod idx;
@@ -13,6 +15,7 @@ pub mod keys;
 pub mod prior;
 pub mod rows;
 
+pub use classes::{Classes, Label};
 pub use idx::{Role, UserRule};
 pub use keys::{Secret, UserKey};
 pub use prior::Priors;
@@ -29,8 +32,9 @@ pub struct Labelled<'a> {
     pub line: u64,
     /// The row's user id.
     pub user: &'a str,
-    /// The row's label.
-    pub label: u32,
+    /// The row's label, as the file holds it (an integer or a name): [`Classes`] or a
+    /// [`classes::Learner`] turns it into a class index.
+    pub label: Label<'a>,
     /// The row's features.
     pub features: &'a [f32],
 }
@@ -81,7 +85,9 @@ pub fn for_each_labelled(
             path.display()
         )));
     }
-    let label = |r: &csv::Record<'_>| r.label.expect("the label column is required");
+    fn label<'r>(r: &csv::Record<'r>) -> Label<'r> {
+        Label::Text(r.label.expect("the label column is required"))
+    }
     let Some(rule) = users else {
         return csv::for_each_row(
             path,
@@ -126,7 +132,8 @@ pub fn for_each_labelled(
     )
 }
 
-/// Read a labelled file of rows with users (see [`for_each_labelled`]) into a table.
+/// Read a labelled file of rows with users (see [`for_each_labelled`]) into a table; its labels
+/// must be integers ([`Classes::any_index`]).
 pub fn read_labelled(
     path: &Path,
     labels: Option<&Path>,
@@ -139,6 +146,7 @@ pub fn read_labelled(
     let mut label_values = Vec::new();
     let mut x = Vec::new();
     let mut lines = Vec::new();
+    let any = Classes::any_index();
     let feature_names = for_each_labelled(path, labels, columns, users, seed, role, |e| {
         match e {
             Event::Start { dim, users } => {
@@ -148,8 +156,13 @@ pub fn read_labelled(
                 x.reserve_exact(users.len() * dim);
             }
             Event::Row(r) => {
+                let at = classes::At {
+                    path,
+                    line: r.line,
+                    column: &columns.label,
+                };
                 ids.push(r.user.to_string());
-                label_values.push(r.label);
+                label_values.push(any.index(r.label, at)?);
                 x.extend_from_slice(r.features);
                 lines.push(r.line);
             }

@@ -75,8 +75,13 @@ pub struct RunConfig {
     pub risk_threshold: Option<f64>,
     /// Feature column names, in order.
     pub features: Vec<String>,
-    /// Number of classes (largest label + 1, or `--classes`).
+    /// Number of classes (largest label + 1, or `--classes`; the number of names).
     pub classes: usize,
+    /// The class names, sorted in byte order, when the training labels were names: the class
+    /// index of a name is its position, and every later file's names map through them.
+    /// `None` (and absent from `run.json`) when the labels are class indices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
     /// The backend that trains and runs the shard models.
     pub backend: Backend,
     /// User id column of the input files.
@@ -153,6 +158,8 @@ impl RunConfig {
             risk_threshold,
             features,
             classes,
+            // The rows hold class indices; the names only say what each index is called.
+            class_names: _,
             backend,
             user_column: _,
             label_column: _,
@@ -220,6 +227,15 @@ impl RunConfig {
             user: self.user_column.clone(),
             label: self.label_column.clone(),
             ignore: self.prior_column.clone(),
+        }
+    }
+
+    /// How this run reads labels: as class indices, or by its class names.
+    pub fn labels(&self) -> crate::data::Classes {
+        match &self.class_names {
+            Some(names) => crate::data::Classes::named(names.clone())
+                .expect("class names are checked when run.json is loaded or created"),
+            None => crate::data::Classes::indices(self.classes),
         }
     }
 
@@ -347,6 +363,15 @@ impl RunConfig {
                 "needs at least one feature and two classes",
             ));
         }
+        if let Some(names) = &config.class_names {
+            crate::data::classes::check_names(names).map_err(|m| Error::corrupt(path, m))?;
+            if names.len() != config.classes {
+                return Err(Error::corrupt(
+                    path,
+                    format!("{} class names for {} classes", names.len(), config.classes),
+                ));
+            }
+        }
         Ok(config)
     }
 }
@@ -362,4 +387,90 @@ pub fn cpu_model() -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run's configuration as `sisa train` writes it for a CSV with integer labels.
+    fn integer_labelled() -> RunConfig {
+        let model: ModelSpec = toml::from_str(
+            "name = \"mlp\"\nhidden = [64]\noptimizer = \"adam\"\nlr = 0.003\nbatch_size = 32\nepochs = 20\n",
+        )
+        .unwrap();
+        RunConfig {
+            format: RUN_FORMAT.to_string(),
+            name: "digits".into(),
+            stage_epochs: crate::plan::stage_epochs(model.epochs, 4),
+            model,
+            shards: 5,
+            slices: 4,
+            seed: 7,
+            shard_by: ShardBy::User,
+            slice_by: SliceBy::User,
+            risk_shards: 0,
+            risk_threshold: None,
+            features: (0..64).map(|i| format!("p{i}")).collect(),
+            classes: 10,
+            class_names: None,
+            backend: Backend::Dense,
+            user_column: "user_id".into(),
+            label_column: "label".into(),
+            prior_column: None,
+            aggregation: Aggregation::Mean,
+            cpu: "cpu".into(),
+            created_by: "sisa 0.1.0".into(),
+            secret_check: "00".into(),
+        }
+    }
+
+    #[test]
+    fn runs_with_integer_labels_keep_their_json_and_digest() {
+        // Values of the configuration above as sisa wrote it before class names existed: a run
+        // trained then still opens, and a run trained now on the same data is the same run.
+        let c = integer_labelled();
+        assert_eq!(
+            hex::encode(c.digest()),
+            "e122fddb34fcfaab64bea2fa0f2e8014f3280b0de919ebba2e88593cd3f291bf"
+        );
+        assert_eq!(
+            hex::encode(Sha256::digest(c.to_json())),
+            "7428471c259dffedcf242f642d2d9b7c9b6a458d4681cbb752d1d4c5b5ddf519"
+        );
+        assert!(!String::from_utf8(c.to_json())
+            .unwrap()
+            .contains("class_names"));
+    }
+
+    #[test]
+    fn class_names_are_kept_checked_and_outside_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.json");
+        let mut c = integer_labelled();
+        c.class_names = Some((0..10).map(|d| format!("digit-{d}")).collect());
+        // The rows hold class indices: the names change no weight, so no lineage.
+        assert_eq!(c.digest(), integer_labelled().digest());
+        std::fs::write(&path, c.to_json()).unwrap();
+        let back = RunConfig::load(&path).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.labels().name(3), Some("digit-3"));
+        // Names that cannot be this run's are corruption, even with a matching check value.
+        for (names, want) in [
+            (
+                vec!["a".to_string(), "b".to_string()],
+                "2 class names for 10 classes",
+            ),
+            (
+                (0..10).rev().map(|d| format!("digit-{d}")).collect(),
+                "strictly increasing byte order",
+            ),
+        ] {
+            let mut bad = c.clone();
+            bad.class_names = Some(names);
+            std::fs::write(&path, bad.to_json()).unwrap();
+            let e = RunConfig::load(&path).unwrap_err().to_string();
+            assert!(e.contains("corrupt") && e.contains(want), "{e}");
+        }
+    }
 }

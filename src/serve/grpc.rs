@@ -20,8 +20,9 @@
 //!   FP32 values (exactly n·d·4 bytes), which is how `tritonclient.grpc` and KServe's client send
 //!   a NumPy array. Request parameters `aggregation` (string), `output` (string) and `top_k`
 //!   (int64) are read as REST reads them. The outputs come back in `raw_output_contents`,
-//!   little-endian (INT64 labels, FP32 probabilities), each described by `outputs[i]` (name,
-//!   datatype, shape), as Triton answers and as `InferResult.as_numpy` reads them. The answer's
+//!   little-endian (INT64 labels, FP32 probabilities, BYTES class names as a 4-byte length
+//!   before each name), each described by `outputs[i]` (name, datatype, shape), as Triton
+//!   answers and as `InferResult.as_numpy` reads them. The answer's
 //!   parameters are `aggregation` (string), `excluded_shards` (string: a JSON array such as `[]`
 //!   or `[2]`) and `shards_voting` (int64); `id` is echoed and `model_version` is the version
 //!   that answered.
@@ -51,7 +52,7 @@
 //! adds no way to submit or follow them. Answers over gRPC still leave out the shards of a
 //! deletion in progress, exactly as REST answers do.
 
-use super::protocol::{self, Ask, FlatInput, InferResponse, ModelShape, OutputData, Refusal};
+use super::protocol::{self, Ask, FlatInput, InferResponse, ModelShape, Refusal};
 use super::{log, App};
 use crate::error::Error;
 use axum::http::StatusCode;
@@ -431,6 +432,9 @@ fn metadata(app: &App, served: u64) -> ModelMetadataResponse {
         outputs.push(tensor(protocol::TOP_K_LABELS, "INT64", &[-1, -1]));
         outputs.push(tensor(protocol::TOP_K_PROBABILITIES, "FP32", &[-1, -1]));
     }
+    if app.model.class_names.is_some() {
+        outputs.push(tensor(protocol::CLASS_NAME, "BYTES", &[-1]));
+    }
     ModelMetadataResponse {
         name: app.name.clone(),
         versions: vec![served.to_string()],
@@ -627,10 +631,9 @@ fn infer_response(r: InferResponse) -> ModelInferResponse {
             parameters: HashMap::new(),
             contents: None,
         });
-        raw.push(match t.data {
-            OutputData::Int64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            OutputData::Fp32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        });
+        let mut bytes = Vec::new();
+        protocol::write_raw(&t.data, &mut bytes);
+        raw.push(bytes);
     }
     let excluded: Vec<String> = r
         .parameters

@@ -420,7 +420,10 @@ fn metadata(app: &App, name: &str, version: Option<&str>) -> Response {
             json!({"name": protocol::TOP_K_PROBABILITIES, "datatype": "FP32", "shape": [-1, -1]}),
         );
     }
-    Json(json!({
+    if app.model.class_names.is_some() {
+        outputs.push(json!({"name": protocol::CLASS_NAME, "datatype": "BYTES", "shape": [-1]}));
+    }
+    let mut answer = json!({
         "name": app.name,
         "versions": [served.version().to_string()],
         "platform": "sisa",
@@ -438,8 +441,11 @@ fn metadata(app: &App, name: &str, version: Option<&str>) -> Response {
             "max_batch": app.model.max_batch,
             "labels_only": app.model.labels_only,
         },
-    }))
-    .into_response()
+    });
+    if let Some(names) = &app.model.class_names {
+        answer["parameters"]["class_names"] = json!(names.as_ref());
+    }
+    Json(answer).into_response()
 }
 
 async fn model_ready(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>) -> Response {
@@ -545,7 +551,11 @@ async fn infer_at(
         Err(r) => return r.into_response(),
     };
     let seen = answered.seen();
-    let written = protocol::write_response(&answered.response(&app.name), &request.reply);
+    let written = protocol::write_response(
+        &answered.response(&app.name),
+        &request.reply,
+        app.model.class_names.as_deref(),
+    );
     let written = match written {
         Ok(w) => w,
         Err(e) => {
@@ -628,9 +638,10 @@ pub(crate) async fn answer(
     // The one version this answer comes from: every row is predicted with it, and it is named.
     let served = app.served(version)?;
     let classes = app.model.classes;
+    let names = app.model.class_names.clone();
     let done = tokio::task::spawn_blocking(move || {
         let pred = served.predict(&ask.x, ask.rows, ask.aggregation);
-        let outputs = pred.map(|p| protocol::outputs(p, classes, &ask));
+        let outputs = pred.map(|p| protocol::outputs(p, classes, names.as_deref(), &ask));
         (served, ask, outputs)
     })
     .await;
@@ -802,6 +813,7 @@ async fn run_server(opts: ServeOptions, config: RunConfig, name: String) -> Resu
             max_batch: opts.max_batch,
             labels_only: opts.labels_only,
             aggregation: config.aggregation,
+            class_names: config.class_names.clone().map(Into::into),
         },
         shards: config.shards,
         max_body_bytes: opts.max_body_bytes,

@@ -20,12 +20,14 @@
 //!
 //! Outputs: `label` (INT64 `[n]`) always; `probabilities` (FP32 `[n, classes]`) with output
 //! `probabilities`; `top_k_labels` (INT64 `[n, k]`) and `top_k_probabilities` (FP32 `[n, k]`),
-//! best first, with output `top_k`. A request's `outputs` list, if given, keeps only the named
-//! tensors. Per-output parameters: `binary_data` (`true` or `false`, below) and `classification`
-//! (Triton's classification extension, on `probabilities` only: a count k from 1 to the number
-//! of classes turns the tensor into BYTES `[n, k]` strings `"probability:class"`, best first; the
-//! probability is written as the shortest decimal that reads back as the same FP32, where Triton
-//! writes six decimals). Other per-input and per-output parameters are ignored, except
+//! best first, with output `top_k`; and, when the run's labels are names, `class_name` (BYTES
+//! `[n]`, the name of each row's `label`) last, whatever the output kind. A request's `outputs`
+//! list, if given, keeps only the named tensors. Per-output parameters: `binary_data` (`true` or
+//! `false`, below) and `classification` (Triton's classification extension, on `probabilities`
+//! only: a count k from 1 to the number of classes turns the tensor into BYTES `[n, k]` strings
+//! `"probability:class"`, best first, or `"probability:class:name"` when the classes have
+//! names; the probability is written as the shortest decimal that reads back as the same FP32,
+//! where Triton writes six decimals). Other per-input and per-output parameters are ignored, except
 //! `shared_memory_region` and its companions, which are refused: the server has no shared memory.
 //!
 //! **Binary tensor data** (Triton's binary tensor data extension, which `tritonclient.http`
@@ -72,6 +74,9 @@ pub const PROBABILITIES: &str = "probabilities";
 pub const TOP_K_LABELS: &str = "top_k_labels";
 /// Output tensor: the probabilities of the `k` best classes (FP32 `[n, k]`).
 pub const TOP_K_PROBABILITIES: &str = "top_k_probabilities";
+/// Output tensor: the class name of each row's label (BYTES `[n]`), when the run's labels are
+/// names.
+pub const CLASS_NAME: &str = "class_name";
 
 /// Request parameters the server understands.
 pub const PARAMETERS: [&str; 3] = ["aggregation", "output", "top_k"];
@@ -343,6 +348,9 @@ pub struct ModelShape {
     pub labels_only: bool,
     /// Aggregation when the request names none (the run's).
     pub aggregation: Aggregation,
+    /// The class names in index order, when the run's labels are names (`run.json`'s
+    /// `class_names`): answers then carry [`CLASS_NAME`].
+    pub class_names: Option<std::sync::Arc<[String]>>,
 }
 
 /// Which outputs a request asked for.
@@ -695,13 +703,18 @@ fn labels_only() -> Refusal {
     )
 }
 
-/// The output tensors `kind` produces.
-pub fn produced(kind: OutputKind) -> &'static [&'static str] {
-    match kind {
-        OutputKind::Label => &[LABEL],
-        OutputKind::Probabilities => &[LABEL, PROBABILITIES],
-        OutputKind::TopK(_) => &[LABEL, TOP_K_LABELS, TOP_K_PROBABILITIES],
+/// The output tensors `kind` produces for `model`: [`CLASS_NAME`] after the others when its
+/// classes have names.
+pub fn produced(kind: OutputKind, model: &ModelShape) -> Vec<&'static str> {
+    let mut names = match kind {
+        OutputKind::Label => vec![LABEL],
+        OutputKind::Probabilities => vec![LABEL, PROBABILITIES],
+        OutputKind::TopK(_) => vec![LABEL, TOP_K_LABELS, TOP_K_PROBABILITIES],
+    };
+    if model.class_names.is_some() {
+        names.push(CLASS_NAME);
     }
+    names
 }
 
 /// The outputs a request names, each with what it asks for; `None` when it names none.
@@ -713,7 +726,7 @@ fn requested_outputs(
     let Some(outputs) = outputs.filter(|o| !o.is_empty()) else {
         return Ok(None);
     };
-    let available = produced(kind);
+    let available = produced(kind, model);
     let mut named: Vec<(String, OutputForm)> = Vec::new();
     for o in outputs {
         if !available.contains(&o.name.as_str()) {
@@ -998,7 +1011,7 @@ fn check_input(
 pub struct OutputTensor {
     /// Tensor name.
     pub name: &'static str,
-    /// `INT64` or `FP32`.
+    /// `INT64`, `FP32` or `BYTES`.
     pub datatype: &'static str,
     /// Shape.
     pub shape: Vec<usize>,
@@ -1014,6 +1027,8 @@ pub enum OutputData {
     Int64(Vec<i64>),
     /// FP32 elements.
     Fp32(Vec<f32>),
+    /// BYTES elements (UTF-8 strings: class names).
+    Bytes(Vec<String>),
 }
 
 /// What every answer says about how it was made.
@@ -1044,9 +1059,26 @@ pub struct InferResponse {
     pub outputs: Vec<OutputTensor>,
 }
 
-/// The output tensors for `pred` (`rows × classes`) as `ask` wants them.
-pub fn outputs(pred: Prediction, classes: usize, ask: &Ask) -> Vec<OutputTensor> {
+/// The output tensors for `pred` (`rows × classes`) as `ask` wants them; with `class_names`
+/// (the model's, if its classes have names) they end with [`CLASS_NAME`].
+pub fn outputs(
+    pred: Prediction,
+    classes: usize,
+    class_names: Option<&[String]>,
+    ask: &Ask,
+) -> Vec<OutputTensor> {
     let n = ask.rows;
+    let names = class_names.map(|names| OutputTensor {
+        name: CLASS_NAME,
+        datatype: "BYTES",
+        shape: vec![n],
+        data: OutputData::Bytes(
+            pred.labels
+                .iter()
+                .map(|&l| names.get(l as usize).cloned().unwrap_or_default())
+                .collect(),
+        ),
+    });
     let mut out = vec![OutputTensor {
         name: LABEL,
         datatype: "INT64",
@@ -1083,6 +1115,7 @@ pub fn outputs(pred: Prediction, classes: usize, ask: &Ask) -> Vec<OutputTensor>
             });
         }
     }
+    out.extend(names);
     if let Some(only) = &ask.only {
         out.retain(|t| only.iter().any(|o| o == t.name));
     }
@@ -1099,16 +1132,24 @@ pub fn top_k(row: &[f32], k: usize) -> Vec<usize> {
 }
 
 /// Triton's classification strings for FP32 `probs` (`rows × classes`): for each row, its `k`
-/// best classes, best first, as `"probability:class"`, the probability as the shortest decimal
-/// that reads back as the same FP32.
-pub fn classification(probs: &[f32], classes: usize, k: usize) -> Vec<String> {
+/// best classes, best first, as `"probability:class"`, or `"probability:class:name"` with the
+/// class `names`; the probability as the shortest decimal that reads back as the same FP32.
+pub fn classification(
+    probs: &[f32],
+    classes: usize,
+    k: usize,
+    names: Option<&[String]>,
+) -> Vec<String> {
     if classes == 0 {
         return Vec::new();
     }
     let mut out = Vec::with_capacity(probs.len() / classes * k);
     for row in probs.chunks(classes) {
         for c in top_k(row, k) {
-            out.push(format!("{}:{c}", row[c]));
+            match names.and_then(|n| n.get(c)) {
+                Some(name) => out.push(format!("{}:{c}:{name}", row[c])),
+                None => out.push(format!("{}:{c}", row[c])),
+            }
         }
     }
     out
@@ -1173,28 +1214,40 @@ impl WireData<'_> {
     /// row-major; a BYTES element as its length (4 bytes) and then its bytes.
     fn write_binary(&self, out: &mut Vec<u8>) {
         match self {
-            WireData::Tensor(OutputData::Int64(v)) => {
-                out.extend(v.iter().flat_map(|x| x.to_le_bytes()))
-            }
-            WireData::Tensor(OutputData::Fp32(v)) => {
-                out.extend(v.iter().flat_map(|x| x.to_le_bytes()))
-            }
-            WireData::Strings(v) => {
-                for s in v {
-                    // A classification string is a few dozen bytes, far below 4 GiB.
-                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                    out.extend_from_slice(s.as_bytes());
-                }
-            }
+            WireData::Tensor(data) => write_raw(data, out),
+            WireData::Strings(v) => write_strings(v, out),
         }
     }
 }
 
-/// The body of the answer `response` to a request that asked for `reply`: exactly
-/// `serde_json::to_vec(response)` when no output is binary or a classification.
+/// Append `strings` as BYTES elements are laid out in binary and raw tensor data: each as its
+/// length (4 bytes, little-endian) and then its bytes.
+fn write_strings(strings: &[String], out: &mut Vec<u8>) {
+    for s in strings {
+        // A class name is at most 256 bytes and a classification string a few more, far
+        // below 4 GiB.
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// Append the elements of `data` as binary (REST) and raw (gRPC) tensor data lay them out:
+/// little-endian, row-major, a BYTES element as its 4-byte length and then its bytes.
+pub fn write_raw(data: &OutputData, out: &mut Vec<u8>) {
+    match data {
+        OutputData::Int64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+        OutputData::Fp32(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+        OutputData::Bytes(v) => write_strings(v, out),
+    }
+}
+
+/// The body of the answer `response` to a request that asked for `reply`, from a model whose
+/// classes have `class_names` (if any): exactly `serde_json::to_vec(response)` when no output
+/// is binary or a classification.
 pub fn write_response(
     response: &InferResponse,
     reply: &Reply,
+    class_names: Option<&[String]>,
 ) -> Result<AnswerBody, serde_json::Error> {
     let mut binary = Vec::new();
     let mut any_binary = false;
@@ -1205,7 +1258,7 @@ pub fn write_response(
             (Some(k), OutputData::Fp32(probs), &[rows, c]) => (
                 "BYTES",
                 vec![rows, k.min(c)],
-                WireData::Strings(classification(probs, c, k)),
+                WireData::Strings(classification(probs, c, k, class_names)),
             ),
             _ => (t.datatype, t.shape.clone(), WireData::Tensor(&t.data)),
         };
@@ -1422,6 +1475,7 @@ mod tests {
             max_batch: 2,
             labels_only: false,
             aggregation: Aggregation::Mean,
+            class_names: None,
         }
     }
 
@@ -1520,14 +1574,14 @@ mod tests {
             labels: vec![2],
             probs: vec![0.1, 0.3, 0.5, 0.1],
         };
-        let out = outputs(pred.clone(), 4, &a);
+        let out = outputs(pred.clone(), 4, None, &a);
         assert_eq!(out[1].data, OutputData::Int64(vec![2, 1]));
         assert_eq!(out[2].data, OutputData::Fp32(vec![0.5, 0.3]));
         // Ties go to the smaller label, like argmax.
         assert_eq!(top_k(&[0.1, 0.4, 0.4, 0.1], 3), [1, 2, 0]);
         let mut only = a.clone();
         only.only = Some(vec![LABEL.into()]);
-        assert_eq!(outputs(pred, 4, &only).len(), 1);
+        assert_eq!(outputs(pred, 4, None, &only).len(), 1);
     }
 
     #[test]
@@ -1829,6 +1883,10 @@ mod tests {
     }
 
     fn answer(reply: &Reply, ask: &Ask) -> (InferResponse, AnswerBody) {
+        answer_from(&model(), reply, ask)
+    }
+
+    fn answer_from(model: &ModelShape, reply: &Reply, ask: &Ask) -> (InferResponse, AnswerBody) {
         let pred = Prediction {
             labels: vec![2, 0],
             probs: vec![0.1, 0.3, 0.5, 0.1, 0.7, 0.1, 0.1, 0.1],
@@ -1842,9 +1900,9 @@ mod tests {
                 excluded_shards: vec![],
                 shards_voting: 2,
             },
-            outputs: outputs(pred, 4, ask),
+            outputs: outputs(pred, model.classes, model.class_names.as_deref(), ask),
         };
-        let body = write_response(&response, reply).unwrap();
+        let body = write_response(&response, reply, model.class_names.as_deref()).unwrap();
         (response, body)
     }
 
@@ -1949,6 +2007,86 @@ mod tests {
             tail = &tail[4 + len..];
         }
         assert_eq!(strings, ["0.5:2", "0.3:1", "0.7:0", "0.1:1"]);
+    }
+
+    fn named() -> ModelShape {
+        ModelShape {
+            class_names: Some(["ant", "bee", "cat", "dog"].map(String::from).into()),
+            ..model()
+        }
+    }
+
+    /// The BYTES elements of binary data.
+    fn strings_of(mut tail: &[u8]) -> Vec<String> {
+        let mut strings = Vec::new();
+        while !tail.is_empty() {
+            let len = u32::from_le_bytes(tail[..4].try_into().unwrap()) as usize;
+            strings.push(String::from_utf8(tail[4..4 + len].to_vec()).unwrap());
+            tail = &tail[4 + len..];
+        }
+        strings
+    }
+
+    #[test]
+    fn named_classes_answer_a_class_name_beside_the_label() {
+        for kind in [
+            OutputKind::Label,
+            OutputKind::Probabilities,
+            OutputKind::TopK(2),
+        ] {
+            let (response, body) = answer_from(&named(), &Reply::default(), &two_rows(kind));
+            assert_eq!(body.bytes, serde_json::to_vec(&response).unwrap());
+            let v: Value = serde_json::from_slice(&body.bytes).unwrap();
+            let outputs = v["outputs"].as_array().unwrap();
+            assert_eq!(outputs[0]["data"], json!([2, 0]), "{kind:?}");
+            assert_eq!(
+                outputs.last().unwrap(),
+                &json!({"name": "class_name", "datatype": "BYTES", "shape": [2], "data": ["cat", "ant"]}),
+                "{kind:?}"
+            );
+        }
+        // As binary data: length-prefixed strings after the labels.
+        let reply = Reply {
+            binary_output: true,
+            forms: vec![],
+        };
+        let (_, body) = answer_from(&named(), &reply, &two_rows(OutputKind::Label));
+        let n = body.json_len.unwrap();
+        let head: Value = serde_json::from_slice(&body.bytes[..n]).unwrap();
+        assert_eq!(head["outputs"][1]["parameters"]["binary_data_size"], 14);
+        assert_eq!(strings_of(&body.bytes[n + 16..]), ["cat", "ant"]);
+        // Named in `outputs`, it comes alone; a run without names does not produce it.
+        let body = ONE.replace(
+            "{\"inputs\"",
+            r#"{"outputs":[{"name":"class_name"}],"inputs""#,
+        );
+        let ask = parse_infer(body.as_bytes(), &named()).unwrap();
+        assert_eq!(ask.only, Some(vec![CLASS_NAME.to_string()]));
+        let m = parse_infer(body.as_bytes(), &model()).unwrap_err().message;
+        assert!(m.contains("output 'class_name' is not produced"), "{m}");
+        // A labels-only server answers names too: they are the labels.
+        let labels_only = ModelShape {
+            labels_only: true,
+            ..named()
+        };
+        assert!(parse_infer(body.as_bytes(), &labels_only).is_ok());
+        // Classification strings carry the name: score:index:name.
+        let form = Reply {
+            binary_output: false,
+            forms: vec![(
+                PROBABILITIES.into(),
+                OutputForm {
+                    binary: None,
+                    classification: Some(2),
+                },
+            )],
+        };
+        let (_, body) = answer_from(&named(), &form, &two_rows(OutputKind::Probabilities));
+        let v: Value = serde_json::from_slice(&body.bytes).unwrap();
+        assert_eq!(
+            v["outputs"][1]["data"],
+            json!(["0.5:2:cat", "0.3:1:bee", "0.7:0:ant", "0.1:1:bee"])
+        );
     }
 
     fn gzip(data: &[u8]) -> Vec<u8> {

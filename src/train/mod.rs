@@ -15,6 +15,7 @@ pub use progress::Progress;
 pub use shard::ShardData;
 
 use crate::checkpoint::Checkpoint;
+use crate::data::classes::{At, Label, Learner};
 use crate::data::csv::{self, Columns, Table};
 use crate::data::ingest::{self, Placer, Target};
 use crate::data::{self, Event, Priors, Role, Rows, Secret, UserRule};
@@ -170,7 +171,8 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// Column names.
     pub columns: Columns,
-    /// Number of classes, if larger than the data shows.
+    /// Number of classes, if larger than the data shows (integer labels); with labels that
+    /// are names it must equal the number of names.
     pub classes: Option<usize>,
     /// Worker threads.
     pub threads: usize,
@@ -291,28 +293,53 @@ pub fn read_tables(opts: &TrainOptions) -> Result<(Table, Option<Table>)> {
 
 /// Read, validate and place the training (and held-out) data of a new run, streaming each
 /// file straight into its shards: ingest holds one copy of the data, in the shards.
+///
+/// The training labels are learned as they pass ([`Learner`]): rows are placed with
+/// provisional label ids, which become class indices in place once the last row is read (the
+/// class index of a name is known only when every name has been seen). The held-out file is
+/// read with the training classes.
 pub fn ingest(opts: &TrainOptions) -> Result<Ingested> {
     check_counts(opts)?;
     check_out(&opts.out)?;
     check_new_ledger(opts.ledger.as_deref())?;
     let secret = Secret::generate()?;
-    let (names, shards, mut max_label) = stream_placed(
+    let mut learner = Learner::new(&opts.data, &opts.columns.label);
+    let (names, mut shards) = stream_placed(
         &opts.data,
         opts.labels.as_deref(),
         opts,
         Role::Train,
         Target::Train,
         &secret,
+        &mut |label, line| learner.learn(label, line),
     )?;
+    let learned = learner.finish()?;
+    for rows in &mut shards {
+        learned.relabel(&mut rows.labels);
+    }
+    let mut max_label = learned.max_index;
     let test = match &opts.test {
         Some(p) => {
-            let (test_names, rows, test_max) = stream_placed(
+            let classes = learned.classes();
+            let column = &opts.columns.label;
+            let mut test_max = 0u32;
+            let (test_names, rows) = stream_placed(
                 p,
                 opts.test_labels.as_deref(),
                 opts,
                 Role::HeldOut,
                 Target::HeldOut,
                 &secret,
+                &mut |label, line| {
+                    let at = At {
+                        path: p,
+                        line,
+                        column,
+                    };
+                    let index = classes.index(label, at)?;
+                    test_max = test_max.max(index);
+                    Ok(index)
+                },
             )?;
             csv::check_feature_names(p, &test_names, &names, "training file")?;
             max_label = max_label.max(test_max);
@@ -321,12 +348,12 @@ pub fn ingest(opts: &TrainOptions) -> Result<Ingested> {
         None => None,
     };
     let rows: usize = shards.iter().map(|r| r.len()).sum();
-    let config = new_config(opts, names, max_label, rows, &secret)?;
+    let config = new_config(opts, names, max_label, learned.names, rows, &secret)?;
     Ok((config, secret, shards, test))
 }
 
-/// Stream the labelled file `path` into shard row stores: its feature names, the shards and
-/// the largest label.
+/// Stream the labelled file `path` into shard row stores, each row's label as `label` maps it
+/// (given the row's line): the file's feature names and the shards.
 fn stream_placed(
     path: &Path,
     labels: Option<&Path>,
@@ -334,12 +361,12 @@ fn stream_placed(
     role: Role,
     target: Target,
     secret: &Secret,
-) -> Result<(Vec<String>, Vec<Rows>, u32)> {
+    label: &mut dyn FnMut(Label<'_>, u64) -> Result<u32>,
+) -> Result<(Vec<String>, Vec<Rows>)> {
     let rules = rules(opts);
     let priors = opts.priors.as_ref();
     let none = HashMap::new();
     let mut placer: Option<Placer> = None;
-    let mut max_label = 0u32;
     let names = data::for_each_labelled(
         path,
         labels,
@@ -353,41 +380,50 @@ fn stream_placed(
                     .get_or_insert_with(|| Placer::new(rules, target, priors, secret, &none, dim))
                     .reserve_users(users.iter().map(String::as_str)),
                 Event::Row(r) => {
-                    max_label = max_label.max(r.label);
+                    let id = label(r.label, r.line)?;
                     placer
                         .get_or_insert_with(|| {
                             Placer::new(rules, target, priors, secret, &none, r.features.len())
                         })
-                        .push(r.user, r.label, r.features);
+                        .push(r.user, id, r.features);
                 }
             }
             Ok(())
         },
     )?;
     let placer = placer.ok_or_else(|| Error::input(path, None, None, "no data rows"))?;
-    Ok((names, placer.finish(path)?, max_label))
+    Ok((names, placer.finish(path)?))
 }
 
-/// The configuration of a new run on data with features `names` and labels up to `max_label`.
-/// The configuration of a new run on `rows` training rows. A preset's `min_steps` is resolved
-/// here into the epochs the run records, from the mean shard size.
+/// The configuration of a new run on data with features `names`, labels up to `max_label`
+/// and, when the labels are names, `class_names`, on `rows` training rows. A preset's
+/// `min_steps` is resolved here into the epochs the run records, from the mean shard size.
 fn new_config(
     opts: &TrainOptions,
     names: Vec<String>,
     max_label: u32,
+    class_names: Option<Vec<String>>,
     rows: usize,
     secret: &Secret,
 ) -> Result<RunConfig> {
     let max_label = max_label as usize;
-    let classes = match opts.classes {
-        Some(c) if c <= max_label => {
-            return Err(Error::field(
-                "classes",
-                format!("{c} is too small: the data has label {max_label}"),
-            ))
+    let classes = match (&class_names, opts.classes) {
+        (Some(n), Some(c)) if c != n.len() => {
+            // At odds with the data, not a usage error (exit 1).
+            return Err(Error::Config(format!(
+                "--classes {c} does not fit the data: its labels are names, and its {} distinct \
+                 names are the classes",
+                n.len()
+            )));
         }
-        Some(c) => c,
-        None => (max_label + 1).max(2),
+        (Some(n), _) => n.len(),
+        (None, Some(c)) if c <= max_label => {
+            return Err(Error::Config(format!(
+                "--classes {c} is too small: the data has label {max_label}"
+            )))
+        }
+        (None, Some(c)) => c,
+        (None, None) => (max_label + 1).max(2),
     };
     if names.len() > crate::data::rows::MAX_FEATURES {
         return Err(Error::input(
@@ -432,6 +468,7 @@ fn new_config(
         risk_threshold: opts.priors.as_ref().map(|p| p.threshold),
         features: names,
         classes,
+        class_names,
         backend: opts.backend,
         user_column: opts.columns.user.clone(),
         label_column: opts.columns.label.clone(),
@@ -489,6 +526,7 @@ pub fn ingest_tables(opts: &TrainOptions, train: &Table, test: Option<&Table>) -
         opts,
         train.feature_names.clone(),
         max_label,
+        None,
         train.len(),
         &secret,
     )?;

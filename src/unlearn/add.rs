@@ -65,9 +65,9 @@ pub fn add_rows(
             "the run was trained without a deletion prior; add its rows without one".into(),
         ));
     }
-    let mut table = csv::read_csv(data, &cols, Need::Required, Need::Required)?;
+    let classes = run.config.labels();
+    let mut table = csv::read_csv_with(data, &cols, Need::Required, Need::Required, &classes)?;
     table.check_features(&run.config.features, "run")?;
-    table.check_labels(run.config.classes, &run.config.label_column)?;
     let rows_read = table.len() as u64;
     let batch_digest = batch_digest(&table);
     if !allow_duplicate && run.manifest.added_batches.contains(&batch_digest) {
