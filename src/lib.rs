@@ -16,6 +16,8 @@
 //! - [`checkpoint`]: safetensors checkpoints named and checked by lineage.
 //! - [`run`]: the run directory: layout, `run.json`, manifests, durable atomic writes.
 //! - [`ensemble`]: aggregation of shard models by posterior mean or majority vote.
+//! - [`export`]: the served ensemble as one ONNX graph, or as PyTorch-layout safetensors with
+//!   the same metadata (version, aggregation, config digest, each shard's lineage).
 //! - [`unlearn`]: the hash-chained ledger, planning, execution, receipts and recovery.
 //! - [`serve`]: the Open Inference Protocol (v2) server: atomic hot swap of published versions,
 //!   deletion requests over an authenticated endpoint, shards under deletion left out of the vote.
@@ -32,6 +34,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod ensemble;
 pub mod error;
+pub mod export;
 pub mod model;
 pub mod plan;
 pub mod rng;
