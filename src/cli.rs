@@ -76,6 +76,8 @@ enum Command {
     Eval(EvalArgs),
     /// Predict the rows of a CSV file.
     Predict(PredictArgs),
+    /// Write the served ensemble to one file: an ONNX graph, or PyTorch-layout safetensors.
+    Export(ExportArgs),
     /// Forget users: erase their rows and retrain only the affected shards.
     Unlearn(UnlearnArgs),
     /// Retrain shards from scratch and check the published models are bitwise identical.
@@ -317,6 +319,25 @@ struct PredictArgs {
 }
 
 #[derive(Args, Debug)]
+struct ExportArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// File format: onnx or safetensors. Default: told by --out's extension (.onnx,
+    /// .safetensors).
+    #[arg(long)]
+    format: Option<sisa::export::Format>,
+    /// The file to write (atomically; refused if it exists, unless --force).
+    #[arg(long)]
+    out: PathBuf,
+    /// Aggregation the ONNX graph computes (and both formats record). Default: the run's.
+    #[arg(long, value_enum)]
+    aggregate: Option<Aggregation>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("who").required(true).multiple(true).args(["users", "users_file"])))]
 struct UnlearnArgs {
     #[command(flatten)]
@@ -434,6 +455,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Status(a) => cmd_status(a, &g),
         Command::Eval(a) => cmd_eval(a, &g),
         Command::Predict(a) => cmd_predict(a, &g),
+        Command::Export(a) => cmd_export(a, &g),
         Command::Unlearn(a) => cmd_unlearn(a, &g),
         Command::Verify(a) => cmd_verify(a, &g),
         Command::Recover(a) => cmd_recover(a, &g),
@@ -905,6 +927,42 @@ fn cmd_predict(a: PredictArgs, g: &Global) -> Result<i32> {
         for ((l, p), line) in pred.labels.iter().zip(pred.probs.chunks(c)).zip(&t.lines) {
             println!("{line},{l},{:.6}", p[*l as usize]);
         }
+    }
+    Ok(0)
+}
+
+fn cmd_export(a: ExportArgs, g: &Global) -> Result<i32> {
+    use sisa::export::{self, EnsembleExport, Format};
+    let format = match a.format.or_else(|| Format::from_path(&a.out)) {
+        Some(f) => f,
+        None => {
+            return Err(sisa::Error::Usage(format!(
+                "--out {}: cannot tell the format from the extension; pass --format onnx or --format safetensors",
+                a.out.display()
+            ))
+            .into())
+        }
+    };
+    export::require_published(&a.run.run)?;
+    let (run, _ledger, lock) = open(&a.run, g)?;
+    let ensemble = Ensemble::load(&run)?;
+    let agg = a.aggregate.unwrap_or(run.config.aggregation);
+    let exported = EnsembleExport::new(&run, &ensemble, agg)?;
+    drop(lock);
+    let report = export::write(&exported, format, &a.out, a.force)?;
+    if g.json {
+        print_json(&serde_json::to_value(&report)?);
+    } else {
+        println!(
+            "exported version {} ({} aggregation, {} shard models, {} parameters) as {} to {} ({} bytes)",
+            report.version,
+            report.aggregate,
+            report.shards.len(),
+            report.parameters,
+            report.format,
+            report.out,
+            report.bytes
+        );
     }
     Ok(0)
 }

@@ -119,6 +119,16 @@ pub enum Error {
         message: String,
     },
 
+    /// An export that cannot be written as asked (the output exists, the model is too large
+    /// for the format).
+    #[error("export {path}: {message}")]
+    Export {
+        /// The output file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+
     /// The server cannot start or keep serving (the address is taken, the runtime fails).
     #[error("serve {addr}: {message}")]
     Serve {

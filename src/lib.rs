@@ -19,6 +19,8 @@
 //! - [`ensemble`]: aggregation of shard models by posterior mean or majority vote.
 //! - [`metrics`]: what `sisa eval` reports: log-loss, per-class precision, recall and F1,
 //!   macro averages, the confusion matrix.
+//! - [`export`]: the served ensemble as one ONNX graph, or as PyTorch-layout safetensors with
+//!   the same metadata (version, aggregation, config digest, each shard's lineage).
 //! - [`unlearn`]: the hash-chained ledger, planning, execution, receipts and recovery.
 //! - [`serve`]: the Open Inference Protocol (v2) server: atomic hot swap of published versions,
 //!   deletion requests over an authenticated endpoint, shards under deletion left out of the vote.
@@ -35,6 +37,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod ensemble;
 pub mod error;
+pub mod export;
 pub mod metrics;
 pub mod model;
 pub mod plan;
