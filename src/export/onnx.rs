@@ -442,6 +442,7 @@ mod tests {
             input: Shape::Flat(2),
             features: vec!["a".into(), "b".into()],
             classes: 2,
+            class_names: None,
             shards_total: 1,
             preprocessing: "none".into(),
             members: vec![super::super::ShardExport {
