@@ -274,8 +274,8 @@ fn count_flags_are_bounded_and_no_failed_train_leaves_its_partial_directory() {
         ),
         ("--classes", "4000000000", "--classes must be in 2..=65536"),
         ("--classes", "1", "--classes must be in 2..=65536"),
-        ("--threads", "2000", "--threads must be in 1..=1024"),
-        ("--threads", "0", "--threads must be in 1..=1024"),
+        ("--threads", "2000", "'--threads <N>': must be in 1..=1024"),
+        ("--threads", "0", "'--threads <N>': must be in 1..=1024"),
         ("--shards", "5000", "--shards must be in 1..=4096"),
         ("--slices", "2000", "--slices must be in 1..=1024"),
         ("--epochs", "100001", "--epochs must be in 1..=100000"),
@@ -295,7 +295,8 @@ fn count_flags_are_bounded_and_no_failed_train_leaves_its_partial_directory() {
                 value,
             ],
         );
-        assert_eq!(m.code, Some(1), "{flag} {value}: {}", m.stderr);
+        // A flag out of range is a usage error.
+        assert_eq!(m.code, Some(2), "{flag} {value}: {}", m.stderr);
         assert!(m.stderr.contains(want), "{flag} {value}: {}", m.stderr);
         assert!(
             m.peak_kib < 200 * 1024,
