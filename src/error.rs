@@ -33,6 +33,21 @@ pub enum Error {
         message: String,
     },
 
+    /// A row of an input file without lines (Parquet, NumPy) that cannot be used: the row
+    /// (1-based) and, when the problem is in one, the column or array (`column 'x'`,
+    /// `array 'y'`).
+    #[error("{path}, row {row}{}: {message}", place.as_ref().map(|p| format!(", {p}")).unwrap_or_default())]
+    InputRow {
+        /// The input file.
+        path: PathBuf,
+        /// 1-based row number.
+        row: u64,
+        /// Where in the row: `column 'x'` or `array 'y'`.
+        place: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+
     /// A file of the run that fails a check on read (magic, version, size, digest).
     #[error("{path}: corrupt: {message}")]
     Corrupt {
@@ -154,6 +169,22 @@ impl Error {
             path: path.as_ref().to_path_buf(),
             line,
             column: column.map(str::to_string),
+            message: message.into(),
+        }
+    }
+
+    /// A bad row `row` (1-based) of an input file without lines, at `place` (`column 'x'`,
+    /// `array 'y'`) when the problem is in one.
+    pub fn input_row(
+        path: impl AsRef<Path>,
+        row: u64,
+        place: Option<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::InputRow {
+            path: path.as_ref().to_path_buf(),
+            row,
+            place,
             message: message.into(),
         }
     }

@@ -6,9 +6,8 @@
 //! counted: re-importing a raw export cannot resurrect a deletion.
 
 use crate::checkpoint::Checkpoint;
-use crate::data::csv::{self, Need};
 use crate::data::ingest::{self, Target};
-use crate::data::{Priors, Rows, UserKey};
+use crate::data::{source, InputSpec, Need, Priors, Rows, UserKey};
 use crate::error::{Error, Result};
 use crate::plan::{self, ShardBy};
 use crate::run::durable::{failpoint, DirSyncs};
@@ -38,7 +37,7 @@ pub struct AddReport {
     pub version: u64,
 }
 
-/// Add the rows of `data` to `run`, refusing every user in `ledger`, and publish a new version.
+/// Add the rows of `input` (any format the run's data could have) to `run`, refusing every user in `ledger`, and publish a new version.
 ///
 /// Reads only the shards the new rows go to (and, when shards are set aside for likely
 /// requesters, the user-key columns of the other shard a known user could be in; under row
@@ -47,19 +46,18 @@ pub struct AddReport {
 pub fn add_rows(
     run: &mut Run,
     ledger: &Ledger,
-    data: &Path,
+    input: &InputSpec,
     priors: Option<&Priors>,
     opts: &Options,
 ) -> Result<AddReport> {
-    let cols = run.config.columns();
+    let data = input.path();
     if priors.is_some() && run.config.risk_threshold.is_none() {
         return Err(Error::Request(
             "the run was trained without a deletion prior; add its rows without one".into(),
         ));
     }
-    let mut table = csv::read_csv(data, &cols, Need::Required, Need::Required)?;
-    table.check_features(&run.config.features, "run")?;
-    table.check_labels(run.config.classes, &run.config.label_column)?;
+    // Features by name (by position for NumPy), labels below the run's class count.
+    let mut table = source::read_for_run(input, &run.config, Need::Required, Need::Required)?;
     let rows_read = table.len() as u64;
     // Refuse every row of a forgotten user.
     let forgotten: HashSet<UserKey> = ledger.deleted_users().into_iter().map(|(k, _)| k).collect();
