@@ -3,6 +3,7 @@
 //! models; predict, eval and add match features by name in any order.
 
 mod common;
+mod serving;
 
 use common::{copy_dir, digests, digits, sisa, sisa_json, sisa_ok, Csv};
 use parquet::basic::{Compression, ZstdLevel};
@@ -403,7 +404,7 @@ fn predict_eval_and_add_find_features_by_name_in_any_order() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        err.contains("short.csv") && err.contains("missing: 'p7_7'"),
+        err.contains("short.csv") && err.contains("missing 1 of the 64 feature columns: 'p7_7'"),
         "{err}"
     );
 
@@ -435,4 +436,79 @@ fn predict_eval_and_add_find_features_by_name_in_any_order() {
         "-q",
     ]);
     assert_eq!(digests(&run), digests(&copy), "add with shuffled columns");
+}
+
+#[test]
+fn the_readme_line_turns_the_sisa_reference_pickle_into_an_npz_that_trains() {
+    if !serving::python_has(&["numpy"], "python3 -m pip install numpy") {
+        return;
+    }
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("import numpy as np; d = np.load("))
+        .expect("the README shows the conversion line");
+    let tmp = tempfile::tempdir().unwrap();
+    let python = |code: &str| {
+        let o = Command::new("python3")
+            .args(["-c", code])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{code}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    // The reference code's layout (datasets/purchase/prepare_data.py): np.save of a dict of
+    // integer arrays, here the bundled digits.
+    let csv = digits().0;
+    let csv = csv.to_str().unwrap();
+    python(&format!(
+        "import numpy as np\n\
+         X = np.loadtxt('{csv}', delimiter=',', skiprows=1, usecols=range(2, 66), dtype=np.int64)\n\
+         y = np.loadtxt('{csv}', delimiter=',', skiprows=1, usecols=1, dtype=np.int64)\n\
+         np.save('purchase2_train.npy', {{'X': X, 'y': y}})\n"
+    ));
+    let pickled = tmp.path().join("purchase2_train.npy");
+    let out = tmp.path().join("run");
+    let args = |data: &Path| {
+        vec![
+            "train".to_string(),
+            "--data".into(),
+            data.to_str().unwrap().into(),
+            "--users".into(),
+            "uniform:50".into(),
+            "--model".into(),
+            "models/logreg.toml".into(),
+            "--shards".into(),
+            "2".into(),
+            "--slices".into(),
+            "1".into(),
+            "--epochs".into(),
+            "2".into(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+            "-q".into(),
+        ]
+    };
+    let refused = sisa(
+        &args(&pickled)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("purchase2_train.npy") && err.contains("pickled"),
+        "{err}"
+    );
+    python(line);
+    let npz = tmp.path().join("purchase2_train.npz");
+    let v = sisa_json(&args(&npz).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        v["rows"].as_u64(),
+        Some(Csv::read(&digits().0).lines.len() as u64)
+    );
 }

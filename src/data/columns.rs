@@ -155,10 +155,9 @@ impl ColumnMap {
                     return Err(bad(
                         None,
                         format!(
-                            "{} of the run's {} feature columns {} missing: {}",
+                            "missing {} of the {} feature columns: {}",
                             missing.len(),
                             expected.len(),
-                            if missing.len() == 1 { "is" } else { "are" },
                             name_list(&missing)
                         ),
                     ));
@@ -254,7 +253,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("2 of the run's 3 feature columns are missing: 'c', 'd'"),
+            e.contains("missing 2 of the 3 feature columns: 'c', 'd'"),
             "{e}"
         );
         let forbid = Want {

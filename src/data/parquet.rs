@@ -158,6 +158,45 @@ impl Column {
     }
 }
 
+/// Refuse a footer whose row groups or column chunks lie outside the file: the parquet crate
+/// trusts these numbers (a negative offset panics in it), so a damaged footer is named here.
+fn check_chunks(path: &Path, meta: &::parquet::file::metadata::ParquetMetaData) -> Result<()> {
+    let len = std::fs::metadata(path).at(path)?.len();
+    for (g, group) in meta.row_groups().iter().enumerate() {
+        let bad = |m: String| {
+            Error::input(
+                path,
+                None,
+                None,
+                format!(
+                    "row group {}: {m} (the file is damaged or cut short)",
+                    g + 1
+                ),
+            )
+        };
+        if group.num_rows() < 0 {
+            return Err(bad(format!("{} rows", group.num_rows())));
+        }
+        for c in group.columns() {
+            let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
+            let size = c.compressed_size();
+            let inside = start >= 0
+                && size >= 0
+                && c.data_page_offset() >= 0
+                && (start as u64)
+                    .checked_add(size as u64)
+                    .is_some_and(|end| end <= len);
+            if !inside {
+                return Err(bad(format!(
+                    "column '{}' claims bytes {start}..+{size} of a file of {len}",
+                    c.column_path().string()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What a column is used for, to check its type on open.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -182,6 +221,7 @@ pub fn read_rows(
         ))
     })?;
     let meta = reader.metadata();
+    check_chunks(path, meta)?;
     let schema = meta.file_metadata().schema_descr();
     // The flat columns, pandas' index columns left out: (name, Parquet column index).
     let mut header = Vec::new();
@@ -375,4 +415,123 @@ pub fn read_rows(
         )));
     }
     Ok(map.names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::columns::{Features, Need};
+    use ::parquet::data_type::{ByteArrayType, DoubleType, Int64Type};
+    use ::parquet::file::properties::WriterProperties;
+    use ::parquet::file::writer::SerializedFileWriter;
+    use std::sync::Arc;
+
+    /// A file of `users`, integer `labels` (or string labels) and one nullable feature `a`
+    /// (`None` writes a null), snappy-compressed.
+    fn write(path: &Path, labels_as_text: bool, a: &[Option<f64>]) {
+        let label = if labels_as_text {
+            "REQUIRED BYTE_ARRAY label (UTF8);"
+        } else {
+            "REQUIRED INT64 label;"
+        };
+        let message = format!(
+            "message t {{ REQUIRED BYTE_ARRAY user_id (UTF8); {label} OPTIONAL DOUBLE a; }}"
+        );
+        let schema = Arc::new(::parquet::schema::parser::parse_message_type(&message).unwrap());
+        let props = WriterProperties::builder()
+            .set_compression(::parquet::basic::Compression::SNAPPY)
+            .build();
+        let file = std::fs::File::create(path).unwrap();
+        let mut w = SerializedFileWriter::new(file, schema, Arc::new(props)).unwrap();
+        let mut rg = w.next_row_group().unwrap();
+        let n = a.len();
+        let users: Vec<ByteArray> = (0..n).map(|i| format!("u{i}").as_str().into()).collect();
+        let mut c = rg.next_column().unwrap().unwrap();
+        c.typed::<ByteArrayType>()
+            .write_batch(&users, None, None)
+            .unwrap();
+        c.close().unwrap();
+        let mut c = rg.next_column().unwrap().unwrap();
+        if labels_as_text {
+            let v: Vec<ByteArray> = (0..n).map(|_| "cat".into()).collect();
+            c.typed::<ByteArrayType>()
+                .write_batch(&v, None, None)
+                .unwrap();
+        } else {
+            let v: Vec<i64> = (0..n as i64).map(|i| i % 3).collect();
+            c.typed::<Int64Type>().write_batch(&v, None, None).unwrap();
+        }
+        c.close().unwrap();
+        let mut c = rg.next_column().unwrap().unwrap();
+        let defs: Vec<i16> = a.iter().map(|v| v.is_some() as i16).collect();
+        let values: Vec<f64> = a.iter().flatten().copied().collect();
+        c.typed::<DoubleType>()
+            .write_batch(&values, Some(&defs), None)
+            .unwrap();
+        c.close().unwrap();
+        rg.close().unwrap();
+        w.close().unwrap();
+    }
+
+    fn read(path: &Path) -> Result<Vec<(String, u32, f32)>> {
+        let want = Want {
+            user: Need::Required,
+            label: Need::Required,
+            features: Features::All,
+            classes: None,
+        };
+        let mut out = Vec::new();
+        read_rows(path, &Columns::default(), &want, |r| {
+            out.push((r.user.unwrap().to_string(), r.label.unwrap(), r.features[0]));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn reads_rows_and_refuses_damaged_files_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.parquet");
+        let a: Vec<Option<f64>> = (0..50).map(|i| Some(i as f64 / 2.0)).collect();
+        write(&p, false, &a);
+        let rows = read(&p).unwrap();
+        assert_eq!(rows.len(), 50);
+        assert_eq!(rows[3], ("u3".to_string(), 0, 1.5));
+        // Every flipped byte and every cut gives a result or an error, never a panic; a cut
+        // file (no footer) is named as damaged.
+        let good = std::fs::read(&p).unwrap();
+        let q = dir.path().join("bad.parquet");
+        let mut refused = 0;
+        for i in 0..good.len() {
+            let mut bytes = good.clone();
+            bytes[i] ^= 0xa5;
+            std::fs::write(&q, &bytes).unwrap();
+            refused += read(&q).is_err() as usize;
+        }
+        assert!(
+            refused > good.len() / 4,
+            "{refused} of {} flips refused",
+            good.len()
+        );
+        for cut in [4, good.len() / 2, good.len() - 1] {
+            std::fs::write(&q, &good[..cut]).unwrap();
+            let e = read(&q).unwrap_err().to_string();
+            assert!(
+                e.contains("bad.parquet") && e.contains("damaged or cut short"),
+                "{e}"
+            );
+        }
+        // A null feature, string labels.
+        let mut a = a.clone();
+        a[7] = None;
+        write(&p, false, &a);
+        let e = read(&p).unwrap_err().to_string();
+        assert!(e.contains("row 8, column 'a': a null value"), "{e}");
+        write(&p, true, &a);
+        let e = read(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("column 'label'") && e.contains("holds strings"),
+            "{e}"
+        );
+    }
 }
