@@ -20,7 +20,8 @@ pub enum Error {
         error: std::io::Error,
     },
 
-    /// A CSV or IDX input file that cannot be used, with the place of the problem.
+    /// An input file (text, Parquet, NumPy, IDX) that cannot be used, with the place of the
+    /// problem: the line of a text file, the column.
     #[error("{path}{}{}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default(), column.as_ref().map(|c| format!(", column '{c}'")).unwrap_or_default())]
     Input {
         /// The input file.

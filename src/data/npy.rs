@@ -111,16 +111,19 @@ impl Header {
             path,
             None,
             None,
-            format!(
-                "{place}: {length} bytes, but shape {} of {} values ({} bytes each) needs {need}{}",
-                self.shape_text(),
-                self.dtype.descr,
-                self.dtype.size,
-                if want.is_some_and(|w| length > w) {
-                    " (trailing bytes)"
-                } else {
-                    " (the file is cut short)"
-                }
+            prefixed(
+                place,
+                format!(
+                    "{length} bytes, but shape {} of {} values ({} bytes each) needs {need}{}",
+                    self.shape_text(),
+                    self.dtype.descr,
+                    self.dtype.size,
+                    if want.is_some_and(|w| length > w) {
+                        " (trailing bytes)"
+                    } else {
+                        " (the file is cut short)"
+                    }
+                ),
             ),
         ))
     }
@@ -284,9 +287,33 @@ fn fill(reader: &mut dyn Read, buf: &mut [u8], path: &Path) -> Result<usize> {
     Ok(got)
 }
 
-/// Read and check the header of the array `place` (`"the file"`, `"array 'X'"`) of `path`.
+/// `m`, after the array's `place` when the file holds several (`array 'X': ...`).
+fn prefixed(place: &str, m: String) -> String {
+    if place.is_empty() {
+        m
+    } else {
+        format!("{place}: {m}")
+    }
+}
+
+/// The place for a row's message: the array of an archive, or nothing for a `.npy` file.
+fn place_of(place: &str) -> Option<String> {
+    (!place.is_empty()).then(|| place.to_string())
+}
+
+/// What a message calls the array at `place`.
+fn array_name(place: &str) -> &str {
+    if place.is_empty() {
+        "the array"
+    } else {
+        place
+    }
+}
+
+/// Read and check the header of the array `place` (`""` for a `.npy` file, `"array 'X'"`
+/// in an archive) of `path`.
 pub fn read_header(path: &Path, place: &str, reader: &mut dyn Read) -> Result<Header> {
-    let bad = |m: String| Error::input(path, None, None, format!("{place}: {m}"));
+    let bad = |m: String| Error::input(path, None, None, prefixed(place, m));
     let mut pre = [0u8; 8];
     let got = fill(reader, &mut pre, path)?;
     if got < 8 || &pre[..6] != b"\x93NUMPY" {
@@ -401,7 +428,7 @@ pub struct FeatureRows<'r> {
 }
 
 impl<'r> FeatureRows<'r> {
-    /// Open the array `place` of `path` from `reader` (at the magic) as feature rows; `length`
+    /// Open the array `place` of `path` (`""` for a `.npy` file) from `reader` (at the magic) as feature rows; `length`
     /// is the array's length in bytes when known, checked against its shape before reading.
     pub fn open(
         path: &'r Path,
@@ -410,7 +437,7 @@ impl<'r> FeatureRows<'r> {
         length: Option<u64>,
     ) -> Result<FeatureRows<'r>> {
         let header = read_header(path, place, &mut reader)?;
-        let bad = |m: String| Error::input(path, None, None, format!("{place}: {m}"));
+        let bad = |m: String| Error::input(path, None, None, prefixed(place, m));
         if !header.dtype.numeric() {
             return Err(bad(format!(
                 "features of type '{}' (strings); features are numbers",
@@ -480,11 +507,13 @@ impl<'r> FeatureRows<'r> {
                     path,
                     None,
                     None,
-                    format!(
-                        "{}: trailing bytes after the {} rows its shape {} declares",
-                        self.place,
-                        self.header.rows(),
-                        self.header.shape_text()
+                    prefixed(
+                        &self.place,
+                        format!(
+                            "trailing bytes after the {} rows its shape {} declares",
+                            self.header.rows(),
+                            self.header.shape_text()
+                        ),
                     ),
                 ));
             }
@@ -498,7 +527,7 @@ impl<'r> FeatureRows<'r> {
                 return Err(Error::input_row(
                     path,
                     row,
-                    Some(self.place.clone()),
+                    place_of(&self.place),
                     format!("unreadable: {error} (the file is damaged)"),
                 ))
             }
@@ -508,7 +537,7 @@ impl<'r> FeatureRows<'r> {
             return Err(Error::input_row(
                 path,
                 row,
-                Some(self.place.clone()),
+                place_of(&self.place),
                 format!(
                     "the data ends inside this row: shape {} declares {} rows (the file is cut \
                      short)",
@@ -522,7 +551,7 @@ impl<'r> FeatureRows<'r> {
             return Err(Error::input_row(
                 path,
                 row,
-                Some(self.place.clone()),
+                place_of(&self.place),
                 format!("value {} is not a finite number", i + 1),
             ));
         }
@@ -560,7 +589,7 @@ impl Column {
     }
 }
 
-/// Read the 1-D array `place` of `path` whole from `reader`; `length` is its length in bytes
+/// Read the 1-D array `place` of `path` (`""` for a `.npy` file) whole from `reader`; `length` is its length in bytes
 /// when known. Memory grows with the bytes read, never with the declared shape alone.
 pub fn read_column(
     path: &Path,
@@ -569,7 +598,7 @@ pub fn read_column(
     length: Option<u64>,
 ) -> Result<(Header, Column)> {
     let header = read_header(path, place, &mut reader)?;
-    let bad = |m: String| Error::input(path, None, None, format!("{place}: {m}"));
+    let bad = |m: String| Error::input(path, None, None, prefixed(place, m));
     if !(header.shape.len() == 1 || header.shape.len() == 2 && header.shape[1] == 1) {
         return Err(bad(format!(
             "shape {}: labels and user ids are one value per row, (rows,) or (rows, 1)",
@@ -650,7 +679,7 @@ pub fn read_column(
                         Error::input_row(
                             path,
                             i as u64 + 1,
-                            Some(place.to_string()),
+                            place_of(place),
                             format!("U+{code:X} is not a character"),
                         )
                     })?);
@@ -669,7 +698,7 @@ pub fn read_column(
                             Error::input_row(
                                 path,
                                 i as u64 + 1,
-                                Some(place.to_string()),
+                                place_of(place),
                                 "a byte string that is not UTF-8",
                             )
                         })?
@@ -685,7 +714,7 @@ pub fn read_column(
 /// The labels of a 1-D array: where NumPy labels are parsed. Integers in `0..=MAX_LABEL`, or
 /// floats that are such integers; a string array (class names) is refused for now.
 pub fn parse_labels(path: &Path, place: &str, column: Column) -> Result<Vec<u32>> {
-    let at = |i: usize, m: String| Error::input_row(path, i as u64 + 1, Some(place.into()), m);
+    let at = |i: usize, m: String| Error::input_row(path, i as u64 + 1, place_of(place), m);
     let check = |i: usize, v: f64| -> Result<u32> {
         if v.is_finite() && v.fract() == 0.0 && (0.0..=MAX_LABEL as f64).contains(&v) {
             Ok(v as u32)
@@ -722,8 +751,9 @@ pub fn parse_labels(path: &Path, place: &str, column: Column) -> Result<Vec<u32>
             None,
             None,
             format!(
-                "{place} holds strings: labels are non-negative integers (0, 1, ...); class \
-                 names are not read yet"
+                "{} holds strings: labels are non-negative integers (0, 1, ...); class names \
+                 are not read yet",
+                array_name(place)
             ),
         )),
     }
@@ -738,14 +768,17 @@ pub fn parse_user_ids(path: &Path, place: &str, column: Column) -> Result<Vec<St
             path,
             None,
             None,
-            format!("{place} holds floats: user ids are integers or strings"),
+            format!(
+                "{} holds floats: user ids are integers or strings",
+                array_name(place)
+            ),
         )),
         Column::Text(v) => {
             if let Some(i) = v.iter().position(|s| s.trim().is_empty()) {
                 return Err(Error::input_row(
                     path,
                     i as u64 + 1,
-                    Some(place.into()),
+                    place_of(place),
                     "empty user id",
                 ));
             }
@@ -847,7 +880,7 @@ pub(crate) mod tests {
 
     fn rows_of(bytes: &[u8]) -> Result<Vec<Vec<f32>>> {
         let p = Path::new("x.npy");
-        let mut r = FeatureRows::open(p, "the file", Box::new(bytes), Some(bytes.len() as u64))?;
+        let mut r = FeatureRows::open(p, "", Box::new(bytes), Some(bytes.len() as u64))?;
         let mut out = Vec::new();
         while let Some(row) = r.next_row()? {
             out.push(row.to_vec());
@@ -886,7 +919,7 @@ pub(crate) mod tests {
         // From a stream of unknown length the row that is cut is named.
         let p = Path::new("x.npy");
         let cut = &good[..good.len() - 3];
-        let mut r = FeatureRows::open(p, "the file", Box::new(cut), None).unwrap();
+        let mut r = FeatureRows::open(p, "", Box::new(cut), None).unwrap();
         assert!(r.next_row().unwrap().is_some());
         let e = r.next_row().unwrap_err().to_string();
         assert!(e.contains("row 2") && e.contains("cut short"), "{e}");
@@ -918,12 +951,12 @@ pub(crate) mod tests {
         let p = Path::new("y.npy");
         let col = |b: Vec<u8>| {
             let n = b.len() as u64;
-            read_column(p, "the file", Box::new(std::io::Cursor::new(b)), Some(n))
+            read_column(p, "", Box::new(std::io::Cursor::new(b)), Some(n))
                 .unwrap()
                 .1
         };
         let ints: Vec<u8> = [3i32, 0, 9].iter().flat_map(|x| x.to_le_bytes()).collect();
-        let labels = parse_labels(p, "the file", col(npy("<i4", &[3], &ints))).unwrap();
+        let labels = parse_labels(p, "", col(npy("<i4", &[3], &ints))).unwrap();
         assert_eq!(labels, [3, 0, 9]);
         let neg: Vec<u8> = [-1i64].iter().flat_map(|x| x.to_le_bytes()).collect();
         let e = parse_labels(p, "array 'y'", col(npy("<i8", &[1], &neg))).unwrap_err();
@@ -940,15 +973,14 @@ pub(crate) mod tests {
             cps.resize(2, 0);
             u.extend(cps.iter().flat_map(|c| c.to_le_bytes()));
         }
-        let ids = parse_user_ids(p, "the file", col(npy("<U2", &[2], &u))).unwrap();
+        let ids = parse_user_ids(p, "", col(npy("<U2", &[2], &u))).unwrap();
         assert_eq!(ids, ["ab", "c"]);
         let e = parse_labels(p, "array 'y'", col(npy("<U2", &[2], &u))).unwrap_err();
         assert!(e.to_string().contains("holds strings"), "{e}");
-        let e = read_column(p, "the file", Box::new(&ints[..]), None).unwrap_err();
+        let e = read_column(p, "", Box::new(&ints[..]), None).unwrap_err();
         assert!(e.to_string().contains("not a NumPy"), "{e}");
         let short = npy("<i4", &[3], &ints[..8]);
-        let e =
-            read_column(p, "the file", Box::new(std::io::Cursor::new(short)), None).unwrap_err();
+        let e = read_column(p, "", Box::new(std::io::Cursor::new(short)), None).unwrap_err();
         assert!(e.to_string().contains("cut short"), "{e}");
     }
 }

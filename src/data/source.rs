@@ -328,7 +328,7 @@ fn read_side_column(path: &Path, flag: &str) -> Result<npy::Column> {
         )));
     }
     let (reader, length) = open_with_length(path)?;
-    Ok(npy::read_column(path, "the file", reader, length)?.1)
+    Ok(npy::read_column(path, "", reader, length)?.1)
 }
 
 /// The labels of `path`: a 1-D `.npy`, or an IDX labels file.
@@ -344,9 +344,9 @@ fn read_side_labels(path: &Path) -> Result<Vec<u32>> {
             ));
         }
         let column = npy::Column::Float(y.values.iter().map(|&v| v as f64).collect());
-        return npy::parse_labels(path, "the file", column);
+        return npy::parse_labels(path, "", column);
     }
-    npy::parse_labels(path, "the file", read_side_column(path, "--labels")?)
+    npy::parse_labels(path, "", read_side_column(path, "--labels")?)
 }
 
 /// The message for data that needs users it does not have.
@@ -421,7 +421,7 @@ pub fn for_each_row(
                 u.display()
             )));
         }
-        let ids = npy::parse_user_ids(u, "the file", read_side_column(u, "--user-ids")?)?;
+        let ids = npy::parse_user_ids(u, "", read_side_column(u, "--user-ids")?)?;
         side.users = Some((u.clone(), ids));
     }
     // An archive's own labels and users are read whole before its features stream.
@@ -524,7 +524,7 @@ pub fn for_each_row(
         Format::Npy => {
             // The header first: a pickle or a bad shape is what the file's owner must hear.
             let checked = opened.length.is_some();
-            let rows = npy::FeatureRows::open(&path, "the file", opened.stream, opened.length)?;
+            let rows = npy::FeatureRows::open(&path, "", opened.stream, opened.length)?;
             if file_want.label == Need::Required {
                 return Err(Error::input(
                     &path,
@@ -896,6 +896,19 @@ mod tests {
         assert_eq!(
             t.user_ids.unwrap(),
             UserRule::Uniform { users: 2 }.assign(1, Role::Train, 3)
+        );
+        // Read against a run, a file without names must have the run's feature count.
+        let run = ["a".to_string(), "b".to_string(), "c".to_string()];
+        let named = Want {
+            features: Features::Named(&run),
+            ..want_all()
+        };
+        let e = read_table(&spec, &named, 1, Role::Train)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rows of 2 values, but the run has 3 features"),
+            "{e}"
         );
         // Without labels or users the message says what to pass.
         let e = read_table(&InputSpec::file(&x), &want_all(), 1, Role::Train).unwrap_err();
