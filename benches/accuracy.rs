@@ -28,7 +28,6 @@ mod common;
 
 use common::*;
 
-use sisa::data::csv::Columns;
 use sisa::ensemble::Ensemble;
 use sisa::model::{ModelSpec, Standardize};
 use sisa::plan::{ShardBy, SliceBy};
@@ -127,6 +126,15 @@ struct Figures {
     epochs: u32,
 }
 
+/// The input at `path`, its users from `users` when the data has none.
+fn input(path: &Path, users: Option<sisa::data::UserRule>) -> sisa::data::InputSpec {
+    let spec = sisa::data::InputSpec::file(path);
+    match users {
+        Some(rule) => spec.with_users(sisa::data::Users::Rule(rule)),
+        None => spec,
+    }
+}
+
 fn train_one(
     root: &Path,
     data: &Dataset,
@@ -139,11 +147,8 @@ fn train_one(
     (set.change)(&mut model, rows);
     model.validate()?;
     let opts = TrainOptions {
-        data: data.train.clone(),
-        test: Some(data.test.clone()),
-        labels: None,
-        test_labels: None,
-        users: data.users,
+        data: input(&data.train, data.users),
+        test: Some(input(&data.test, data.users)),
         model,
         shards,
         slices,
@@ -153,7 +158,6 @@ fn train_one(
         priors: None,
         risk_shards: 0,
         out: out.to_path_buf(),
-        columns: Columns::default(),
         classes: None,
         threads: threads(),
         progress: false,
@@ -243,10 +247,8 @@ fn main() -> anyhow::Result<()> {
     }
     for data in &datasets {
         let rows = sisa::data::read_labelled(
-            &data.train,
-            None,
-            &Columns::default(),
-            data.users.as_ref(),
+            &input(&data.train, data.users),
+            sisa::data::Features::All,
             SEED,
             sisa::data::Role::Train,
         )?

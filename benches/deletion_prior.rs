@@ -21,7 +21,7 @@ mod common;
 
 use common::*;
 
-use sisa::data::csv::{Columns, Table};
+use sisa::data::csv::Table;
 use sisa::data::Priors;
 use sisa::model::ModelSpec;
 use sisa::plan::{ShardBy, SliceBy};
@@ -108,11 +108,10 @@ fn train_options(
     out: PathBuf,
 ) -> TrainOptions {
     TrainOptions {
-        data: root.join("datasets/digits/train.csv"),
-        test: Some(root.join("datasets/digits/test.csv")),
-        labels: None,
-        test_labels: None,
-        users: None,
+        data: sisa::data::InputSpec::file(root.join("datasets/digits/train.csv")),
+        test: Some(sisa::data::InputSpec::file(
+            root.join("datasets/digits/test.csv"),
+        )),
         model: model.clone(),
         shards: SHARDS,
         slices: SLICES,
@@ -122,7 +121,6 @@ fn train_options(
         priors,
         risk_shards,
         out,
-        columns: Columns::default(),
         classes: None,
         threads: threads(),
         progress: false,

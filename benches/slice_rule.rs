@@ -9,7 +9,6 @@
 //! them are forgotten for real to show plan = receipt. The table goes to stdout and to
 //! `docs/bench/slice-rule.md`.
 
-use sisa::data::csv::Columns;
 use sisa::plan::{formula, ShardBy, SliceBy};
 use sisa::run::Aggregation;
 use sisa::train::{self, TrainOptions};
@@ -44,11 +43,10 @@ fn main() -> anyhow::Result<()> {
     for rule in [SliceBy::User, SliceBy::Row] {
         let out = tmp.path().join(format!("{rule:?}"));
         let opts = TrainOptions {
-            data: standard.data.clone(),
+            data: sisa::data::InputSpec::file(&standard.data).with_users(sisa::data::Users::Rule(
+                "uniform:8000".parse().map_err(anyhow::Error::msg)?,
+            )),
             test: None,
-            labels: None,
-            test_labels: None,
-            users: Some("uniform:8000".parse().map_err(anyhow::Error::msg)?),
             model: model.clone(),
             shards: SHARDS,
             slices: SLICES,
@@ -58,7 +56,6 @@ fn main() -> anyhow::Result<()> {
             priors: None,
             risk_shards: 0,
             out: out.clone(),
-            columns: Columns::default(),
             classes: None,
             threads,
             progress: false,

@@ -24,7 +24,7 @@ mod common;
 
 use common::*;
 
-use sisa::data::csv::{Columns, Table};
+use sisa::data::csv::Table;
 use sisa::model::ModelSpec;
 use sisa::plan::{ShardBy, SliceBy};
 use sisa::rng::SplitMix64;
@@ -155,11 +155,8 @@ impl Teacher {
 
 fn train_options(model: &ModelSpec, shards: usize, slices: usize, out: PathBuf) -> TrainOptions {
     TrainOptions {
-        data: PathBuf::from("<synthetic>"),
+        data: sisa::data::InputSpec::file("<synthetic>"),
         test: None,
-        labels: None,
-        test_labels: None,
-        users: None,
         model: model.clone(),
         shards,
         slices,
@@ -169,7 +166,6 @@ fn train_options(model: &ModelSpec, shards: usize, slices: usize, out: PathBuf) 
         priors: None,
         risk_shards: 0,
         out,
-        columns: Columns::default(),
         classes: Some(CLASSES),
         threads: threads(),
         progress: false,

@@ -19,13 +19,12 @@
 //! unlearning, a forgotten user's rows must be indistinguishable from never-seen rows; a
 //! positive control (the same rows before unlearning) must separate, or the audit has no power.
 
-use crate::data::csv::{self, Need};
+use crate::data::{source, InputSpec, Need};
 use crate::ensemble::Ensemble;
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 use crate::run::{Aggregation, Run};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 /// How an audit resamples. Defaults: 1000 bootstrap resamples, 1000 null draws, 95%, seed 7.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -348,23 +347,20 @@ pub fn audit(
     })
 }
 
-/// Labelled rows of a CSV file for an audit of `run`: the run's feature columns and label
-/// column (a user column is ignored).
-pub fn read_rows(run: &Run, path: &Path) -> Result<(Vec<f32>, Vec<u32>)> {
-    let cols = run.config.columns();
-    let classes = run.config.labels();
-    let t = csv::read_csv_with(path, &cols, Need::Optional, Need::Required, &classes)?;
-    t.check_features(&run.config.features, "run")?;
+/// Labelled rows of an input for an audit of `run`: the run's features (by name, in any
+/// order) and label column (a user column is ignored), labels read as the run's classes.
+pub fn read_rows(run: &Run, input: &InputSpec) -> Result<(Vec<f32>, Vec<u32>)> {
+    let t = source::read_for_run(input, &run.config, Need::Optional, Need::Required)?;
     let labels = t.labels.clone().unwrap_or_default();
     Ok((t.x, labels))
 }
 
 /// `sisa audit`: the loss-threshold attack on `run`'s published ensemble, members vs
-/// nonmembers read from CSV files.
+/// nonmembers read from their files (any format the run's data could have).
 pub fn audit_files(
     run: &Run,
-    members: &Path,
-    nonmembers: &Path,
+    members: &InputSpec,
+    nonmembers: &InputSpec,
     opts: &AuditOptions,
 ) -> Result<AuditReport> {
     let ensemble = Ensemble::load(run)?;

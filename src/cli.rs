@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use sisa::data::csv::{self, Columns, Need};
-use sisa::data::Priors;
+use sisa::data::{source, InputSpec, Priors, Users};
 use sisa::ensemble::Ensemble;
 use sisa::model::{ModelSpec, OptimizerKind};
 use sisa::plan::{ShardBy, SliceBy};
@@ -64,6 +64,8 @@ fn parse_threads(text: &str) -> std::result::Result<usize, String> {
     Ok(n)
 }
 
+// Parsed once per process: the size of the largest variant (train's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train on the bundled digits, unlearn three users, verify, and report.
@@ -125,13 +127,79 @@ struct ReceiptArgs {
     user: Option<String>,
 }
 
+/// How input files are read: the flags every command that reads rows shares. The format
+/// (CSV, TSV, Parquet, NumPy .npy/.npz, IDX; gzipped or not) is told from the content.
+#[derive(Args, Debug, Clone, Default)]
+struct InputFlags {
+    /// Field delimiter of text data: comma, tab, semicolon, pipe, space or one ASCII character.
+    /// Default: a tab when the header line has tabs and no comma, else a comma.
+    #[arg(long, value_name = "CHAR")]
+    delimiter: Option<sisa::data::Delimiter>,
+    /// Labels of --data when the file holds none: a 1-D .npy (for a .npy of features), or an
+    /// IDX labels file. Default for IDX: the `*-labels-idx1-ubyte[.gz]` file beside it.
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
+    /// User ids of --data rows, for data without a user column: a 1-D .npy of integers or
+    /// strings, one per row.
+    #[arg(long, value_name = "FILE")]
+    user_ids: Option<PathBuf>,
+}
+
+impl InputFlags {
+    /// How to read `data`: these flags, users from `rule` when given.
+    fn spec(&self, data: &Path, rule: Option<sisa::data::UserRule>) -> Result<InputSpec> {
+        spec_for(
+            data,
+            self.delimiter,
+            self.labels.clone(),
+            self.user_ids.clone(),
+            rule,
+        )
+    }
+
+    /// Refuse the flags that name one file's labels or users, for a command that reads two.
+    fn one_file_only(&self, command: &str) -> Result<()> {
+        if let Some(f) = self.labels.as_ref().or(self.user_ids.as_ref()) {
+            bail!(
+                "{command} reads two files, so {} cannot say whose it is: give each file its \
+                 labels (a CSV, Parquet or .npz file holds them)",
+                f.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The input `data` with a delimiter, a labels file and users from a file or a rule.
+fn spec_for(
+    data: &Path,
+    delimiter: Option<sisa::data::Delimiter>,
+    labels: Option<PathBuf>,
+    user_ids: Option<PathBuf>,
+    rule: Option<sisa::data::UserRule>,
+) -> Result<InputSpec> {
+    let users = match (user_ids, rule) {
+        (Some(_), Some(_)) => bail!("--user-ids and --users both give the rows users; pass one"),
+        (Some(f), None) => Users::File(f),
+        (None, Some(r)) => Users::Rule(r),
+        (None, None) => Users::Column,
+    };
+    Ok(InputSpec::file(data)
+        .with_delimiter(delimiter)
+        .with_labels(labels)
+        .with_users(users))
+}
+
 #[derive(Args, Debug)]
 struct AddArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// CSV of new rows, with the run's columns.
+    /// New rows, with the run's features (by name, in any order) and its user and label
+    /// columns; any format train reads, `-` for standard input.
     #[arg(long)]
     data: PathBuf,
+    #[command(flatten)]
+    input: InputFlags,
     /// Deletion priors of the new users (the run must have been trained with a prior; its
     /// threshold applies). Users the run holds keep the place of their rows.
     #[arg(long, value_name = "FILE")]
@@ -180,19 +248,24 @@ struct QuickstartArgs {
 
 #[derive(Args, Debug)]
 struct TrainArgs {
-    /// Training data (optionally gzipped): a CSV with a header, a user id column and a label
-    /// column, or an IDX images file (`*-images-idx3-ubyte[.gz]`) with --users.
+    /// Training data, told by its content: CSV or TSV with a header, a user id column and a
+    /// label column (gzipped or not); Parquet with the same columns; a NumPy .npz (arrays X, y,
+    /// user_id) or .npy of features with --labels; an IDX images file
+    /// (`*-images-idx3-ubyte[.gz]`) with --users. `-` reads standard input.
     #[arg(long)]
     data: PathBuf,
-    /// Held-out data in the same format.
+    /// Held-out data, in any of those formats (its features found by the training file's
+    /// names). At most one of --data and --test is `-`.
     #[arg(long)]
     test: Option<PathBuf>,
-    /// Labels of an IDX --data file. Default: the `*-labels-idx1-ubyte[.gz]` file beside it.
-    #[arg(long)]
-    labels: Option<PathBuf>,
-    /// Labels of an IDX --test file. Default: the `*-labels-idx1-ubyte[.gz]` file beside it.
-    #[arg(long)]
+    #[command(flatten)]
+    input: InputFlags,
+    /// Labels of --test, as --labels for --data.
+    #[arg(long, value_name = "FILE")]
     test_labels: Option<PathBuf>,
+    /// User ids of --test rows, as --user-ids for --data.
+    #[arg(long, value_name = "FILE")]
+    test_user_ids: Option<PathBuf>,
     /// Give rows users by a seeded rule, for data without a user column: uniform:U or zipf:U:s.
     #[arg(long)]
     users: Option<sisa::data::UserRule>,
@@ -297,9 +370,12 @@ struct StatusArgs {
 struct EvalArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// Labelled CSV to evaluate on. Default: the run's held-out rows.
+    /// Labelled rows to evaluate on (the run's features by name, in any order; any format
+    /// train reads, `-` for standard input). Default: the run's held-out rows.
     #[arg(long)]
     data: Option<PathBuf>,
+    #[command(flatten)]
+    input: InputFlags,
     /// Aggregation. Default: the run's (mean unless set at train time).
     #[arg(long, value_enum)]
     aggregate: Option<Aggregation>,
@@ -309,10 +385,12 @@ struct EvalArgs {
 struct PredictArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// CSV of rows to predict: the run's feature columns (user id and label columns are not
-    /// features; a label must still be one the run can read).
+    /// Rows to predict: the run's feature columns by name, in any order (other columns are
+    /// ignored); any format train reads, `-` for standard input.
     #[arg(long)]
     data: PathBuf,
+    #[command(flatten)]
+    input: InputFlags,
     /// Aggregation. Default: the run's.
     #[arg(long, value_enum)]
     aggregate: Option<Aggregation>,
@@ -432,12 +510,14 @@ struct BenchArgs {
 struct AuditArgs {
     #[command(flatten)]
     run: RunArgs,
-    /// CSV of rows the run trained on (the run's feature and label columns).
+    /// Rows the run trained on (the run's feature and label columns; any format train reads).
     #[arg(long)]
     members: PathBuf,
-    /// CSV of rows the run never saw.
+    /// Rows the run never saw.
     #[arg(long)]
     nonmembers: PathBuf,
+    #[command(flatten)]
+    input: InputFlags,
     /// Bootstrap resamples for the confidence intervals.
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
@@ -583,32 +663,45 @@ fn train_options(a: &TrainArgs, g: &Global) -> Result<TrainOptions> {
         None => {}
     }
     model.validate()?;
+    let columns = Columns {
+        user: a.user_column.clone(),
+        label: a.label_column.clone(),
+        ignore: a.deletion_prior_column.clone(),
+    };
+    let data = a
+        .input
+        .spec(&a.data, a.users)?
+        .with_columns(columns.clone());
+    let test = match &a.test {
+        Some(t) => Some(
+            spec_for(
+                t,
+                a.input.delimiter,
+                a.test_labels.clone(),
+                a.test_user_ids.clone(),
+                a.users,
+            )?
+            .with_columns(columns),
+        ),
+        None => None,
+    };
+    let priors = match (&a.deletion_prior, &a.deletion_prior_column) {
+        (Some(p), _) => Some(Priors::read(p, &a.user_column, a.risk_threshold)?),
+        (None, Some(c)) => Priors::from_column(&data, &a.user_column, c, a.risk_threshold, true)?,
+        (None, None) => None,
+    };
     Ok(TrainOptions {
-        data: a.data.clone(),
-        test: a.test.clone(),
-        labels: a.labels.clone(),
-        test_labels: a.test_labels.clone(),
-        users: a.users,
+        data,
+        test,
         model,
         shards: a.shards,
         slices: a.slices,
         seed: a.seed,
         shard_by: a.shard_by,
         slice_by: a.slice_by,
-        priors: match (&a.deletion_prior, &a.deletion_prior_column) {
-            (Some(p), _) => Some(Priors::read(p, &a.user_column, a.risk_threshold)?),
-            (None, Some(c)) => {
-                Priors::from_column(&a.data, &a.user_column, c, a.risk_threshold, true)?
-            }
-            (None, None) => None,
-        },
+        priors,
         risk_shards: a.risk_shards,
         out: a.out.clone(),
-        columns: Columns {
-            user: a.user_column.clone(),
-            label: a.label_column.clone(),
-            ignore: a.deletion_prior_column.clone(),
-        },
         classes: a.classes,
         threads: g.threads(),
         progress: !g.quiet,
@@ -767,13 +860,10 @@ fn cmd_status(a: StatusArgs, g: &Global) -> Result<i32> {
 }
 
 /// Features and labels to evaluate on: `--data` or the run's held-out rows.
-fn eval_rows(run: &Run, data: Option<&Path>) -> Result<(Vec<f32>, Vec<u32>)> {
+fn eval_rows(run: &Run, data: Option<&InputSpec>) -> Result<(Vec<f32>, Vec<u32>)> {
     match data {
-        Some(p) => {
-            let cols = run.config.columns();
-            let classes = run.config.labels();
-            let t = csv::read_csv_with(p, &cols, Need::Optional, Need::Required, &classes)?;
-            t.check_features(&run.config.features, "run")?;
+        Some(spec) => {
+            let t = source::read_for_run(spec, &run.config, Need::Optional, Need::Required)?;
             let labels = t.labels.clone().expect("label column is required");
             Ok((t.x, labels))
         }
@@ -786,10 +876,21 @@ fn eval_rows(run: &Run, data: Option<&Path>) -> Result<(Vec<f32>, Vec<u32>)> {
 }
 
 fn cmd_eval(a: EvalArgs, g: &Global) -> Result<i32> {
+    if a.data.is_none() && (a.input.labels.is_some() || a.input.user_ids.is_some()) {
+        return Err(sisa::Error::Usage(
+            "--labels and --user-ids describe --data, and no --data was given".into(),
+        )
+        .into());
+    }
     let (run, _ledger, lock) = open(&a.run, g)?;
     let ensemble = Ensemble::load(&run)?;
     drop(lock);
-    let (x, y) = eval_rows(&run, a.data.as_deref())?;
+    let data = a
+        .data
+        .as_deref()
+        .map(|d| a.input.spec(d, None))
+        .transpose()?;
+    let (x, y) = eval_rows(&run, data.as_ref())?;
     let agg = a.aggregate.unwrap_or(run.config.aggregation);
     let ev = ensemble.evaluate(&x, &y, agg);
     if g.json {
@@ -887,16 +988,10 @@ fn cmd_predict(a: PredictArgs, g: &Global) -> Result<i32> {
     let (run, _ledger, lock) = open(&a.run, g)?;
     let ensemble = Ensemble::load(&run)?;
     drop(lock);
-    let cols = run.config.columns();
+    let spec = a.input.spec(&a.data, None)?;
+    // Labels are not read: a prediction needs only the features.
+    let t = source::read_for_run(&spec, &run.config, Need::Optional, Need::Optional)?;
     let names = run.config.labels();
-    // A label column is read by the run's class names, or (as before names existed) as any
-    // integer.
-    let reading = match names.names() {
-        Some(_) => names.clone(),
-        None => sisa::data::Classes::any_index(),
-    };
-    let t = csv::read_csv_with(&a.data, &cols, Need::Optional, Need::Optional, &reading)?;
-    t.check_features(&run.config.features, "run")?;
     let agg = a.aggregate.unwrap_or(run.config.aggregation);
     let pred = ensemble.predict(&t.x, t.len(), agg);
     let c = run.config.classes;
@@ -1111,6 +1206,7 @@ fn cmd_recover(a: RunArgs, g: &Global) -> Result<i32> {
 
 fn cmd_add(a: AddArgs, g: &Global) -> Result<i32> {
     let opts = g.options();
+    let data = a.input.spec(&a.data, None)?;
     let (mut run, ledger, _lock) = open(&a.run, g)?;
     let c = &run.config;
     let priors = match (&a.deletion_prior, c.risk_threshold, &c.prior_column) {
@@ -1121,13 +1217,13 @@ fn cmd_add(a: AddArgs, g: &Global) -> Result<i32> {
             ))
         }
         // A run trained with a prior column reads the new users' priors from the same column.
-        (None, Some(t), Some(col)) => Priors::from_column(&a.data, &c.user_column, col, t, false)?,
+        (None, Some(t), Some(col)) => Priors::from_column(&data, &c.user_column, col, t, false)?,
         (None, _, _) => None,
     };
     let report = unlearn::add::add_rows(
         &mut run,
         &ledger,
-        &a.data,
+        &data,
         priors.as_ref(),
         a.allow_duplicate,
         &opts,
@@ -1406,7 +1502,13 @@ fn cmd_audit(a: AuditArgs, g: &Global) -> Result<i32> {
         seed: a.seed,
         ..Default::default()
     };
-    let r = sisa::audit::audit_files(&run, &a.members, &a.nonmembers, &opts)?;
+    a.input.one_file_only("audit")?;
+    let members = a.input.spec(&a.members, None)?;
+    let nonmembers = a.input.spec(&a.nonmembers, None)?;
+    if members.is_stdin() && nonmembers.is_stdin() {
+        bail!("--members and --nonmembers are both standard input ('-'): one of them at most");
+    }
+    let r = sisa::audit::audit_files(&run, &members, &nonmembers, &opts)?;
     drop(lock);
     if g.json {
         print_json(&serde_json::to_value(&r)?);
@@ -1516,8 +1618,9 @@ fn quickstart(a: QuickstartArgs, g: &Global) -> Result<i32> {
     let targs = TrainArgs {
         data: train_csv.clone(),
         test: Some(test_csv),
-        labels: None,
+        input: InputFlags::default(),
         test_labels: None,
+        test_user_ids: None,
         users: None,
         model,
         shards,
@@ -1556,11 +1659,11 @@ fn quickstart(a: QuickstartArgs, g: &Global) -> Result<i32> {
     ));
 
     // Three users in three different shards: the first user (in file order) of shards 0, 1, 2.
-    let table = csv::read_csv(
-        &train_csv,
-        &Columns::default(),
-        Need::Required,
-        Need::Required,
+    let table = sisa::data::read_labelled(
+        &InputSpec::file(&train_csv),
+        sisa::data::Features::All,
+        seed,
+        sisa::data::Role::Train,
     )?;
     let mut chosen: Vec<(usize, String)> = Vec::new();
     for id in table.user_ids.as_ref().expect("required column") {

@@ -20,7 +20,8 @@ pub enum Error {
         error: std::io::Error,
     },
 
-    /// A CSV or IDX input file that cannot be used, with the place of the problem.
+    /// An input file (text, Parquet, NumPy, IDX) that cannot be used, with the place of the
+    /// problem: the line of a text file, the column.
     #[error("{path}{}{}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default(), column.as_ref().map(|c| format!(", column '{c}'")).unwrap_or_default())]
     Input {
         /// The input file.
@@ -29,6 +30,21 @@ pub enum Error {
         line: Option<u64>,
         /// The column (header name), when the problem is in one column.
         column: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A row of an input file without lines (Parquet, NumPy) that cannot be used: the row
+    /// (1-based) and, when the problem is in one, the column or array (`column 'x'`,
+    /// `array 'y'`).
+    #[error("{path}, row {row}{}: {message}", place.as_ref().map(|p| format!(", {p}")).unwrap_or_default())]
+    InputRow {
+        /// The input file.
+        path: PathBuf,
+        /// 1-based row number.
+        row: u64,
+        /// Where in the row: `column 'x'` or `array 'y'`.
+        place: Option<String>,
         /// What is wrong.
         message: String,
     },
@@ -170,6 +186,22 @@ impl Error {
             path: path.as_ref().to_path_buf(),
             line,
             column: column.map(str::to_string),
+            message: message.into(),
+        }
+    }
+
+    /// A bad row `row` (1-based) of an input file without lines, at `place` (`column 'x'`,
+    /// `array 'y'`) when the problem is in one.
+    pub fn input_row(
+        path: impl AsRef<Path>,
+        row: u64,
+        place: Option<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::InputRow {
+            path: path.as_ref().to_path_buf(),
+            row,
+            place,
             message: message.into(),
         }
     }

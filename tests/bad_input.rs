@@ -201,7 +201,7 @@ fn test_file_with_other_features() {
     assert!(
         err.contains("test.csv")
             && err.contains("line 1")
-            && err.contains("feature column 2 is 'c'"),
+            && err.contains("missing 1 of the 2 feature columns: 'b'"),
         "{err}"
     );
     assert!(!out.exists());
@@ -379,7 +379,9 @@ fn eval_and_predict_refuse_bad_files_and_missing_runs() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1));
         assert!(
-            err.contains("wrong.csv") && err.contains("feature column 1 is 'x'"),
+            err.contains("wrong.csv")
+                && err.contains("line 1")
+                && err.contains("missing 64 of the 64 feature columns: 'p0_0', 'p0_1'"),
             "{err}"
         );
     }

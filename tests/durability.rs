@@ -550,7 +550,11 @@ fn add_and_receipt_verify_refuse_bad_files_and_change_nothing() {
     std::fs::write(&wrong, "user_id,label,x\nnew-user,1,2\n").unwrap();
     fails_with(
         &["add", "--run", r, "--data", wrong.to_str().unwrap()],
-        &["more.csv", "line 1", "feature column 1 is 'x'"],
+        &[
+            "more.csv",
+            "line 1",
+            "missing 64 of the 64 feature columns: 'p0_0'",
+        ],
     );
     let csv = Csv::read(&digits().0);
     let line = csv.lines[0].splitn(3, ',').collect::<Vec<_>>();

@@ -487,12 +487,16 @@ fn streamed_ingest_places_the_rows_that_reading_the_whole_file_places() {
         (images, None, Some("uniform:25"), ShardBy::Row),
     ];
     for (i, (data, test, users, shard_by)) in cases.into_iter().enumerate() {
+        let spec = |p: &Path| {
+            let s = sisa::data::InputSpec::file(p);
+            match users {
+                Some(u) => s.with_users(sisa::data::Users::Rule(u.parse().unwrap())),
+                None => s,
+            }
+        };
         let opts = sisa::train::TrainOptions {
-            data: data.clone(),
-            test: test.clone(),
-            labels: None,
-            test_labels: None,
-            users: users.map(|u| u.parse().unwrap()),
+            data: spec(&data),
+            test: test.as_ref().map(|t| spec(t)),
             model: model.clone(),
             shards: 3,
             slices: 2,
@@ -506,7 +510,6 @@ fn streamed_ingest_places_the_rows_that_reading_the_whole_file_places() {
             priors: None,
             risk_shards: 0,
             out: tmp.path().join(format!("never-{i}")),
-            columns: Default::default(),
             classes: None,
             threads: 1,
             progress: false,
@@ -515,11 +518,13 @@ fn streamed_ingest_places_the_rows_that_reading_the_whole_file_places() {
             backend: sisa::model::Backend::Dense,
         };
         let (config, _, shards, test_rows) = sisa::train::ingest(&opts).unwrap();
-        let read = |p: &Path, role| {
-            sisa::data::read_labelled(p, None, &opts.columns, opts.users.as_ref(), 5, role).unwrap()
-        };
-        let table = read(&data, sisa::data::Role::Train);
-        let held = test.as_ref().map(|t| read(t, sisa::data::Role::HeldOut));
+        let all = sisa::data::Features::All;
+        let table = sisa::data::read_labelled(&opts.data, all, 5, sisa::data::Role::Train).unwrap();
+        let names = sisa::data::Features::Named(&table.feature_names);
+        let held = opts
+            .test
+            .as_ref()
+            .map(|t| sisa::data::read_labelled(t, names, 5, sisa::data::Role::HeldOut).unwrap());
         let (config2, _, shards2, test_rows2) =
             sisa::train::ingest_tables(&opts, &table, held.as_ref()).unwrap();
         assert_eq!(config.features, config2.features, "case {i}");

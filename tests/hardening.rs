@@ -682,6 +682,8 @@ fn a_restored_backup_whose_ledger_lives_elsewhere_refuses_to_open_without_it() {
 
 #[test]
 fn a_file_in_a_format_sisa_does_not_read_is_named_as_such() {
+    // Formats sisa reads, cut short in their headers, are named as damaged files of that
+    // format; formats it does not read are named, with the list of those it does.
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let mut bad_magic = idx(&[1, 2, 2], &[1, 2, 3, 4]);
@@ -695,14 +697,23 @@ fn a_file_in_a_format_sisa_does_not_read_is_named_as_such() {
         (
             "train.parquet",
             b"PAR1\x15\x04\x15\x00".to_vec(),
-            "a Parquet file",
+            "not a readable Parquet file",
         ),
         (
             "train.npy",
             b"\x93NUMPY\x01\x00v\x00{'descr'".to_vec(),
-            "a NumPy .npy file",
+            "cut short in its header",
         ),
-        ("train.npz", b"PK\x03\x04\x14\x00\x00\x00".to_vec(), "zip"),
+        (
+            "train.npz",
+            b"PK\x03\x04\x14\x00\x00\x00".to_vec(),
+            "not a readable .npz (zip) archive",
+        ),
+        (
+            "train.h5",
+            b"\x89HDF\r\n\x1a\n\0\0".to_vec(),
+            "a HDF5 file, which sisa does not read",
+        ),
         (
             "train.bin",
             vec![0x7f, b'E', b'L', b'F', 0xff, 0xfe, 0, 1],
@@ -711,7 +722,8 @@ fn a_file_in_a_format_sisa_does_not_read_is_named_as_such() {
     ] {
         let p = d.join(name);
         std::fs::write(&p, &bytes).unwrap();
-        let out = sisa(&[
+        let run_dir = d.join("run");
+        let mut args = vec![
             "train",
             "--data",
             p.to_str().unwrap(),
@@ -720,20 +732,27 @@ fn a_file_in_a_format_sisa_does_not_read_is_named_as_such() {
             "--model",
             "models/logreg.toml",
             "--out",
-            d.join("run").to_str().unwrap(),
-        ]);
+            run_dir.to_str().unwrap(),
+        ];
+        if name.ends_with(".npy") {
+            // A .npy of features needs its labels; they are the (damaged) file itself here.
+            args.extend(["--labels", p.to_str().unwrap()]);
+        }
+        let out = sisa(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{name}: {err}");
         assert!(err.contains(name) && err.contains(want), "{name}: {err}");
         assert!(!err.contains("invalid utf-8"), "{name}: {err}");
-        if want != "unknown IDX value type 0x42" {
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        if name.ends_with(".h5") || name.ends_with(".bin") {
             assert!(
-                err.contains("sisa reads CSV files and IDX images files"),
+                err.contains("sisa reads CSV and TSV files (text with a header), Parquet, NumPy"),
                 "{err}"
             );
         }
+        assert!(!d.join("run").exists(), "{name}");
     }
-    // predict, which reads CSV only, names the format as well.
+    // predict reads every format too, and names the damage the same way.
     let run = small_run(d, "r", &[]);
     let out = sisa(&[
         "predict",
@@ -742,7 +761,7 @@ fn a_file_in_a_format_sisa_does_not_read_is_named_as_such() {
         "--data",
         d.join("train.parquet").to_str().unwrap(),
     ]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("a Parquet file"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a readable Parquet file"));
 }
 
 #[test]

@@ -135,10 +135,12 @@ fn options_that_cannot_apply_are_refused_and_create_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     let mlp = root().join("models/mlp.toml");
+    // Each is a usage error (exit 2): a flag out of range, at odds with another flag or with
+    // the preset it adjusts.
     for (extra, code, want) in [
         (
             &["--augment-shift", "1"][..],
-            1,
+            2,
             "shifts images, but the preset has no input",
         ),
         (
@@ -146,10 +148,10 @@ fn options_that_cannot_apply_are_refused_and_create_nothing() {
             2,
             "expected a number or a fraction",
         ),
-        (&["--scale", "0"][..], 1, "must be a positive number"),
+        (&["--scale", "0"][..], 2, "must be a positive number"),
         (
             &["--scale", "1/255", "--standardize", "feature"][..],
-            1,
+            2,
             "applies to features that are not standardized",
         ),
         (&["--standardize", "pixel"][..], 2, "invalid value 'pixel'"),

@@ -82,11 +82,8 @@ fn options(data: &Path, out: &Path, c: Config<'_>, seed: u64, users: &[String]) 
         Tweak::MinSteps => model.min_steps = Some(100),
     }
     TrainOptions {
-        data: data.to_path_buf(),
+        data: sisa::data::InputSpec::file(data),
         test: None,
-        labels: None,
-        test_labels: None,
-        users: None,
         model,
         shards: 3,
         slices: 3,
@@ -96,7 +93,6 @@ fn options(data: &Path, out: &Path, c: Config<'_>, seed: u64, users: &[String]) 
         priors: c.risk.then(|| priors(users)),
         risk_shards: usize::from(c.risk),
         out: out.to_path_buf(),
-        columns: Columns::default(),
         classes: Some(10),
         threads: 2,
         progress: false,

@@ -14,7 +14,7 @@
 use crate::audit::{self, AuditOptions, AuditReport, Verdict};
 use crate::bench::copy_run;
 use crate::bench::report::MembershipResult;
-use crate::data::csv::{Columns, Table};
+use crate::data::csv::Table;
 use crate::ensemble::{self, Ensemble};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
@@ -212,11 +212,8 @@ pub fn run(
     spec.weight_decay = 0.0;
     let before_dir = dir.join("run");
     let topts = TrainOptions {
-        data: data.path.clone(),
+        data: crate::data::InputSpec::file(&data.path),
         test: None,
-        labels: None,
-        test_labels: None,
-        users: None,
         model: spec,
         shards: opts.shards,
         slices: opts.slices,
@@ -226,7 +223,6 @@ pub fn run(
         priors: None,
         risk_shards: 0,
         out: before_dir.clone(),
-        columns: Columns::default(),
         classes: None,
         threads,
         progress: false,
@@ -320,7 +316,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::csv::{read_csv, Need};
+    use crate::data::csv::{read_csv, Columns, Need};
 
     #[test]
     fn forgets_only_the_last_stage_and_stays_exact() {

@@ -15,7 +15,7 @@ pub mod plot;
 pub mod report;
 pub mod throughput;
 
-use crate::data::csv::{Columns, Table};
+use crate::data::csv::Table;
 use crate::data::{Rows, UserKey, UserRule};
 use crate::ensemble::Ensemble;
 use crate::error::{Error, IoContext, Result};
@@ -43,7 +43,7 @@ pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 /// Everything `sisa bench` needs.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
-    /// Training data (CSV or IDX images).
+    /// Training data (any format `sisa train` reads).
     pub data: PathBuf,
     /// Held-out data.
     pub test: Option<PathBuf>,
@@ -91,6 +91,23 @@ pub struct BenchOptions {
     pub threads: usize,
     /// Progress bar on stderr.
     pub progress: bool,
+}
+
+impl BenchOptions {
+    /// The training and held-out inputs the options name (any format `sisa train` reads).
+    pub fn inputs(&self) -> (crate::data::InputSpec, Option<crate::data::InputSpec>) {
+        use crate::data::{InputSpec, Users};
+        let users = |s: InputSpec| match self.users {
+            Some(rule) => s.with_users(Users::Rule(rule)),
+            None => s,
+        };
+        let data = users(InputSpec::file(&self.data).with_labels(self.labels.clone()));
+        let test = self
+            .test
+            .as_ref()
+            .map(|t| users(InputSpec::file(t).with_labels(self.test_labels.clone())));
+        (data, test)
+    }
 }
 
 /// The data the standard suite runs on: Fashion-MNIST when Debian's package has installed it,
@@ -292,12 +309,10 @@ impl Context<'_> {
         out: PathBuf,
     ) -> TrainOptions {
         let o = self.opts;
+        let (data, test) = o.inputs();
         TrainOptions {
-            data: o.data.clone(),
-            test: o.test.clone(),
-            labels: o.labels.clone(),
-            test_labels: o.test_labels.clone(),
-            users: o.users,
+            data,
+            test,
             model: o.model.clone(),
             shards,
             slices,
@@ -307,7 +322,6 @@ impl Context<'_> {
             priors: None,
             risk_shards: 0,
             out,
-            columns: Columns::default(),
             classes: None,
             threads: o.threads,
             progress: false,
@@ -678,12 +692,10 @@ pub fn run(opts: &BenchOptions) -> Result<(Report, Written)> {
     }
 
     steps.start(format!("reading {}", opts.data.display()));
+    let (data, test) = opts.inputs();
     let template = TrainOptions {
-        data: opts.data.clone(),
-        test: opts.test.clone(),
-        labels: opts.labels.clone(),
-        test_labels: opts.test_labels.clone(),
-        users: opts.users,
+        data,
+        test,
         model: opts.model.clone(),
         shards: 1,
         slices: 1,
@@ -693,7 +705,6 @@ pub fn run(opts: &BenchOptions) -> Result<(Report, Written)> {
         priors: None,
         risk_shards: 0,
         out: runs.clone(),
-        columns: Columns::default(),
         classes: None,
         threads: opts.threads,
         progress: false,

@@ -1,47 +1,20 @@
-//! CSV ingest: a header, a user id column, a label column, numeric features.
+//! CSV and TSV ingest: a header, a user id column, a label column, numeric features.
 //!
-//! Files may be gzipped (detected by their magic bytes, whatever their name). Every problem is
-//! reported with the file, the 1-based line and the column: ragged rows, values that are not
-//! finite numbers, labels that are not classes of the run ([`Classes`]), duplicate or missing
-//! columns, empty files.
+//! Files may be gzipped (detected by their magic bytes, whatever their name). The delimiter is
+//! given, or told from the header line: a header with a tab and no comma is tab-separated.
+//! Every problem is reported with the file, the 1-based line and the column: ragged rows,
+//! values that are not finite numbers, labels that are not classes of the run ([`Classes`]),
+//! duplicate or missing columns, empty files.
 
 use crate::data::classes::{At, Classes, Label};
 use crate::error::{Error, IoContext, Result};
-use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use crate::data::classes::MAX_LABEL;
 
-/// Names of the special columns. Defaults: `user_id` and `label`.
-#[derive(Clone, Debug)]
-pub struct Columns {
-    /// Column holding the owning user's id.
-    pub user: String,
-    /// Column holding the class label (an integer or a name).
-    pub label: String,
-    /// A column that is not a feature when a file has it (the deletion prior's column).
-    pub ignore: Option<String>,
-}
-
-impl Default for Columns {
-    fn default() -> Self {
-        Columns {
-            user: "user_id".into(),
-            label: "label".into(),
-            ignore: None,
-        }
-    }
-}
-
-/// What a caller needs from a file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Need {
-    /// The column must be present.
-    Required,
-    /// The column is used when present.
-    Optional,
-}
+use crate::data::columns::{ColumnMap, Features, Want};
+pub use crate::data::columns::{Columns, Need, Record};
 
 /// A parsed CSV file.
 #[derive(Clone, Debug)]
@@ -317,35 +290,29 @@ fn parse_feature(raw: &str) -> std::result::Result<f32, String> {
     }
 }
 
-/// One data row of a CSV file, as handed to [`for_each_row`].
-#[derive(Clone, Copy, Debug)]
-pub struct Record<'a> {
-    /// 1-based line number.
-    pub line: u64,
-    /// The user id, when the file has a user column.
-    pub user: Option<&'a str>,
-    /// The label's text as written, when the file has a label column ([`Classes`] turns it
-    /// into a class index).
-    pub label: Option<&'a str>,
-    /// The features, in header order.
-    pub features: &'a [f32],
+/// The delimiter of a text file whose first bytes are `head`: a tab when its first line has a
+/// tab and no comma, else a comma.
+pub fn detect_delimiter(head: &[u8]) -> u8 {
+    let end = head
+        .iter()
+        .position(|&b| b == b'\n' || b == b'\r')
+        .unwrap_or(head.len());
+    let first = &head[..end];
+    if first.contains(&b'\t') && !first.contains(&b',') {
+        b'\t'
+    } else {
+        b','
+    }
 }
 
-/// Read a CSV file with integer labels. `user` and `label` say whether those columns must be
-/// present.
+/// Read a comma-separated file (gzipped or not; another format is refused, naming it) with
+/// integer labels. `user` and `label` say whether those columns must be present; every other
+/// column is a feature.
 pub fn read_csv(path: &Path, columns: &Columns, user: Need, label: Need) -> Result<Table> {
-    read_csv_with(path, columns, user, label, &Classes::any_index())
-}
-
-/// [`read_csv`] for a run whose labels are `classes`: every label becomes its class index, and
-/// one that is not a class is refused, naming the file, line and column.
-pub fn read_csv_with(
-    path: &Path,
-    columns: &Columns,
-    user: Need,
-    label: Need,
-    classes: &Classes,
-) -> Result<Table> {
+    match crate::data::format::sniff(path)? {
+        crate::data::format::Format::Csv => {}
+        other => return Err(crate::data::format::unreadable(path, other, "a CSV file")),
+    }
     let mut table = Table {
         path: path.to_path_buf(),
         feature_names: Vec::new(),
@@ -354,7 +321,14 @@ pub fn read_csv_with(
         x: Vec::new(),
         lines: Vec::new(),
     };
-    let names = for_each_row(path, columns, user, label, |r| {
+    let want = Want {
+        user,
+        label,
+        features: Features::All,
+        classes: None,
+    };
+    let any = Classes::any_index();
+    let names = read_rows(path, open_maybe_gz(path)?, b',', columns, &want, |r| {
         table.x.extend_from_slice(r.features);
         if let Some(u) = r.user {
             table
@@ -368,7 +342,7 @@ pub fn read_csv_with(
                 line: r.line,
                 column: &columns.label,
             };
-            let index = classes.index(Label::Text(l), at)?;
+            let index = any.index(l, at)?;
             table.labels.get_or_insert_with(Vec::new).push(index);
         }
         table.lines.push(r.line);
@@ -378,27 +352,26 @@ pub fn read_csv_with(
     Ok(table)
 }
 
-/// Stream a CSV file row by row into `on_row`, without holding the file in memory; returns
-/// the feature column names. Every check of [`read_csv`] applies, with the same messages.
-pub fn for_each_row(
+/// Stream the text rows of `reader` (the file `path`, already gunzipped) separated by
+/// `delimiter` into `on_row`, one row in memory; returns the feature names. The header is
+/// mapped once to what `want` asks for ([`ColumnMap`]).
+pub fn read_rows(
     path: &Path,
+    reader: Box<dyn Read>,
+    delimiter: u8,
     columns: &Columns,
-    user: Need,
-    label: Need,
+    want: &Want<'_>,
     mut on_row: impl FnMut(Record<'_>) -> Result<()>,
 ) -> Result<Vec<String>> {
-    match crate::data::format::sniff(path)? {
-        crate::data::format::Format::Csv => {}
-        other => return Err(crate::data::format::unreadable(path, other, "a CSV file")),
-    }
     let lines = LineStarts::shared();
     let reader = LineCounter {
-        inner: open_maybe_gz(path)?,
+        inner: reader,
         lines: lines.clone(),
     };
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
+        .delimiter(delimiter)
         .from_reader(reader);
     let line_at = |p: &csv::Position| lines.borrow_mut().line_at(p.byte());
     let map_csv = |e: csv::Error| {
@@ -410,45 +383,17 @@ pub fn for_each_row(
         return Err(Error::input(path, None, None, "empty file: no header line"));
     }
     let names: Vec<String> = record.iter().map(|h| h.trim().to_string()).collect();
-    let mut seen = HashSet::new();
-    for name in &names {
-        if name.is_empty() {
-            return Err(Error::input(path, Some(1), None, "a header field is empty"));
-        }
-        if !seen.insert(name.as_str()) {
-            return Err(Error::input(
-                path,
-                Some(1),
-                Some(name),
-                "duplicate column name",
-            ));
-        }
+    if names.len() == 1 && delimiter == b',' && names[0].contains('\t') {
+        // Told apart from a TSV only by content; a header mixing both is ambiguous.
+        return Err(Error::input(
+            path,
+            Some(1),
+            None,
+            "the header has one comma-separated field holding tabs: pass --delimiter tab",
+        ));
     }
-    let find = |name: &str, need: Need, role: &str| -> Result<Option<usize>> {
-        match names.iter().position(|n| n == name) {
-            Some(i) => Ok(Some(i)),
-            None if need == Need::Required => Err(Error::input(
-                path,
-                Some(1),
-                Some(name),
-                format!("no {role} column named '{name}' in the header"),
-            )),
-            None => Ok(None),
-        }
-    };
-    let user_col = find(&columns.user, user, "user id")?;
-    let label_col = find(&columns.label, label, "label")?;
-    let ignored = columns
-        .ignore
-        .as_deref()
-        .and_then(|c| names.iter().position(|n| n == c));
-    let feature_cols: Vec<usize> = (0..names.len())
-        .filter(|&i| Some(i) != user_col && Some(i) != label_col && Some(i) != ignored)
-        .collect();
-    if feature_cols.is_empty() {
-        return Err(Error::input(path, Some(1), None, "no feature columns"));
-    }
-    let mut features = vec![0f32; feature_cols.len()];
+    let map = ColumnMap::new(path, &names, columns, want, Some(1), "the header")?;
+    let mut features = vec![0f32; map.features.len()];
     let mut rows = 0u64;
     while csv.read_record(&mut record).map_err(map_csv)? {
         let line = record.position().map(line_at).unwrap_or(0);
@@ -467,11 +412,11 @@ pub fn for_each_row(
                 ),
             ));
         }
-        for (v, &c) in features.iter_mut().zip(&feature_cols) {
+        for (v, &c) in features.iter_mut().zip(&map.features) {
             *v = parse_feature(&record[c])
                 .map_err(|m| Error::input(path, Some(line), Some(&names[c]), m))?;
         }
-        let user = match user_col {
+        let user = match map.user {
             Some(c) => {
                 let id = record[c].trim();
                 if id.is_empty() {
@@ -486,7 +431,8 @@ pub fn for_each_row(
             }
             None => None,
         };
-        let label = label_col.map(|c| record[c].trim());
+        // The label's text: the caller's [`Classes`] (or a training run's learner) reads it.
+        let label = map.label.map(|c| Label::Text(record[c].trim()));
         on_row(Record {
             line,
             user,
@@ -503,7 +449,7 @@ pub fn for_each_row(
             "no data rows after the header",
         ));
     }
-    Ok(feature_cols.iter().map(|&i| names[i].clone()).collect())
+    Ok(map.names)
 }
 
 /// `text` as one CSV field: in double quotes (each quote doubled) when it holds a comma, a
@@ -637,7 +583,14 @@ mod tests {
             "{e}"
         );
         let named = Classes::named(vec!["3.0".into(), "cat".into()]).unwrap();
-        let t = read_csv_with(&p, &cols, Need::Required, Need::Required, &named).unwrap();
+        let spec = crate::data::InputSpec::file(&p);
+        let want = Want {
+            user: Need::Required,
+            label: Need::Required,
+            features: Features::All,
+            classes: Some(&named),
+        };
+        let t = crate::data::source::read_table(&spec, &want, 0, crate::data::Role::Train).unwrap();
         assert_eq!(t.labels.as_deref(), Some(&[0, 1][..]));
     }
 }

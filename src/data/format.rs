@@ -1,6 +1,6 @@
 //! Which kind of file an input is, told from its first bytes (after gunzipping), never from
-//! its name: CSV and IDX are read; other formats are named in the refusal, so a Parquet or
-//! NumPy file is not reported as a CSV with bad UTF-8.
+//! its name: text (CSV, TSV), Parquet, NumPy `.npy` and `.npz`, and IDX are read; other formats
+//! are named in the refusal, so an HDF5 or pickle file is not reported as a CSV with bad UTF-8.
 
 use crate::data::csv::open_maybe_gz;
 use crate::error::{Error, Result};
@@ -13,17 +13,24 @@ const SNIFF: usize = 4096;
 /// What a file's first bytes say it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    /// Text: read as CSV.
+    /// Text: read as CSV or TSV.
     Csv,
     /// Starts with two zero bytes, as every IDX file does (its header is checked on read).
     Idx,
-    /// Another format, named for the message (`"Parquet"`, `"NumPy .npy"`, `"binary"`).
+    /// Starts with `PAR1`.
+    Parquet,
+    /// Starts with `\x93NUMPY`.
+    Npy,
+    /// A zip archive (`PK\x03\x04`, or `PK\x05\x06` when empty): read as NumPy `.npz`.
+    Npz,
+    /// Another format, named for the message (`"HDF5"`, `"Python pickle"`, `"binary"`).
     Other(&'static str),
 }
 
 /// What sisa reads, for messages that refuse a file.
-pub const READ_FORMATS: &str =
-    "sisa reads CSV files and IDX images files (`*-images-idx3-ubyte`), either gzipped or not";
+pub const READ_FORMATS: &str = "sisa reads CSV and TSV files (text with a header), Parquet, \
+     NumPy .npy and .npz, and IDX images files (`*-images-idx3-ubyte`); text, .npy and IDX may \
+     be gzipped";
 
 /// Tell the format of `path` from its first bytes.
 pub fn sniff(path: &Path) -> Result<Format> {
@@ -32,16 +39,23 @@ pub fn sniff(path: &Path) -> Result<Format> {
         .take(SNIFF as u64)
         .read_to_end(&mut head)
         .map_err(|e| Error::io(path, e))?;
-    let format = classify(&head);
+    Ok(from_head(Some(path), &head))
+}
+
+/// The format of a file (named `path`, when it has a name) whose first bytes, after
+/// gunzipping, are `head`.
+pub fn from_head(path: Option<&Path>, head: &[u8]) -> Format {
+    let format = classify(head);
     // Text under an IDX file's name (`…-idx3-ubyte`) is a damaged IDX file far more often than
     // a CSV someone named so: say that, rather than complain about its CSV header.
-    if format == Format::Csv && named_like_idx(path) {
-        return Ok(Format::Other(
-            "damaged IDX (its name is an IDX file's, its first bytes are text)",
-        ));
+    if format == Format::Csv && path.is_some_and(named_like_idx) {
+        return Format::Other("damaged IDX (its name is an IDX file's, its first bytes are text)");
     }
-    Ok(format)
+    format
 }
+
+/// How many leading bytes [`from_head`] wants to see.
+pub const SNIFF_BYTES: usize = SNIFF;
 
 /// Whether the file name follows the IDX convention: `…-idx<d>-ubyte`, maybe `.gz`.
 fn named_like_idx(path: &Path) -> bool {
@@ -55,11 +69,18 @@ fn named_like_idx(path: &Path) -> bool {
         .is_some_and(|tail| tail.starts_with("-idx") && tail.as_bytes()[4].is_ascii_digit())
 }
 
-fn classify(head: &[u8]) -> Format {
-    let known: [(&[u8], &'static str); 6] = [
-        (b"PAR1", "Parquet"),
-        (b"\x93NUMPY", "NumPy .npy"),
-        (b"PK\x03\x04", "zip (NumPy .npz?)"),
+/// The format of a file whose first bytes (after gunzipping) are `head`.
+pub fn classify(head: &[u8]) -> Format {
+    if head.starts_with(b"PAR1") {
+        return Format::Parquet;
+    }
+    if head.starts_with(b"\x93NUMPY") {
+        return Format::Npy;
+    }
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        return Format::Npz;
+    }
+    let known: [(&[u8], &'static str); 3] = [
         (b"\x89HDF\r\n\x1a\n", "HDF5"),
         (b"ARROW1", "Arrow IPC"),
         (b"\x80", "Python pickle"),
@@ -97,6 +118,9 @@ pub fn unreadable(path: &Path, other: Format, wanted: &str) -> Error {
     let what = match other {
         Format::Csv => "a CSV file".to_string(),
         Format::Idx => "an IDX file".to_string(),
+        Format::Parquet => "a Parquet file".to_string(),
+        Format::Npy => "a NumPy .npy file".to_string(),
+        Format::Npz => "a NumPy .npz (zip) file".to_string(),
         Format::Other("binary") => "a binary file of a kind sisa does not read".to_string(),
         Format::Other(name) => format!("a {name} file, which sisa does not read yet"),
     };
@@ -130,9 +154,10 @@ mod tests {
         assert_eq!(classify(b"user_id,label,x\nu,1,2\n"), Format::Csv);
         assert_eq!(classify(b"\0\0\x08\x03\0\0\0\x01"), Format::Idx);
         assert_eq!(classify(b"\0\0\x42\x03"), Format::Idx);
-        assert_eq!(classify(b"PAR1\x15\x04"), Format::Other("Parquet"));
-        assert_eq!(classify(b"\x93NUMPY\x01\x00"), Format::Other("NumPy .npy"));
-        assert_eq!(classify(b"PK\x03\x04"), Format::Other("zip (NumPy .npz?)"));
+        assert_eq!(classify(b"PAR1\x15\x04"), Format::Parquet);
+        assert_eq!(classify(b"\x93NUMPY\x01\x00"), Format::Npy);
+        assert_eq!(classify(b"PK\x03\x04"), Format::Npz);
+        assert_eq!(classify(b"\x89HDF\r\n\x1a\n"), Format::Other("HDF5"));
         assert_eq!(classify(b"a,b\n\xff\xfe"), Format::Other("binary"));
         assert_eq!(classify(b"a,b\n1,\0"), Format::Other("binary"));
         // A multi-byte character cut by the window is still text.

@@ -635,15 +635,9 @@ mod tests {
         assert!(crate::data::format::sniff(&img).unwrap() == idx);
         assert!(crate::data::format::sniff(&lab).unwrap() == idx);
         let rule = UserRule::Uniform { users: 2 };
-        let t = crate::data::read_labelled(
-            &img,
-            None,
-            &Default::default(),
-            Some(&rule),
-            7,
-            Role::Train,
-        )
-        .unwrap();
+        let spec = crate::data::InputSpec::file(&img).with_users(crate::data::Users::Rule(rule));
+        let t =
+            crate::data::read_labelled(&spec, crate::data::Features::All, 7, Role::Train).unwrap();
         assert_eq!(t.feature_names, ["p0_0", "p0_1", "p1_0", "p1_1"]);
         assert_eq!(t.labels.as_deref(), Some(&[7, 0, 9][..]));
         assert_eq!(t.row(1), [40.0, 50.0, 60.0, 70.0]);
@@ -697,16 +691,11 @@ mod tests {
         write("x-labels-idx1-ubyte", idx_bytes(&[3], &[1, 2, 3]));
         let rule = UserRule::Uniform { users: 1 };
         let error = |images: &Path| {
-            crate::data::read_labelled(
-                images,
-                None,
-                &Default::default(),
-                Some(&rule),
-                1,
-                Role::Train,
-            )
-            .unwrap_err()
-            .to_string()
+            let spec =
+                crate::data::InputSpec::file(images).with_users(crate::data::Users::Rule(rule));
+            crate::data::read_labelled(&spec, crate::data::Features::All, 1, Role::Train)
+                .unwrap_err()
+                .to_string()
         };
         let e = error(&img);
         assert!(e.contains("3 labels") && e.contains("2 records"), "{e}");

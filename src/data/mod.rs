@@ -1,34 +1,39 @@
-//! Data in and out: CSV and IDX ingest, class labels, the checksummed row store, user keys.
+//! Data in and out: ingest of every input format, the checksummed row store, user keys.
 //!
-//! Ingest turns a CSV or IDX file into rows with an identity (user key, position among the
-//! user's rows, tag), refusing bad input with the file, line and column; every label goes
-//! through [`Classes`] (integers or names) to its class index; the row store keeps a shard's
-//! rows in one checksummed file.
+//! Ingest turns an input (CSV, TSV, Parquet, NumPy, IDX; see [`source`]) into rows with an
+//! identity (user key, position among the user's rows, tag), refusing bad input with the file,
+//! line or row and column; every label goes through [`Classes`] (integers or names) to its
+//! class index; the row store keeps a shard's rows in one checksummed file.
 
 pub mod batch;
 pub mod bundled;
 pub mod classes;
+pub mod columns;
 pub mod csv;
 pub mod format;
 pub mod idx;
 pub mod keys;
+pub mod npy;
+pub mod parquet;
 pub mod prior;
 pub mod rows;
+pub mod source;
 
 pub use classes::{Classes, Label};
+pub use columns::{Features, Need, Want};
 pub use idx::{Role, UserRule};
 pub use keys::{Secret, UserKey};
 pub use prior::Priors;
 pub use rows::{RowId, Rows, SliceIndex};
+pub use source::{Delimiter, InputSpec, Users};
 pub mod ingest;
 
-use crate::error::{Error, Result};
-use std::path::Path;
+use crate::error::Result;
 
 /// One labelled row of a file, as [`for_each_labelled`] hands it over.
 #[derive(Clone, Copy, Debug)]
 pub struct Labelled<'a> {
-    /// 1-based line (CSV) or record number (IDX), for messages.
+    /// 1-based line (text) or row (Parquet, NumPy, IDX), for messages.
     pub line: u64,
     /// The row's user id.
     pub user: &'a str,
@@ -42,8 +47,8 @@ pub struct Labelled<'a> {
 /// What a labelled stream hands over.
 #[derive(Clone, Copy, Debug)]
 pub enum Event<'a> {
-    /// Before the rows, from formats that know them up front (IDX): the feature count and
-    /// every row's user id, in order.
+    /// Before the rows, from formats that know them up front (IDX, NumPy): the feature count
+    /// and every row's user id, in order.
     Start {
         /// Features per row.
         dim: usize,
@@ -54,129 +59,53 @@ pub enum Event<'a> {
     Row(Labelled<'a>),
 }
 
-/// Stream a labelled file of rows with users, without holding it in memory: a CSV with a
-/// user column, a CSV without one and a `users` rule, or an IDX images file (its labels file
-/// beside it or `labels`) and a `users` rule. The rule assigns users under `seed`, with ids
-/// prefixed by `role` (see [`idx`]). Returns the feature names.
+/// Stream the labelled rows of `input`, every row with a user and a label, without holding
+/// them in memory (see [`source::for_each_row`]); `features` says which. Users that a rule
+/// gives are drawn under `seed` with ids prefixed by `role` (see [`idx`]). Returns the
+/// feature names.
 pub fn for_each_labelled(
-    path: &Path,
-    labels: Option<&Path>,
-    columns: &csv::Columns,
-    users: Option<&UserRule>,
+    input: &InputSpec,
+    features: Features<'_>,
     seed: u64,
     role: Role,
     mut on_event: impl FnMut(Event<'_>) -> Result<()>,
 ) -> Result<Vec<String>> {
-    if format::sniff(path)? == format::Format::Idx {
-        let rule = users.ok_or_else(|| {
-            Error::input(
-                path,
-                None,
-                None,
-                "an IDX file has no user column: pass --users uniform:U or --users zipf:U:s",
-            )
-        })?;
-        return idx::for_each_labelled(path, labels, rule, seed, role, on_event);
-    }
-    if let Some(l) = labels {
-        return Err(Error::Config(format!(
-            "--labels {} is for IDX images files, and {} is a CSV file",
-            l.display(),
-            path.display()
-        )));
-    }
-    fn label<'r>(r: &csv::Record<'r>) -> Label<'r> {
-        Label::Text(r.label.expect("the label column is required"))
-    }
-    let Some(rule) = users else {
-        return csv::for_each_row(
-            path,
-            columns,
-            csv::Need::Required,
-            csv::Need::Required,
-            |r| {
-                on_event(Event::Row(Labelled {
-                    line: r.line,
-                    user: r.user.expect("the user column is required"),
-                    label: label(&r),
-                    features: r.features,
-                }))
-            },
-        );
+    let want = Want {
+        user: Need::Required,
+        label: Need::Required,
+        features,
+        classes: None,
     };
-    let assigner = idx::Assigner::new(rule, seed, role);
-    let mut index = 0u64;
-    csv::for_each_row(
-        path,
-        columns,
-        csv::Need::Optional,
-        csv::Need::Required,
-        |r| {
-            if r.user.is_some() {
-                return Err(Error::input(
-                    path,
-                    Some(1),
-                    Some(&columns.user),
-                    "the file has a user column; --users is for data without one",
-                ));
-            }
-            let user = assigner.id(index);
-            index += 1;
-            on_event(Event::Row(Labelled {
-                line: r.line,
-                user: &user,
-                label: label(&r),
-                features: r.features,
-            }))
-        },
-    )
+    source::for_each_row(input, &want, seed, role, |item| match item {
+        source::Item::Start { dim, users } => on_event(Event::Start { dim, users }),
+        source::Item::Row(r) => on_event(Event::Row(Labelled {
+            line: r.line,
+            user: r
+                .user
+                .expect("every reader hands over the user it was required to"),
+            label: r
+                .label
+                .expect("every reader hands over the label it was required to"),
+            features: r.features,
+        })),
+    })
 }
 
-/// Read a labelled file of rows with users (see [`for_each_labelled`]) into a table; its labels
+/// Read the labelled rows of `input` (see [`for_each_labelled`]) into a table; its labels
 /// must be integers ([`Classes::any_index`]).
 pub fn read_labelled(
-    path: &Path,
-    labels: Option<&Path>,
-    columns: &csv::Columns,
-    users: Option<&UserRule>,
+    input: &InputSpec,
+    features: Features<'_>,
     seed: u64,
     role: Role,
 ) -> Result<csv::Table> {
-    let mut ids = Vec::new();
-    let mut label_values = Vec::new();
-    let mut x = Vec::new();
-    let mut lines = Vec::new();
-    let any = Classes::any_index();
-    let feature_names = for_each_labelled(path, labels, columns, users, seed, role, |e| {
-        match e {
-            Event::Start { dim, users } => {
-                ids.reserve_exact(users.len());
-                label_values.reserve_exact(users.len());
-                lines.reserve_exact(users.len());
-                x.reserve_exact(users.len() * dim);
-            }
-            Event::Row(r) => {
-                let at = classes::At {
-                    path,
-                    line: r.line,
-                    column: &columns.label,
-                };
-                ids.push(r.user.to_string());
-                label_values.push(any.index(r.label, at)?);
-                x.extend_from_slice(r.features);
-                lines.push(r.line);
-            }
-        }
-        Ok(())
-    })?;
-    Ok(csv::Table {
-        path: path.to_path_buf(),
-        feature_names,
-        user_ids: Some(ids),
-        labels: Some(label_values),
-        x,
-        lines,
-    })
+    let want = Want {
+        user: Need::Required,
+        label: Need::Required,
+        features,
+        classes: None,
+    };
+    source::read_table(input, &want, seed, role)
 }
 
 #[cfg(test)]
@@ -188,22 +117,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.csv");
         std::fs::write(&p, "label,x\n1,0.5\n0,2\n1,3\n").unwrap();
-        let cols = csv::Columns::default();
         let rule = UserRule::Uniform { users: 2 };
-        let t = read_labelled(&p, None, &cols, Some(&rule), 3, Role::HeldOut).unwrap();
+        let ruled = InputSpec::file(&p).with_users(Users::Rule(rule));
+        let t = read_labelled(&ruled, Features::All, 3, Role::HeldOut).unwrap();
         assert_eq!(t.user_ids, Some(rule.assign(3, Role::HeldOut, 3)));
         // Without a rule the user column is required, as before.
-        let e = read_labelled(&p, None, &cols, None, 3, Role::Train).unwrap_err();
+        let e = read_labelled(&InputSpec::file(&p), Features::All, 3, Role::Train).unwrap_err();
         assert!(e.to_string().contains("no user id column"), "{e}");
         // A rule for a file that has users, or labels for a CSV, is refused.
         let q = dir.path().join("b.csv");
         std::fs::write(&q, "user_id,label,x\nu,1,0.5\n").unwrap();
-        let e = read_labelled(&q, None, &cols, Some(&rule), 3, Role::Train).unwrap_err();
-        assert!(
-            e.to_string().contains("--users is for data without one"),
-            "{e}"
-        );
-        let e = read_labelled(&q, Some(&p), &cols, None, 3, Role::Train).unwrap_err();
+        let ruled = InputSpec::file(&q).with_users(Users::Rule(rule));
+        let e = read_labelled(&ruled, Features::All, 3, Role::Train).unwrap_err();
+        assert!(e.to_string().contains("--users"), "{e}");
+        let labelled = InputSpec::file(&q).with_labels(Some(p.clone()));
+        let e = read_labelled(&labelled, Features::All, 3, Role::Train).unwrap_err();
         assert!(e.to_string().contains("--labels"), "{e}");
     }
 }

@@ -81,22 +81,25 @@ impl Priors {
         })
     }
 
-    /// Read the priors from column `column` of the CSV at `path` (its user column
+    /// Read the priors from column `column` of the CSV or TSV `input` (its user column
     /// `user_column`): every row of a user must carry the same prior. The column is then not
     /// a feature ([`crate::data::csv::Columns::ignore`]). A file without the column gives
     /// `None` unless `required`.
     pub fn from_column(
-        path: &Path,
+        input: &crate::data::InputSpec,
         user_column: &str,
         column: &str,
         threshold: f64,
         required: bool,
     ) -> Result<Option<Priors>> {
         check_threshold(threshold)?;
+        let path = input.path();
+        let (stream, delimiter) = crate::data::source::open_text(input, "a deletion prior column")?;
         let mut reader = ::csv::ReaderBuilder::new()
             .trim(::csv::Trim::All)
             .flexible(true)
-            .from_reader(crate::data::csv::open_maybe_gz(path)?);
+            .delimiter(delimiter)
+            .from_reader(stream);
         let bad =
             |line: u64, column: Option<&str>, m: String| Error::input(path, Some(line), column, m);
         let header = reader
@@ -220,24 +223,31 @@ mod tests {
             "user_id,label,p,a\nu1,0,0.9,1\nu2,1,0.1,2\nu1,1,0.9,3\n",
         )
         .unwrap();
-        let pr = Priors::from_column(&p, "user_id", "p", 0.5, true)
+        let pr = Priors::from_column(&crate::data::InputSpec::file(&p), "user_id", "p", 0.5, true)
             .unwrap()
             .unwrap();
         assert!(pr.likely("u1") && !pr.likely("u2") && pr.len() == 2);
         std::fs::write(&p, "user_id,label,p,a\nu1,0,0.9,1\nu1,1,0.8,3\n").unwrap();
-        let e = Priors::from_column(&p, "user_id", "p", 0.5, true)
+        let e = Priors::from_column(&crate::data::InputSpec::file(&p), "user_id", "p", 0.5, true)
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("line 3, column 'p'") && e.contains("one prior"),
             "{e}"
         );
-        let e = Priors::from_column(&p, "user_id", "q", 0.5, true)
+        let e = Priors::from_column(&crate::data::InputSpec::file(&p), "user_id", "q", 0.5, true)
             .unwrap_err()
             .to_string();
         assert!(e.contains("no deletion prior column named 'q'"), "{e}");
         assert_eq!(
-            Priors::from_column(&p, "user_id", "q", 0.5, false).unwrap(),
+            Priors::from_column(
+                &crate::data::InputSpec::file(&p),
+                "user_id",
+                "q",
+                0.5,
+                false
+            )
+            .unwrap(),
             None
         );
     }

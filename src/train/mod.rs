@@ -16,9 +16,9 @@ pub use shard::ShardData;
 
 use crate::checkpoint::Checkpoint;
 use crate::data::classes::{At, Label, Learner};
-use crate::data::csv::{self, Columns, Table};
+use crate::data::csv::Table;
 use crate::data::ingest::{self, Placer, Target};
-use crate::data::{self, Event, Priors, Role, Rows, Secret, UserRule};
+use crate::data::{self, Event, Features, InputSpec, Priors, Role, Rows, Secret};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use crate::plan::{self, Rules, ShardBy, SliceBy};
@@ -140,17 +140,11 @@ pub fn default_threads() -> usize {
 /// Everything `sisa train` needs.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
-    /// Training data: a CSV, or an IDX images file.
-    pub data: PathBuf,
-    /// Held-out data, in the same format.
-    pub test: Option<PathBuf>,
-    /// Labels of an IDX `data` file. Default: the file beside it with the standard name.
-    pub labels: Option<PathBuf>,
-    /// Labels of an IDX `test` file. Default: the file beside it with the standard name.
-    pub test_labels: Option<PathBuf>,
-    /// Rule giving rows users, for data without a user column (IDX, or such a CSV). Default:
-    /// none; the data must then have a user column.
-    pub users: Option<UserRule>,
+    /// Training data, in any format [`data::source`] reads; its columns' names are the run's.
+    pub data: InputSpec,
+    /// Held-out data, in any format, read with the same column names; its features are found
+    /// by the training file's names (by position for formats without names).
+    pub test: Option<InputSpec>,
     /// Model preset with overrides applied.
     pub model: ModelSpec,
     /// Shards S.
@@ -169,8 +163,6 @@ pub struct TrainOptions {
     pub risk_shards: usize,
     /// Run directory to create.
     pub out: PathBuf,
-    /// Column names.
-    pub columns: Columns,
     /// Number of classes, if larger than the data shows (integer labels); with labels that
     /// are names it must equal the number of names.
     pub classes: Option<usize>,
@@ -202,6 +194,18 @@ pub struct TrainSummary {
 }
 
 fn check_counts(opts: &TrainOptions) -> Result<()> {
+    if let Some(test) = &opts.test {
+        if opts.data.is_stdin() && test.is_stdin() {
+            return Err(Error::Config(
+                "--data and --test are both standard input ('-'): one of them at most".into(),
+            ));
+        }
+        if test.columns() != opts.data.columns() {
+            return Err(Error::Config(
+                "the held-out file is read with the training file's column names".into(),
+            ));
+        }
+    }
     Error::check_range("shards", opts.shards, 1..=MAX_SHARDS)?;
     Error::check_range("slices", opts.slices, 1..=MAX_SLICES)?;
     Error::check_range("threads", opts.threads, 1..=MAX_THREADS)?;
@@ -264,28 +268,14 @@ fn check_out(out: &Path) -> Result<()> {
 
 /// Read and validate the training and held-out files that `opts` names.
 pub fn read_tables(opts: &TrainOptions) -> Result<(Table, Option<Table>)> {
-    let users = opts.users.as_ref();
-    let train = data::read_labelled(
-        &opts.data,
-        opts.labels.as_deref(),
-        &opts.columns,
-        users,
-        opts.seed,
-        Role::Train,
-    )?;
+    let train = data::read_labelled(&opts.data, Features::All, opts.seed, Role::Train)?;
     let test = match &opts.test {
-        Some(p) => {
-            let t = data::read_labelled(
-                p,
-                opts.test_labels.as_deref(),
-                &opts.columns,
-                users,
-                opts.seed,
-                Role::HeldOut,
-            )?;
-            t.check_features(&train.feature_names, "training file")?;
-            Some(t)
-        }
+        Some(spec) => Some(data::read_labelled(
+            spec,
+            Features::Named(&train.feature_names),
+            opts.seed,
+            Role::HeldOut,
+        )?),
         None => None,
     };
     Ok((train, test))
@@ -303,10 +293,10 @@ pub fn ingest(opts: &TrainOptions) -> Result<Ingested> {
     check_out(&opts.out)?;
     check_new_ledger(opts.ledger.as_deref())?;
     let secret = Secret::generate()?;
-    let mut learner = Learner::new(&opts.data, &opts.columns.label);
+    let mut learner = Learner::new(opts.data.path(), &label_column(&opts.data));
     let (names, mut shards) = stream_placed(
         &opts.data,
-        opts.labels.as_deref(),
+        Features::All,
         opts,
         Role::Train,
         Target::Train,
@@ -319,29 +309,28 @@ pub fn ingest(opts: &TrainOptions) -> Result<Ingested> {
     }
     let mut max_label = learned.max_index;
     let test = match &opts.test {
-        Some(p) => {
+        Some(spec) => {
             let classes = learned.classes();
-            let column = &opts.columns.label;
+            let column = label_column(spec);
             let mut test_max = 0u32;
-            let (test_names, rows) = stream_placed(
-                p,
-                opts.test_labels.as_deref(),
+            let (_, rows) = stream_placed(
+                spec,
+                Features::Named(&names),
                 opts,
                 Role::HeldOut,
                 Target::HeldOut,
                 &secret,
                 &mut |label, line| {
                     let at = At {
-                        path: p,
+                        path: spec.path(),
                         line,
-                        column,
+                        column: &column,
                     };
                     let index = classes.index(label, at)?;
                     test_max = test_max.max(index);
                     Ok(index)
                 },
             )?;
-            csv::check_feature_names(p, &test_names, &names, "training file")?;
             max_label = max_label.max(test_max);
             Some(rows)
         }
@@ -352,11 +341,19 @@ pub fn ingest(opts: &TrainOptions) -> Result<Ingested> {
     Ok((config, secret, shards, test))
 }
 
-/// Stream the labelled file `path` into shard row stores, each row's label as `label` maps it
-/// (given the row's line): the file's feature names and the shards.
+/// Where an input's labels are, for messages: its label column, or its labels file.
+fn label_column(spec: &InputSpec) -> String {
+    match spec.labels() {
+        Some(p) => p.display().to_string(),
+        None => spec.columns().label.clone(),
+    }
+}
+
+/// Stream the labelled input `input` into shard row stores, each row's label as `label` maps
+/// it (given the row's line): the input's feature names and the shards.
 fn stream_placed(
-    path: &Path,
-    labels: Option<&Path>,
+    input: &InputSpec,
+    features: Features<'_>,
     opts: &TrainOptions,
     role: Role,
     target: Target,
@@ -367,30 +364,23 @@ fn stream_placed(
     let priors = opts.priors.as_ref();
     let none = HashMap::new();
     let mut placer: Option<Placer> = None;
-    let names = data::for_each_labelled(
-        path,
-        labels,
-        &opts.columns,
-        opts.users.as_ref(),
-        opts.seed,
-        role,
-        |event| {
-            match event {
-                Event::Start { dim, users } => placer
-                    .get_or_insert_with(|| Placer::new(rules, target, priors, secret, &none, dim))
-                    .reserve_users(users.iter().map(String::as_str)),
-                Event::Row(r) => {
-                    let id = label(r.label, r.line)?;
-                    placer
-                        .get_or_insert_with(|| {
-                            Placer::new(rules, target, priors, secret, &none, r.features.len())
-                        })
-                        .push(r.user, id, r.features);
-                }
+    let names = data::for_each_labelled(input, features, opts.seed, role, |event| {
+        match event {
+            Event::Start { dim, users } => placer
+                .get_or_insert_with(|| Placer::new(rules, target, priors, secret, &none, dim))
+                .reserve_users(users.iter().map(String::as_str)),
+            Event::Row(r) => {
+                let id = label(r.label, r.line)?;
+                placer
+                    .get_or_insert_with(|| {
+                        Placer::new(rules, target, priors, secret, &none, r.features.len())
+                    })
+                    .push(r.user, id, r.features);
             }
-            Ok(())
-        },
-    )?;
+        }
+        Ok(())
+    })?;
+    let path = input.path();
     let placer = placer.ok_or_else(|| Error::input(path, None, None, "no data rows"))?;
     Ok((names, placer.finish(path)?))
 }
@@ -427,7 +417,7 @@ fn new_config(
     };
     if names.len() > crate::data::rows::MAX_FEATURES {
         return Err(Error::input(
-            &opts.data,
+            opts.data.path(),
             None,
             None,
             format!(
@@ -470,9 +460,9 @@ fn new_config(
         classes,
         class_names,
         backend: opts.backend,
-        user_column: opts.columns.user.clone(),
-        label_column: opts.columns.label.clone(),
-        prior_column: opts.columns.ignore.clone(),
+        user_column: opts.data.columns().user.clone(),
+        label_column: opts.data.columns().label.clone(),
+        prior_column: opts.data.columns().ignore.clone(),
         aggregation: opts.aggregation,
         cpu: cpu_model(),
         created_by: format!("sisa {}", env!("CARGO_PKG_VERSION")),
@@ -488,7 +478,7 @@ fn preset_error(opts: &TrainOptions, e: Error) -> Error {
             "{}: {} (data {})",
             opts.model.source.as_deref().unwrap_or("the model preset"),
             Error::field_text(field, &message),
-            opts.data.display()
+            opts.data.path().display()
         )),
         other => other,
     }

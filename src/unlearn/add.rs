@@ -6,9 +6,8 @@
 //! counted: re-importing a raw export cannot resurrect a deletion.
 
 use crate::checkpoint::Checkpoint;
-use crate::data::csv::{self, Need};
 use crate::data::ingest::{self, Target};
-use crate::data::{Priors, Rows, UserKey};
+use crate::data::{source, InputSpec, Need, Priors, Rows, UserKey};
 use crate::error::{Error, Result};
 use crate::plan::{self, ShardBy};
 use crate::run::durable::{failpoint, DirSyncs};
@@ -41,7 +40,7 @@ pub struct AddReport {
     pub batch_digest: String,
 }
 
-/// Add the rows of `data` to `run`, refusing every user in `ledger`, and publish a new version.
+/// Add the rows of `input` (any format the run's data could have) to `run`, refusing every user in `ledger`, and publish a new version.
 ///
 /// Reads only the shards the new rows go to (and, when shards are set aside for likely
 /// requesters, the user-key columns of the other shard a known user could be in; under row
@@ -54,20 +53,19 @@ pub struct AddReport {
 pub fn add_rows(
     run: &mut Run,
     ledger: &Ledger,
-    data: &Path,
+    input: &InputSpec,
     priors: Option<&Priors>,
     allow_duplicate: bool,
     opts: &Options,
 ) -> Result<AddReport> {
-    let cols = run.config.columns();
+    let data = input.path();
     if priors.is_some() && run.config.risk_threshold.is_none() {
         return Err(Error::Request(
             "the run was trained without a deletion prior; add its rows without one".into(),
         ));
     }
-    let classes = run.config.labels();
-    let mut table = csv::read_csv_with(data, &cols, Need::Required, Need::Required, &classes)?;
-    table.check_features(&run.config.features, "run")?;
+    // Features by name (by position for NumPy), labels read as the run's classes.
+    let mut table = source::read_for_run(input, &run.config, Need::Required, Need::Required)?;
     let rows_read = table.len() as u64;
     let batch_digest = batch_digest(&table);
     if !allow_duplicate && run.manifest.added_batches.contains(&batch_digest) {
@@ -256,7 +254,7 @@ pub fn add_rows(
 }
 
 /// The content digest of every row of `table`, as read (before any row is refused).
-fn batch_digest(table: &csv::Table) -> String {
+fn batch_digest(table: &crate::data::csv::Table) -> String {
     let mut d = crate::data::batch::BatchDigest::new();
     let users = table.user_ids.as_deref().unwrap_or_default();
     let labels = table.labels.as_deref().unwrap_or_default();
