@@ -431,6 +431,37 @@ fn add_refuses_a_batch_it_has_added_unless_allowed() {
         assert_eq!(tree_digest(&run), before, "a refused add changes nothing");
     }
 
+    // The same rows with their columns in another order (and one column more) are the same
+    // batch: the digest is over what the rows are, not how the file lays them out.
+    let csv = Csv::read(&more);
+    let header: Vec<&str> = csv.header.split(',').collect();
+    let mut order: Vec<usize> = (0..header.len()).collect();
+    order.reverse();
+    let mut text = order
+        .iter()
+        .map(|&i| header[i])
+        .collect::<Vec<_>>()
+        .join(",")
+        + ",note\n";
+    for l in &csv.lines {
+        let f: Vec<&str> = l.split(',').collect();
+        text += &(order.iter().map(|&i| f[i]).collect::<Vec<_>>().join(",") + ",x\n");
+    }
+    let shuffled = tmp.path().join("shuffled.csv");
+    std::fs::write(&shuffled, text).unwrap();
+    let o = sisa(&[
+        "add",
+        "--run",
+        r,
+        "--data",
+        shuffled.to_str().unwrap(),
+        "-q",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("added to the run before"), "{err}");
+    assert_eq!(tree_digest(&run), before);
+
     // Other rows of the same user are a new batch.
     let other = tmp.path().join("other.csv");
     new_user_rows(&test, "late-user", 3, &other);

@@ -52,9 +52,23 @@ fn write_tsv(d: &Data, path: &Path) {
 }
 
 /// Parquet as pandas writes it: nullable columns, an index column, several row groups; the
-/// label first and the user last, the features in the CSV's order.
+/// label first and the user last, the features in the CSV's order. With `names`, each label
+/// `l` is written as the string `names(l)`.
 fn write_parquet(d: &Data, path: &Path, compression: Compression) {
-    let mut message = String::from("message digits { OPTIONAL INT64 label; ");
+    write_parquet_labelled(d, path, compression, None)
+}
+
+fn write_parquet_labelled(
+    d: &Data,
+    path: &Path,
+    compression: Compression,
+    names: Option<&dyn Fn(i64) -> String>,
+) {
+    let mut message = String::from(if names.is_some() {
+        "message digits { REQUIRED BYTE_ARRAY label (UTF8); "
+    } else {
+        "message digits { OPTIONAL INT64 label; "
+    });
     for n in &d.names {
         message += &format!("OPTIONAL DOUBLE {n}; ");
     }
@@ -74,7 +88,15 @@ fn write_parquet(d: &Data, path: &Path, compression: Compression) {
         let mut col = 0;
         while let Some(mut c) = rg.next_column().unwrap() {
             let n = d.names.len();
-            if col == 0 || col == n + 2 {
+            if let (0, Some(name)) = (col, names) {
+                let v: Vec<ByteArray> = chunk
+                    .iter()
+                    .map(|&i| name(d.labels[i]).as_str().into())
+                    .collect();
+                c.typed::<ByteArrayType>()
+                    .write_batch(&v, None, None)
+                    .unwrap();
+            } else if col == 0 || col == n + 2 {
                 let v: Vec<i64> = chunk
                     .iter()
                     .map(|&i| if col == 0 { d.labels[i] } else { i as i64 })
@@ -511,4 +533,48 @@ fn the_readme_line_turns_the_sisa_reference_pickle_into_an_npz_that_trains() {
         v["rows"].as_u64(),
         Some(Csv::read(&digits().0).lines.len() as u64)
     );
+}
+
+#[test]
+fn class_names_read_the_same_from_csv_tsv_and_parquet() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (train_csv, test_csv) = digits();
+    let name = |l: i64| format!("digit-{l}");
+    let named = load(&train_csv);
+    let test = load(&test_csv);
+    // CSV and TSV with the names as labels.
+    let write_named_csv = |data: &Data, path: &Path, sep: &str| {
+        let mut text = format!("user_id{sep}label{sep}{}\n", data.names.join(sep));
+        for i in 0..data.users.len() {
+            let x: Vec<String> = data.x[i].iter().map(f64::to_string).collect();
+            text += &format!(
+                "{}{sep}{}{sep}{}\n",
+                data.users[i],
+                name(data.labels[i]),
+                x.join(sep)
+            );
+        }
+        std::fs::write(path, text).unwrap();
+    };
+    let (csv, tsv, pq) = (d.join("n.csv"), d.join("n.tsv"), d.join("n.parquet"));
+    write_named_csv(&named, &csv, ",");
+    write_named_csv(&named, &tsv, "\t");
+    write_parquet_labelled(&named, &pq, Compression::SNAPPY, Some(&name));
+    let held = d.join("held.csv");
+    write_named_csv(&test, &held, ",");
+    let mut seen = Vec::new();
+    for (i, file) in [&csv, &tsv, &pq].into_iter().enumerate() {
+        let out = d.join(format!("run{i}"));
+        let (digests, _) = train(file, &held, &out, &[]);
+        let status = sisa_json(&["status", "--run", out.to_str().unwrap()]);
+        let want: Vec<String> = (0..10).map(name).collect();
+        assert_eq!(status["class_names"], serde_json::json!(want), "{file:?}");
+        seen.push(digests);
+    }
+    assert_eq!(seen[0], seen[1], "TSV trains as the CSV does");
+    assert_eq!(seen[0], seen[2], "Parquet trains as the CSV does");
+    // Names in byte order equal the integer order here, so the integer run is the same too.
+    let (ints, _) = train(&train_csv, &test_csv, &d.join("ints"), &[]);
+    assert_eq!(seen[0], ints);
 }

@@ -132,9 +132,10 @@ impl Column {
         Ok(())
     }
 
-    /// Value `i` as a label: where Parquet labels are parsed. Integers in `0..=MAX_LABEL`,
-    /// or floats that are such integers; strings (class names) are refused on open.
-    fn label(&self, i: usize) -> std::result::Result<u32, String> {
+    /// Value `i` as a label: where Parquet labels are parsed. Integers in `0..=MAX_LABEL`, or
+    /// floats that are such integers, as class indices; a string column's values as their
+    /// text, which the run's classes read (names, or integers written as text).
+    fn label(&self, i: usize) -> std::result::Result<Label<'_>, String> {
         let int = |x: i128| match u32::try_from(x) {
             Ok(l) if l <= MAX_LABEL => Ok(l),
             _ if x < 0 => Err(format!("label {x} is negative")),
@@ -147,15 +148,24 @@ impl Column {
                 Err(format!("label {x} is not a non-negative integer"))
             }
         };
-        match &self.values {
+        let index = match &self.values {
+            Values::Bytes(v) => {
+                let text = v[i]
+                    .as_utf8()
+                    .map_err(|_| "a label that is not UTF-8".to_string())?;
+                return Ok(Label::Text(text.trim()));
+            }
             Values::I32(v) if self.unsigned => int(v[i] as u32 as i128),
             Values::I32(v) => int(v[i] as i128),
             Values::I64(v) if self.unsigned => int(v[i] as u64 as i128),
             Values::I64(v) => int(v[i] as i128),
             Values::F32(v) => float(v[i] as f64),
             Values::F64(v) => float(v[i]),
-            _ => unreachable!("label columns are numbers, checked on open"),
-        }
+            Values::Bool(_) => {
+                unreachable!("label columns are numbers or strings, checked on open")
+            }
+        };
+        index.map(Label::Index)
     }
 }
 
@@ -262,12 +272,8 @@ pub fn read_rows(
             (Role::Feature, Physical::BYTE_ARRAY | Physical::FIXED_LEN_BYTE_ARRAY) => {
                 return refuse("holds strings or bytes, not numbers: not a feature".into())
             }
-            (Role::Label, Physical::BYTE_ARRAY | Physical::FIXED_LEN_BYTE_ARRAY) => {
-                return refuse(
-                    "holds strings: labels are non-negative integers (0, 1, ...); class names \
-                     are not read yet"
-                        .into(),
-                )
+            (Role::Label, Physical::FIXED_LEN_BYTE_ARRAY) => {
+                return refuse("holds fixed-length bytes: labels are integers or strings".into())
             }
             (Role::Feature, p) => p != Physical::INT96,
             (Role::User, p) => {
@@ -276,7 +282,11 @@ pub fn read_rows(
             (Role::Label, p) => {
                 matches!(
                     p,
-                    Physical::INT32 | Physical::INT64 | Physical::FLOAT | Physical::DOUBLE
+                    Physical::INT32
+                        | Physical::INT64
+                        | Physical::FLOAT
+                        | Physical::DOUBLE
+                        | Physical::BYTE_ARRAY
                 )
             }
         };
@@ -392,10 +402,10 @@ pub fn read_rows(
                 let label = match map.label {
                     Some(_) => {
                         let c = &cols[k];
-                        Some(Label::Index(
+                        Some(
                             c.label(i)
                                 .map_err(|m| Error::input_row(path, row, at(c), m))?,
-                        ))
+                        )
                     }
                     None => None,
                 };
@@ -474,7 +484,7 @@ mod tests {
         w.close().unwrap();
     }
 
-    fn read(path: &Path) -> Result<Vec<(String, u32, f32)>> {
+    fn read(path: &Path) -> Result<Vec<(String, String, f32)>> {
         let want = Want {
             user: Need::Required,
             label: Need::Required,
@@ -484,8 +494,8 @@ mod tests {
         let mut out = Vec::new();
         read_rows(path, &Columns::default(), &want, |r| {
             let label = match r.label.unwrap() {
-                Label::Index(v) => v,
-                Label::Text(t) => panic!("a Parquet label is an integer, got {t:?}"),
+                Label::Index(v) => v.to_string(),
+                Label::Text(t) => format!("text {t}"),
             };
             out.push((r.user.unwrap().to_string(), label, r.features[0]));
             Ok(())
@@ -501,7 +511,7 @@ mod tests {
         write(&p, false, &a);
         let rows = read(&p).unwrap();
         assert_eq!(rows.len(), 50);
-        assert_eq!(rows[3], ("u3".to_string(), 0, 1.5));
+        assert_eq!(rows[3], ("u3".to_string(), "0".to_string(), 1.5));
         // Every flipped byte and every cut gives a result or an error, never a panic; a cut
         // file (no footer) is named as damaged.
         let good = std::fs::read(&p).unwrap();
@@ -532,11 +542,10 @@ mod tests {
         write(&p, false, &a);
         let e = read(&p).unwrap_err().to_string();
         assert!(e.contains("row 8, column 'a': a null value"), "{e}");
-        write(&p, true, &a);
-        let e = read(&p).unwrap_err().to_string();
-        assert!(
-            e.contains("column 'label'") && e.contains("holds strings"),
-            "{e}"
-        );
+        // String labels are handed over as their text, for the run's classes to read.
+        let full: Vec<Option<f64>> = a.iter().map(|v| v.or(Some(0.0))).collect();
+        write(&p, true, &full);
+        let rows = read(&p).unwrap();
+        assert!(rows.iter().all(|(_, l, _)| l == "text cat"), "{rows:?}");
     }
 }
