@@ -536,7 +536,7 @@ fn the_readme_line_turns_the_sisa_reference_pickle_into_an_npz_that_trains() {
 }
 
 #[test]
-fn class_names_read_the_same_from_csv_tsv_and_parquet() {
+fn class_names_read_the_same_from_csv_tsv_parquet_and_npz() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (train_csv, test_csv) = digits();
@@ -561,10 +561,29 @@ fn class_names_read_the_same_from_csv_tsv_and_parquet() {
     write_named_csv(&named, &csv, ",");
     write_named_csv(&named, &tsv, "\t");
     write_parquet_labelled(&named, &pq, Compression::SNAPPY, Some(&name));
+    // An .npz whose labels are a unicode array of the names.
+    let npz = d.join("n.npz");
+    let (x, _, u) = arrays(&named);
+    let names: Vec<String> = named.labels.iter().map(|&l| name(l)).collect();
+    let width = names.iter().map(|n| n.chars().count()).max().unwrap();
+    let mut y = Vec::new();
+    for n in &names {
+        let mut cps: Vec<u32> = n.chars().map(|c| c as u32).collect();
+        cps.resize(width, 0);
+        y.extend(cps.iter().flat_map(|c| c.to_le_bytes()));
+    }
+    let y = npy(&format!("<U{width}"), &[names.len()], &y);
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&npz).unwrap());
+    let opts = zip::write::SimpleFileOptions::default();
+    for (entry, bytes) in [("user_id.npy", u), ("X.npy", x), ("y.npy", y)] {
+        z.start_file(entry, opts).unwrap();
+        z.write_all(&bytes).unwrap();
+    }
+    z.finish().unwrap();
     let held = d.join("held.csv");
     write_named_csv(&test, &held, ",");
     let mut seen = Vec::new();
-    for (i, file) in [&csv, &tsv, &pq].into_iter().enumerate() {
+    for (i, file) in [&csv, &tsv, &pq, &npz].into_iter().enumerate() {
         let out = d.join(format!("run{i}"));
         let (digests, _) = train(file, &held, &out, &[]);
         let status = sisa_json(&["status", "--run", out.to_str().unwrap()]);
@@ -574,6 +593,10 @@ fn class_names_read_the_same_from_csv_tsv_and_parquet() {
     }
     assert_eq!(seen[0], seen[1], "TSV trains as the CSV does");
     assert_eq!(seen[0], seen[2], "Parquet trains as the CSV does");
+    assert_eq!(
+        seen[0], seen[3],
+        "an .npz with a unicode labels array trains as the CSV does"
+    );
     // Names in byte order equal the integer order here, so the integer run is the same too.
     let (ints, _) = train(&train_csv, &test_csv, &d.join("ints"), &[]);
     assert_eq!(seen[0], ints);

@@ -17,6 +17,7 @@
 //! `np.savez_compressed`): the features are the array `X` or `features`, the labels `y` or the
 //! label column's name (`label`), the user ids the user column's name (`user_id`).
 
+use crate::data::classes::Label;
 use crate::data::csv::MAX_LABEL;
 use crate::data::rows::MAX_FEATURES;
 use crate::error::{Error, IoContext, Result};
@@ -711,9 +712,42 @@ pub fn read_column(
     Ok((header, column))
 }
 
+/// The labels of a 1-D array, one per row: integers (class indices) or strings (class
+/// names, which the run's classes read).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Labels {
+    /// Class indices.
+    Index(Vec<u32>),
+    /// Label texts (`U` and `S` arrays), padding and surrounding spaces removed.
+    Text(Vec<String>),
+}
+
+impl Labels {
+    /// Labels in the array.
+    pub fn len(&self) -> usize {
+        match self {
+            Labels::Index(v) => v.len(),
+            Labels::Text(v) => v.len(),
+        }
+    }
+
+    /// True for no labels.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Label `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<Label<'_>> {
+        match self {
+            Labels::Index(v) => v.get(i).map(|&l| Label::Index(l)),
+            Labels::Text(v) => v.get(i).map(|t| Label::Text(t.trim())),
+        }
+    }
+}
+
 /// The labels of a 1-D array: where NumPy labels are parsed. Integers in `0..=MAX_LABEL`, or
-/// floats that are such integers; a string array (class names) is refused for now.
-pub fn parse_labels(path: &Path, place: &str, column: Column) -> Result<Vec<u32>> {
+/// floats that are such integers, as class indices; a string array as label texts (names).
+pub fn parse_labels(path: &Path, place: &str, column: Column) -> Result<Labels> {
     let at = |i: usize, m: String| Error::input_row(path, i as u64 + 1, place_of(place), m);
     let check = |i: usize, v: f64| -> Result<u32> {
         if v.is_finite() && v.fract() == 0.0 && (0.0..=MAX_LABEL as f64).contains(&v) {
@@ -727,7 +761,7 @@ pub fn parse_labels(path: &Path, place: &str, column: Column) -> Result<Vec<u32>
             ))
         }
     };
-    match column {
+    let indices: Result<Vec<u32>> = match column {
         Column::Int(v) => v
             .iter()
             .enumerate()
@@ -746,17 +780,9 @@ pub fn parse_labels(path: &Path, place: &str, column: Column) -> Result<Vec<u32>
             })
             .collect(),
         Column::Float(v) => v.iter().enumerate().map(|(i, &x)| check(i, x)).collect(),
-        Column::Text(_) => Err(Error::input(
-            path,
-            None,
-            None,
-            format!(
-                "{} holds strings: labels are non-negative integers (0, 1, ...); class names \
-                 are not read yet",
-                array_name(place)
-            ),
-        )),
-    }
+        Column::Text(v) => return Ok(Labels::Text(v)),
+    };
+    indices.map(Labels::Index)
 }
 
 /// The user ids of a 1-D array: integers (as decimal text) or strings, none empty.
@@ -957,7 +983,7 @@ pub(crate) mod tests {
         };
         let ints: Vec<u8> = [3i32, 0, 9].iter().flat_map(|x| x.to_le_bytes()).collect();
         let labels = parse_labels(p, "", col(npy("<i4", &[3], &ints))).unwrap();
-        assert_eq!(labels, [3, 0, 9]);
+        assert_eq!(labels, Labels::Index(vec![3, 0, 9]));
         let neg: Vec<u8> = [-1i64].iter().flat_map(|x| x.to_le_bytes()).collect();
         let e = parse_labels(p, "array 'y'", col(npy("<i8", &[1], &neg))).unwrap_err();
         assert!(
@@ -975,8 +1001,10 @@ pub(crate) mod tests {
         }
         let ids = parse_user_ids(p, "", col(npy("<U2", &[2], &u))).unwrap();
         assert_eq!(ids, ["ab", "c"]);
-        let e = parse_labels(p, "array 'y'", col(npy("<U2", &[2], &u))).unwrap_err();
-        assert!(e.to_string().contains("holds strings"), "{e}");
+        // A string array's labels are names, for the run's classes to read.
+        let names = parse_labels(p, "array 'y'", col(npy("<U2", &[2], &u))).unwrap();
+        assert_eq!(names.get(0), Some(Label::Text("ab")));
+        assert_eq!((names.len(), names.get(2)), (2, None));
         let e = read_column(p, "", Box::new(&ints[..]), None).unwrap_err();
         assert!(e.to_string().contains("not a NumPy"), "{e}");
         let short = npy("<i4", &[3], &ints[..8]);

@@ -19,7 +19,7 @@
 //! index at the end, a zip archive its directory) and IDX (whose length is checked before
 //! reading) are refused on standard input: write them to a file.
 
-use crate::data::classes::{At, Classes, Label};
+use crate::data::classes::{At, Classes};
 use crate::data::columns::{Columns, Features, Need, Record, Want};
 use crate::data::csv::{self, open_with_length, Table};
 use crate::data::format::{self, Format};
@@ -322,7 +322,7 @@ pub enum Item<'a> {
 
 /// Side arrays (labels, users) of one value per row, checked against the row count.
 struct Side {
-    labels: Option<(PathBuf, Vec<u32>)>,
+    labels: Option<(PathBuf, npy::Labels)>,
     users: Option<(PathBuf, Vec<String>)>,
 }
 
@@ -338,7 +338,7 @@ fn read_side_column(path: &Path, flag: &str) -> Result<npy::Column> {
 }
 
 /// The labels of `path`: a 1-D `.npy`, or an IDX labels file.
-fn read_side_labels(path: &Path) -> Result<Vec<u32>> {
+fn read_side_labels(path: &Path) -> Result<npy::Labels> {
     if path.as_os_str() != "-" && format::sniff(path)? == Format::Idx {
         let y = idx::read_idx(path)?;
         if y.dims.len() != 1 {
@@ -467,7 +467,7 @@ pub fn for_each_row(
             (None, None) => r.user,
         };
         let label = match &side.labels {
-            Some((p, labels)) => Some(Label::Index(*labels.get(i).ok_or_else(|| {
+            Some((p, labels)) => Some(labels.get(i).ok_or_else(|| {
                 Error::input(
                     p,
                     None,
@@ -478,7 +478,7 @@ pub fn for_each_row(
                         path.display()
                     ),
                 )
-            })?)),
+            })?),
             None => r.label,
         };
         on_item(Item::Row(Record {
