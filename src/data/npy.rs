@@ -2,14 +2,16 @@
 //!
 //! A `.npy` file is the magic `\x93NUMPY`, a version (1, 2 or 3), the length of a header, and
 //! the header: a Python dict literal naming the value type (`descr`), the order
-//! (`fortran_order`) and the `shape`; the values follow in C (row-major) order. Features come
+//! (`fortran_order`) and the `shape`; the values follow in C (row-major) order, or in Fortran
+//! (column-major) order, as `np.save` writes what pandas' `to_numpy()` returns. Features come
 //! from an array of shape `(N, D)`, `(N, H, W)` or `(N, C, H, W)`, each row flattened row-major
-//! (the order a preset's `input` expects); it is read one row at a time, never whole. Labels
+//! (the order a preset's `input` expects); a C-order array is read one row at a time, never
+//! whole, and a Fortran-order one (whose rows are not contiguous) is read whole once. Labels
 //! and user ids are 1-D arrays of one value per row (`(N,)` or `(N, 1)`), read whole.
 //!
 //! Value types: little- or big-endian floats (`f4`, `f8`), signed and unsigned integers of 1,
 //! 2, 4 and 8 bytes, booleans; user ids may also be unicode (`<U`) or byte (`|S`) strings.
-//! Fortran order, object arrays (pickles), structured types and half floats are refused by
+//! Object arrays (pickles), structured types and half floats are refused by
 //! name. Sizes a header declares are checked against the file's length before anything is
 //! allocated from them, when the length is known (a plain file, an archive entry).
 //!
@@ -70,6 +72,9 @@ pub struct Header {
     pub shape: Vec<u64>,
     /// Bytes before the values (magic, version, header).
     pub len: u64,
+    /// The values are in Fortran (column-major) order, as `np.save` writes an array that
+    /// pandas' `to_numpy()` returned.
+    pub fortran: bool,
 }
 
 impl Header {
@@ -361,15 +366,10 @@ pub fn read_header(path: &Path, place: &str, reader: &mut dyn Read) -> Result<He
         }
         None => return Err(bad("the header has no 'descr'".into())),
     };
-    match get("fortran_order") {
-        Some(Literal::Bool(false)) => {}
-        Some(Literal::Bool(true)) => {
-            return Err(bad(
-                "Fortran (column-major) order is not read: save np.ascontiguousarray(a)".into(),
-            ))
-        }
+    let fortran = match get("fortran_order") {
+        Some(Literal::Bool(f)) => *f,
         _ => return Err(bad("the header has no 'fortran_order'".into())),
-    }
+    };
     let shape = match get("shape") {
         Some(Literal::Tuple(s)) => s.clone(),
         _ => return Err(bad("the header has no 'shape'".into())),
@@ -378,6 +378,7 @@ pub fn read_header(path: &Path, place: &str, reader: &mut dyn Read) -> Result<He
         dtype,
         shape,
         len: (6 + 2 + width + hlen) as u64,
+        fortran,
     };
     if header.rows() > MAX_ROWS {
         return Err(bad(format!(
@@ -426,6 +427,9 @@ pub struct FeatureRows<'r> {
     body: Vec<u8>,
     values: Vec<f32>,
     next: u64,
+    /// A Fortran-order array, read whole as `f32` in file order, and for each value of a row
+    /// (in C order) its offset within one row's column-major layout.
+    fortran: Option<(Vec<f32>, Vec<usize>)>,
 }
 
 impl<'r> FeatureRows<'r> {
@@ -466,7 +470,7 @@ impl<'r> FeatureRows<'r> {
         if header.rows() == 0 {
             return Err(bad(format!("shape {}: no rows", header.shape_text())));
         }
-        Ok(FeatureRows {
+        let mut rows = FeatureRows {
             path,
             place: place.to_string(),
             reader,
@@ -474,7 +478,69 @@ impl<'r> FeatureRows<'r> {
             body: vec![0; per_row as usize * header.dtype.size],
             header,
             next: 0,
-        })
+            fortran: None,
+        };
+        if rows.header.fortran && rows.header.shape.len() > 1 {
+            rows.read_fortran()?;
+        }
+        Ok(rows)
+    }
+
+    /// Read a Fortran-order array whole: its rows are not contiguous, so they cannot stream.
+    /// This holds one more copy of the features (as `f32`) while they are read; memory grows
+    /// with the bytes the file actually holds, never with what a damaged shape declares.
+    fn read_fortran(&mut self) -> Result<()> {
+        let path = self.path;
+        let n = self.header.rows() as usize;
+        let dims: Vec<usize> = self.header.shape[1..].iter().map(|&d| d as usize).collect();
+        let per_row = self.values.len();
+        let total = n * per_row;
+        let size = self.header.dtype.size;
+        let mut flat: Vec<f32> = Vec::new();
+        let mut chunk = vec![0u8; (1 << 16) / size * size];
+        let mut decoded = vec![0f32; chunk.len() / size];
+        while flat.len() < total {
+            let want = ((total - flat.len()) * size).min(chunk.len());
+            let got = fill(&mut self.reader, &mut chunk[..want], path)?;
+            if got < want {
+                return Err(Error::input(
+                    path,
+                    None,
+                    None,
+                    prefixed(
+                        &self.place,
+                        format!(
+                            "cut short: shape {} declares {} values, the data holds {}",
+                            self.header.shape_text(),
+                            total,
+                            flat.len() + got / size
+                        ),
+                    ),
+                ));
+            }
+            let count = got / size;
+            decode(&self.header.dtype, &chunk[..got], &mut decoded[..count]);
+            flat.extend_from_slice(&decoded[..count]);
+        }
+        // Value k of a row (C order over the row's sizes) sits at offset
+        // j1 + d1*(j2 + d2*(j3 ...)) of the row's column-major layout, times the row count.
+        let offsets: Vec<usize> = (0..per_row)
+            .map(|k| {
+                let mut rest = k;
+                let mut index = vec![0usize; dims.len()];
+                for (slot, &d) in index.iter_mut().zip(&dims).rev() {
+                    *slot = rest % d;
+                    rest /= d;
+                }
+                index
+                    .iter()
+                    .zip(&dims)
+                    .rev()
+                    .fold(0usize, |acc, (&j, &d)| acc * d + j)
+            })
+            .collect();
+        self.fortran = Some((flat, offsets));
+        Ok(())
     }
 
     /// The array's header.
@@ -522,6 +588,14 @@ impl<'r> FeatureRows<'r> {
         }
         self.next += 1;
         let row = self.next;
+        if let Some((flat, offsets)) = &self.fortran {
+            let n = self.header.rows() as usize;
+            let i = (row - 1) as usize;
+            for (v, &o) in self.values.iter_mut().zip(offsets) {
+                *v = flat[i + n * o];
+            }
+            return self.checked_row(row);
+        }
         let got = match fill(&mut self.reader, &mut self.body, path) {
             Ok(n) => n,
             Err(Error::Io { error, .. }) => {
@@ -548,9 +622,14 @@ impl<'r> FeatureRows<'r> {
             ));
         }
         decode(&self.header.dtype, &self.body, &mut self.values);
+        self.checked_row(row)
+    }
+
+    /// The row just decoded into `values`, if every value is finite.
+    fn checked_row(&self, row: u64) -> Result<Option<&[f32]>> {
         if let Some(i) = self.values.iter().position(|v| !v.is_finite()) {
             return Err(Error::input_row(
-                path,
+                self.path,
                 row,
                 place_of(&self.place),
                 format!("value {} is not a finite number", i + 1),
@@ -914,6 +993,54 @@ pub(crate) mod tests {
         Ok(out)
     }
 
+    /// `npy` with `fortran_order: True`.
+    fn fortran(descr: &str, shape: &[u64], body: &[u8]) -> Vec<u8> {
+        let mut b = npy(descr, shape, body);
+        let at = b.windows(5).position(|w| w == b"False").unwrap();
+        b[at..at + 5].copy_from_slice(b"True ");
+        b
+    }
+
+    #[test]
+    fn fortran_order_arrays_read_as_their_c_order_twins() {
+        // Shape (3, 2): C order rows [0 1] [2 3] [4 5]; column-major file order 0 2 4 1 3 5.
+        let c = rows_of(&npy("<f4", &[3, 2], &f32s(&[0., 1., 2., 3., 4., 5.]))).unwrap();
+        let f = rows_of(&fortran("<f4", &[3, 2], &f32s(&[0., 2., 4., 1., 3., 5.]))).unwrap();
+        assert_eq!(c, f);
+        // Shape (2, 2, 3): value (i, h, w) = 100 i + 10 h + w, in both layouts.
+        let (n, hh, ww) = (2, 2, 3);
+        let value = |i: usize, h: usize, w: usize| (100 * i + 10 * h + w) as f32;
+        let mut c_order = Vec::new();
+        for i in 0..n {
+            for h in 0..hh {
+                for w in 0..ww {
+                    c_order.push(value(i, h, w));
+                }
+            }
+        }
+        let mut f_order = Vec::new();
+        for w in 0..ww {
+            for h in 0..hh {
+                for i in 0..n {
+                    f_order.push(value(i, h, w));
+                }
+            }
+        }
+        let shape = [n as u64, hh as u64, ww as u64];
+        let c = rows_of(&npy("<f4", &shape, &f32s(&c_order))).unwrap();
+        let f = rows_of(&fortran("<f4", &shape, &f32s(&f_order))).unwrap();
+        assert_eq!(c, f);
+        assert_eq!(f[1][4], value(1, 1, 1));
+        // A non-finite value is named by its row.
+        let bad = fortran(
+            "<f8",
+            &[2, 1],
+            &[1f64.to_le_bytes(), f64::NAN.to_le_bytes()].concat(),
+        );
+        let e = rows_of(&bad).unwrap_err().to_string();
+        assert!(e.contains("row 2") && e.contains("not a finite"), "{e}");
+    }
+
     #[test]
     fn reads_rows_of_every_numeric_type() {
         let rows = rows_of(&npy("<f4", &[2, 3], &f32s(&[1., 2., 3., 4., 5., 6.]))).unwrap();
@@ -952,10 +1079,11 @@ pub(crate) mod tests {
         // Header damage.
         assert!(err(&good[..12]).contains("cut short in its header"));
         assert!(err(b"\x93NUMPY\x09\x00").contains("version 9.0"));
-        let mut fortran = npy("<f4", &[1, 1], &f32s(&[1.]));
+        // A Fortran-order array cut short is named too.
+        let mut fortran = npy("<f4", &[2, 2], &f32s(&[1., 2., 3.]));
         let at = fortran.windows(5).position(|w| w == b"False").unwrap();
         fortran[at..at + 5].copy_from_slice(b"True ");
-        assert!(err(&fortran).contains("Fortran"));
+        assert!(err(&fortran).contains("cut short"), "{}", err(&fortran));
         assert!(err(&npy("|O", &[1, 1], &[0; 8])).contains("pickled"));
         assert!(err(&npy("<f2", &[1, 1], &[0; 2])).contains("half floats"));
         assert!(err(&npy("<f4", &[4], &f32s(&[1., 2., 3., 4.]))).contains("shape (4,)"));
