@@ -1419,19 +1419,6 @@ fn cmd_models(g: &Global) -> Result<i32> {
         .iter()
         .map(|p| p.spec())
         .collect::<sisa::Result<_>>()?;
-    let preprocessing = |m: &ModelSpec| match (m.scale, m.standardize) {
-        (Some(f), _) => {
-            let inverse = 1.0 / f as f64;
-            if (inverse - inverse.round()).abs() < 1e-4 * inverse {
-                format!("values scaled by 1/{}", inverse.round())
-            } else {
-                format!("values scaled by {f}")
-            }
-        }
-        (None, sisa::model::Standardize::Feature) => "each feature standardized".into(),
-        (None, sisa::model::Standardize::Global) => "standardized by one mean and deviation".into(),
-        (None, sisa::model::Standardize::None) => "values as they are".into(),
-    };
     if g.json {
         let presets: Vec<_> = specs
             .iter()
@@ -1445,7 +1432,7 @@ fn cmd_models(g: &Global) -> Result<i32> {
                     "lr": m.lr,
                     "batch_size": m.batch_size,
                     "epochs": m.epochs,
-                    "preprocessing": preprocessing(m),
+                    "preprocessing": m.preprocessing(),
                     "augment_shift": m.augment.map(|a| a.shift),
                 })
             })
@@ -1459,7 +1446,7 @@ fn cmd_models(g: &Global) -> Result<i32> {
             Some([c, h, w]) => format!("image {c}x{h}x{w}"),
             None => "the data's features".into(),
         };
-        println!("  input     {input}, {}", preprocessing(m));
+        println!("  input     {input}, {}", m.preprocessing());
         println!(
             "  layers    {}",
             sisa::model::presets::layer_lines(m).join(" > ")

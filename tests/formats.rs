@@ -152,18 +152,23 @@ fn arrays(d: &Data) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
             .flat_map(|&v| (v as f32).to_le_bytes())
             .collect();
     let y: Vec<u8> = d.labels.iter().flat_map(|l| l.to_le_bytes()).collect();
-    let width = d.users.iter().map(|u| u.chars().count()).max().unwrap();
-    let mut u = Vec::new();
-    for id in &d.users {
-        let mut cps: Vec<u32> = id.chars().map(|c| c as u32).collect();
-        cps.resize(width, 0);
-        u.extend(cps.iter().flat_map(|c| c.to_le_bytes()));
-    }
     (
         npy("<f4", &[n, 8, 8], &x),
         npy("<i8", &[n], &y),
-        npy(&format!("<U{width}"), &[n], &u),
+        unicode_npy(&d.users),
     )
+}
+
+/// A 1-D unicode (`<U`) `.npy` array of `strings`, padded to the longest.
+fn unicode_npy(strings: &[String]) -> Vec<u8> {
+    let width = strings.iter().map(|s| s.chars().count()).max().unwrap();
+    let mut body = Vec::new();
+    for s in strings {
+        let mut cps: Vec<u32> = s.chars().map(|c| c as u32).collect();
+        cps.resize(width, 0);
+        body.extend(cps.iter().flat_map(|c| c.to_le_bytes()));
+    }
+    npy(&format!("<U{width}"), &[strings.len()], &body)
 }
 
 fn write_npz(d: &Data, path: &Path, deflate: bool) {
@@ -565,14 +570,7 @@ fn class_names_read_the_same_from_csv_tsv_parquet_and_npz() {
     let npz = d.join("n.npz");
     let (x, _, u) = arrays(&named);
     let names: Vec<String> = named.labels.iter().map(|&l| name(l)).collect();
-    let width = names.iter().map(|n| n.chars().count()).max().unwrap();
-    let mut y = Vec::new();
-    for n in &names {
-        let mut cps: Vec<u32> = n.chars().map(|c| c as u32).collect();
-        cps.resize(width, 0);
-        y.extend(cps.iter().flat_map(|c| c.to_le_bytes()));
-    }
-    let y = npy(&format!("<U{width}"), &[names.len()], &y);
+    let y = unicode_npy(&names);
     let mut z = zip::ZipWriter::new(std::fs::File::create(&npz).unwrap());
     let opts = zip::write::SimpleFileOptions::default();
     for (entry, bytes) in [("user_id.npy", u), ("X.npy", x), ("y.npy", y)] {
@@ -597,6 +595,26 @@ fn class_names_read_the_same_from_csv_tsv_parquet_and_npz() {
         seen[0], seen[3],
         "an .npz with a unicode labels array trains as the CSV does"
     );
+    // A held-out Parquet file with a name the training file never had is refused, naming the
+    // file and the label column, and nothing is created.
+    let odd = |l: i64| if l == 9 { "nine".to_string() } else { name(l) };
+    let bad = d.join("held-odd.parquet");
+    write_parquet_labelled(&test, &bad, Compression::SNAPPY, Some(&odd));
+    let out = d.join("refused");
+    let args = train_args(
+        pq.to_str().unwrap(),
+        bad.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &[],
+    );
+    let o = sisa(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("held-odd.parquet") && err.contains("'label'") && err.contains("nine"),
+        "{err}"
+    );
+    assert!(!out.exists());
     // Names in byte order equal the integer order here, so the integer run is the same too.
     let (ints, _) = train(&train_csv, &test_csv, &d.join("ints"), &[]);
     assert_eq!(seen[0], ints);

@@ -172,9 +172,13 @@ impl InputSpec {
         &self.users
     }
 
-    /// The labels file given with `--labels`, if any.
-    pub fn labels(&self) -> Option<&Path> {
-        self.labels.as_deref()
+    /// Where the labels are, for messages: the labels file given with `--labels`, else the
+    /// label column's name.
+    pub fn label_place(&self) -> String {
+        match &self.labels {
+            Some(p) => p.display().to_string(),
+            None => self.columns.label.clone(),
+        }
     }
 
     /// The path messages name: the file, or `<stdin>`.
@@ -772,10 +776,7 @@ pub fn read_table(spec: &InputSpec, want: &Want<'_>, seed: u64, role: Role) -> R
         (None, _) => Some(&any),
     };
     let path = spec.path().to_path_buf();
-    let label_place = match &spec.labels {
-        Some(p) => p.display().to_string(),
-        None => spec.columns.label.clone(),
-    };
+    let label_place = spec.label_place();
     let names = for_each_row(spec, want, seed, role, |item| {
         match item {
             Item::Start { dim, users } => {

@@ -293,7 +293,7 @@ pub fn ingest(opts: &TrainOptions) -> Result<Ingested> {
     check_out(&opts.out)?;
     check_new_ledger(opts.ledger.as_deref())?;
     let secret = Secret::generate()?;
-    let mut learner = Learner::new(opts.data.path(), &label_column(&opts.data));
+    let mut learner = Learner::new(opts.data.path(), &opts.data.label_place());
     let (names, mut shards) = stream_placed(
         &opts.data,
         Features::All,
@@ -311,7 +311,7 @@ pub fn ingest(opts: &TrainOptions) -> Result<Ingested> {
     let test = match &opts.test {
         Some(spec) => {
             let classes = learned.classes();
-            let column = label_column(spec);
+            let column = spec.label_place();
             let mut test_max = 0u32;
             let (_, rows) = stream_placed(
                 spec,
@@ -339,14 +339,6 @@ pub fn ingest(opts: &TrainOptions) -> Result<Ingested> {
     let rows: usize = shards.iter().map(|r| r.len()).sum();
     let config = new_config(opts, names, max_label, learned.names, rows, &secret)?;
     Ok((config, secret, shards, test))
-}
-
-/// Where an input's labels are, for messages: its label column, or its labels file.
-fn label_column(spec: &InputSpec) -> String {
-    match spec.labels() {
-        Some(p) => p.display().to_string(),
-        None => spec.columns().label.clone(),
-    }
 }
 
 /// Stream the labelled input `input` into shard row stores, each row's label as `label` maps
