@@ -25,6 +25,10 @@ struct Header {
     shard: usize,
     stage: usize,
     step: u64,
+    /// The machine kind that trained it ([`crate::machine::kind`]); absent in checkpoints
+    /// written before sisa recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    machine: Option<String>,
 }
 
 /// Everything needed to continue training a shard, or to serve it.
@@ -40,6 +44,9 @@ pub struct Checkpoint {
     pub shard: usize,
     /// The stage (0 = untrained).
     pub stage: usize,
+    /// The machine kind that trained it ([`crate::machine::kind`]; empty when the file
+    /// predates the record). Not part of the model: equal models from two kinds compare equal.
+    pub machine: String,
 }
 
 impl PartialEq for Checkpoint {
@@ -128,6 +135,7 @@ impl Checkpoint {
             shard: self.shard,
             stage: self.stage,
             step: self.model.steps(),
+            machine: (!self.machine.is_empty()).then(|| self.machine.clone()),
         };
         let meta: HashMap<String, String> = [(
             "sisa".to_string(),
@@ -210,6 +218,7 @@ impl Checkpoint {
             lineage: *lineage,
             shard,
             stage,
+            machine: header.machine.unwrap_or_default(),
         })
     }
 }
@@ -251,11 +260,13 @@ mod tests {
             lineage: lin,
             shard: 2,
             stage: 3,
+            machine: crate::machine::kind().to_string(),
         };
         let bytes = ck.encode();
         let back = Checkpoint::decode(Path::new("c"), &bytes, &cfg, 2, &lin).unwrap();
         assert_eq!(back, ck);
         assert_eq!(back.model.steps(), 1);
+        assert_eq!(back.machine, crate::machine::kind());
         assert_eq!(back.digest(), ck.digest());
         let err =
             Checkpoint::decode(Path::new("c"), &bytes, &cfg, 2, &Lineage([8; 32])).unwrap_err();

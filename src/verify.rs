@@ -4,7 +4,8 @@
 //! seed on the data the run now holds, and compares every stage's lineage and checkpoint digest
 //! and the final model digest with the published manifest. Equal digests mean equal bits:
 //! every deletion so far left exactly the model a from-scratch run would have trained. Results
-//! are bitwise on the same kind of CPU (see `run.json`'s `cpu`).
+//! are bitwise on the same kind of machine: each shard records the kind that trained it
+//! ([`crate::machine`]), and each verdict says whether this machine is of that kind.
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -28,6 +29,11 @@ pub struct ShardVerdict {
     pub stages: usize,
     /// True when every stage and the model are bitwise identical.
     pub identical: bool,
+    /// The machine kind that trained the published model (empty when not recorded).
+    pub trained_on: String,
+    /// True when this machine is of that kind (or none is recorded): only then must the
+    /// bits agree. On another kind a difference says nothing about the data.
+    pub same_machine_kind: bool,
 }
 
 /// Retrain `shards` (all when `None`) from scratch and compare with the published run. A
@@ -99,6 +105,9 @@ pub fn verify(
                 retrained,
                 stages_matching,
                 stages: entry.stages.len(),
+                same_machine_kind: entry.machine.is_empty()
+                    || entry.machine == crate::machine::kind(),
+                trained_on: entry.machine.clone(),
             }
         })
         .collect())

@@ -59,6 +59,10 @@ pub struct ShardEntry {
     pub stages: Vec<StageEntry>,
     /// SHA-256 over the final model's tensors (see [`crate::checkpoint::model_digest`]).
     pub model_digest: String,
+    /// The machine kind ([`crate::machine::kind`]) that trained the final model; empty in
+    /// manifests written before sisa recorded it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub machine: String,
 }
 
 impl ShardEntry {

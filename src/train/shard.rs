@@ -115,6 +115,7 @@ impl<'a> ShardData<'a> {
             lineage: self.root,
             shard: self.shard,
             stage: 0,
+            machine: crate::machine::kind().to_string(),
         })
     }
 
@@ -145,7 +146,11 @@ impl<'a> ShardData<'a> {
                     message: "checkpoint lineage does not match the shard's data; refusing to continue from it".into(),
                 });
             }
-            ck
+            // The stages trained from here on are this machine's.
+            Checkpoint {
+                machine: crate::machine::kind().to_string(),
+                ..ck
+            }
         };
         let d = self.rows.dim;
         let n = self.rows.len();
