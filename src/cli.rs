@@ -84,6 +84,10 @@ enum Command {
     Unlearn(UnlearnArgs),
     /// Retrain shards from scratch and check the published models are bitwise identical.
     Verify(VerifyArgs),
+    /// Train shards of the run's plan (one task of a Slurm array or Kubernetes Indexed Job).
+    TrainShard(TrainShardArgs),
+    /// Check every shard task's result against the plan and publish the version atomically.
+    Publish(PublishArgs),
     /// Complete interrupted requests and bring the run in line with its ledger; nothing else.
     Recover(RunArgs),
     /// Add rows to a run; rows of forgotten users are refused and counted.
@@ -358,6 +362,48 @@ struct TrainArgs {
     /// it, and every later command must pass the same --ledger. Default: RUN/ledger.jsonl.
     #[arg(long)]
     ledger: Option<PathBuf>,
+    /// Ingest, place and write the shards' data and a plan, and train nothing: shard tasks
+    /// (sisa train-shard, or the jobs sisa slurm and sisa k8s write) train the shards on any
+    /// machine that mounts the run, and sisa publish publishes version 1.
+    #[arg(long)]
+    plan_only: bool,
+}
+
+#[derive(Args, Debug)]
+struct TrainShardArgs {
+    /// The run directory (on a filesystem every node mounts).
+    #[arg(long)]
+    run: PathBuf,
+    /// A shard to train; repeat for more (they train side by side, --threads at a time).
+    #[arg(long, value_name = "K")]
+    shard: Vec<usize>,
+    /// Shards to train: numbers and ranges, comma separated, ascending (`0-199`,
+    /// `3,7,12-15`). With --shard-from-env, the list the task index picks from.
+    #[arg(long, value_name = "LIST", value_parser = parse_shards)]
+    shards: Option<ShardList>,
+    /// Train the shard of this task of a job array: the index from SLURM_ARRAY_TASK_ID (a
+    /// Slurm array) or JOB_COMPLETION_INDEX (a Kubernetes Indexed Job); index i is the i-th
+    /// shard of --shards, or of the plan's pending shards without --shards.
+    #[arg(long, conflicts_with = "shard")]
+    shard_from_env: bool,
+}
+
+#[derive(Args, Debug)]
+struct PublishArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Wait for every shard task's result on the shared filesystem before publishing,
+    /// checking every 2 seconds (a Kubernetes publish Job starts beside its shard tasks).
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 86_400,
+        requires = "wait"
+    )]
+    timeout: u64,
 }
 
 #[derive(Args, Debug)]
@@ -429,6 +475,11 @@ struct UnlearnArgs {
     /// Print the plan and its cost; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Accept and erase now, and leave retraining to shard tasks: the touched shards join the
+    /// run's plan, which `sisa slurm --pending`, `sisa k8s --pending` or `sisa train-shard`
+    /// train and `sisa publish` publishes, completing the request.
+    #[arg(long, conflicts_with = "dry_run")]
+    no_retrain: bool,
 }
 
 #[derive(Args, Debug)]
@@ -539,6 +590,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Unlearn(a) => cmd_unlearn(a, &g),
         Command::Verify(a) => cmd_verify(a, &g),
         Command::Recover(a) => cmd_recover(a, &g),
+        Command::TrainShard(a) => cmd_train_shard(a, &g),
+        Command::Publish(a) => cmd_publish(a, &g),
         Command::Serve(a) => {
             let mut opts = a.serve.options(a.run.run, a.run.ledger, g.options())?;
             opts.announce_json = g.json;
@@ -713,6 +766,34 @@ fn train_options(a: &TrainArgs, g: &Global) -> Result<TrainOptions> {
 
 fn cmd_train(a: TrainArgs, g: &Global) -> Result<i32> {
     let opts = train_options(&a, g)?;
+    if a.plan_only {
+        let s = train::plan_run(&opts)?;
+        if g.json {
+            print_json(&json!({
+                "run": opts.out,
+                "plan": s.plan.id,
+                "shards": s.config.shards,
+                "slices": s.config.slices,
+                "pending": s.plan.shards(),
+                "rows": s.plan.manifest.shards.iter().map(|x| x.data.rows).sum::<u64>(),
+                "rows_epochs": s.rows_epochs,
+            }));
+        } else {
+            println!(
+                "planned {} shards x {} slices ({} rows x epochs to train) at {}; plan {}",
+                s.config.shards,
+                s.config.slices,
+                s.rows_epochs,
+                opts.out.display(),
+                s.plan.short_id()
+            );
+            println!(
+                "next: train the shards (sisa slurm --run {0} | sbatch, sisa k8s --run {0} ..., or sisa train-shard --run {0} --shard K for each), then sisa publish --run {0}",
+                opts.out.display()
+            );
+        }
+        return Ok(0);
+    }
     let summary = train::train_run(&opts)?;
     let run = &summary.run;
     let (epochs, per_stage) = (run.config.model.epochs, &run.config.stage_epochs);
@@ -814,15 +895,90 @@ fn status_json(run: &Run, ledger: &Ledger) -> serde_json::Value {
     })
 }
 
+/// The pending plan of the run at `root`, if any: its shards and how far their tasks are.
+fn plan_status(root: &Path) -> Result<Option<serde_json::Value>> {
+    use sisa::run::plan::NotReady;
+    let dir = sisa::run::RunDir::new(root);
+    if sisa::run::Plan::load(&dir)?.is_none() {
+        return Ok(None);
+    }
+    let planned = sisa::train::task::Planned::open(root)?;
+    let plan = &planned.plan;
+    let shards: Vec<_> = plan
+        .pending
+        .iter()
+        .map(|p| {
+            let state = match plan.result_of(&dir, p.shard) {
+                Ok(_) => "trained".to_string(),
+                Err(NotReady::Missing) => "waiting".to_string(),
+                Err(NotReady::OlderPlan { .. }) => "older plan: rerun".to_string(),
+                Err(NotReady::Damaged(m)) => format!("damaged: {m}"),
+            };
+            json!({"shard": p.shard, "first_stage": p.first_stage, "state": state})
+        })
+        .collect();
+    let done = shards.iter().filter(|s| s["state"] == "trained").count();
+    Ok(Some(json!({
+        "plan": plan.id,
+        "base_version": plan.base.as_ref().map(|b| b.version),
+        "version": plan.manifest.version,
+        "requests": plan.requests,
+        "pending": plan.pending.len(),
+        "trained": done,
+        "shards": shards,
+    })))
+}
+
+fn print_plan_status(p: &serde_json::Value) {
+    println!(
+        "plan {}: version {} waits on {} of {} shard task(s); requests {}",
+        p["plan"]
+            .as_str()
+            .unwrap_or_default()
+            .get(..16)
+            .unwrap_or_default(),
+        p["version"],
+        p["pending"].as_u64().unwrap_or(0) - p["trained"].as_u64().unwrap_or(0),
+        p["pending"],
+        p["requests"]
+    );
+    for s in p["shards"].as_array().into_iter().flatten() {
+        println!(
+            "  shard {:>4}: from stage {}: {}",
+            s["shard"],
+            s["first_stage"],
+            s["state"].as_str().unwrap_or_default()
+        );
+    }
+}
+
 fn cmd_status(a: StatusArgs, g: &Global) -> Result<i32> {
+    let dir = sisa::run::RunDir::new(&a.run.run);
+    if !dir.path(sisa::run::RunFile::Current).exists() {
+        // Planned and not published yet: the plan is all there is.
+        if let Some(p) = plan_status(&a.run.run)? {
+            if g.json {
+                print_json(&json!({"run": a.run.run, "version": null, "plan": p}));
+            } else {
+                println!("run {}: planned, not published yet", a.run.run.display());
+                print_plan_status(&p);
+            }
+            return Ok(0);
+        }
+    }
     let (run, ledger, _lock) = open(&a.run, g)?;
+    let plan = plan_status(&a.run.run)?;
     if g.json {
         let mut v = status_json(&run, &ledger);
         if let Some(names) = &run.config.class_names {
             v["class_names"] = json!(names);
         }
+        v["plan"] = json!(plan);
         print_json(&v);
         return Ok(0);
+    }
+    if let Some(p) = &plan {
+        print_plan_status(p);
     }
     let c = &run.config;
     println!(
@@ -1107,6 +1263,41 @@ fn cmd_unlearn(a: UnlearnArgs, g: &Global) -> Result<i32> {
         return Ok(0);
     }
     let started = Instant::now();
+    if a.no_retrain {
+        let request = unlearner.accept_deferred(resolved)?;
+        eprintln!(
+            "sisa: request {request} accepted and recorded in {}",
+            unlearner.ledger().path().display()
+        );
+        let plan = unlearner.defer(request)?;
+        let root = run.dir.root().display();
+        if g.json {
+            print_json(&json!({
+                "request": request,
+                "deferred": true,
+                "plan": plan.id,
+                "pending_shards": plan.shards(),
+                "pending_requests": plan.requests,
+                "version": run.manifest.version,
+            }));
+        } else {
+            println!(
+                "request {request}: {} user(s) accepted and erased from the data; retraining deferred to shard tasks",
+                keys.len()
+            );
+            println!(
+                "plan {}: shard(s) {:?} to retrain for request(s) {:?}; until it is published, version {} is served without those shards",
+                plan.short_id(),
+                plan.shards(),
+                plan.requests,
+                run.manifest.version
+            );
+            println!(
+                "next: sisa slurm --run {root} --pending | sbatch (or sisa train-shard --run {root} --shard K), then sisa publish --run {root}"
+            );
+        }
+        return Ok(0);
+    }
     let request = unlearner.accept(resolved)?;
     eprintln!(
         "sisa: request {request} accepted and recorded in {}",
@@ -1154,7 +1345,7 @@ fn cmd_verify(a: VerifyArgs, g: &Global) -> Result<i32> {
     } else {
         for v in &verdicts {
             println!(
-                "shard {:>3}: {} ({}/{} stages match) {}",
+                "shard {:>3}: {} ({}/{} stages match) {}{}",
                 v.shard,
                 if v.identical {
                     "identical"
@@ -1163,7 +1354,16 @@ fn cmd_verify(a: VerifyArgs, g: &Global) -> Result<i32> {
                 },
                 v.stages_matching,
                 v.stages,
-                v.retrained
+                v.retrained,
+                if v.same_machine_kind {
+                    String::new()
+                } else {
+                    format!(
+                        "; trained on another machine kind ('{}'; this one is '{}'), so its bits are compared across kinds",
+                        v.trained_on,
+                        sisa::machine::kind()
+                    )
+                }
             );
         }
         println!(
@@ -1191,16 +1391,26 @@ fn cmd_recover(a: RunArgs, g: &Global) -> Result<i32> {
             "requests": ledger.requests().len(),
             "completed": recovery.completed,
             "removed_files": recovery.removed_files,
-            "pending": 0,
+            "pending": recovery.pending.len(),
+            "pending_requests": recovery.pending,
         }));
         return Ok(0);
     }
-    println!(
-        "run {} is at version {} with {} request(s) applied; nothing is pending",
-        run.dir.root().display(),
-        run.manifest.version,
-        ledger.requests().len()
-    );
+    if recovery.pending.is_empty() {
+        println!(
+            "run {} is at version {} with {} request(s) applied; nothing is pending",
+            run.dir.root().display(),
+            run.manifest.version,
+            ledger.requests().len()
+        );
+    } else {
+        println!(
+            "run {} is at version {}; request(s) {:?} wait for their shard tasks and sisa publish",
+            run.dir.root().display(),
+            run.manifest.version,
+            recovery.pending
+        );
+    }
     Ok(0)
 }
 
@@ -1633,6 +1843,7 @@ fn quickstart(a: QuickstartArgs, g: &Global) -> Result<i32> {
         classes: None,
         aggregate: Aggregation::Mean,
         ledger: None,
+        plan_only: false,
         backend: None,
     };
     let summary = train::train_run(&train_options(&targs, g)?)?;
@@ -1749,4 +1960,164 @@ fn quickstart(a: QuickstartArgs, g: &Global) -> Result<i32> {
     );
     println!("  receipt                 {}", receipt_path.display());
     Ok(if identical { 0 } else { 3 })
+}
+
+/// A `--shards` list (a newtype: clap reads a bare `Vec` as a repeated flag).
+#[derive(Clone, Debug)]
+struct ShardList(Vec<usize>);
+
+fn parse_shards(text: &str) -> std::result::Result<ShardList, String> {
+    sisa::scale::shards::parse_shard_list(text).map(ShardList)
+}
+
+/// The task index of this job-array task, from Slurm's or Kubernetes' environment.
+fn task_index_from_env() -> Result<usize> {
+    for var in ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"] {
+        if let Ok(v) = std::env::var(var) {
+            return v.trim().parse().map_err(|_| {
+                sisa::Error::Usage(format!(
+                    "--shard-from-env: {var} is '{v}', not a task index"
+                ))
+                .into()
+            });
+        }
+    }
+    Err(sisa::Error::Usage(
+        "--shard-from-env: neither SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX is set; run it as a \
+         task of a Slurm job array or a Kubernetes Indexed Job, or name the shard with --shard K"
+            .into(),
+    )
+    .into())
+}
+
+fn cmd_train_shard(a: TrainShardArgs, g: &Global) -> Result<i32> {
+    use sisa::train::task::{self, Outcome, Planned};
+    let planned = Planned::open(&a.run)?;
+    let shards: Vec<usize> = if a.shard_from_env {
+        let index = task_index_from_env()?;
+        let list = a
+            .shards
+            .clone()
+            .map_or_else(|| planned.plan.shards(), |l| l.0);
+        let Some(&k) = list.get(index) else {
+            return Err(sisa::Error::Usage(format!(
+                "--shard-from-env: task index {index} is beyond the {} shard(s) of {}",
+                list.len(),
+                if a.shards.is_some() {
+                    "--shards"
+                } else {
+                    "the plan"
+                }
+            ))
+            .into());
+        };
+        vec![k]
+    } else {
+        let mut all = a.shard.clone();
+        all.extend(a.shards.iter().flat_map(|l| l.0.iter()));
+        all.sort_unstable();
+        all.dedup();
+        if all.is_empty() {
+            return Err(sisa::Error::Usage(
+                "name the shards to train: --shard K, --shards LIST, or --shard-from-env in a job array"
+                    .into(),
+            )
+            .into());
+        }
+        all
+    };
+    let outcomes = task::train_shards(&planned, &shards, g.threads(), !g.quiet)?;
+    let id = planned.plan.short_id();
+    let mut out = Vec::new();
+    for (k, o) in &outcomes {
+        let (state, result) = match o {
+            Outcome::Trained { result, .. } => ("trained", Some(result)),
+            Outcome::AlreadyDone(result) => ("already_done", Some(result)),
+            Outcome::NotPending => ("not_pending", None),
+        };
+        if !g.json {
+            match (o, result) {
+                (Outcome::Trained { resumed, .. }, Some(r)) => println!(
+                    "shard {k}: trained stages {}..{} for plan {id} in {:.2}s{} on {}; model {}",
+                    r.first_stage + resumed,
+                    planned.run.config.slices,
+                    r.seconds,
+                    if *resumed > 0 {
+                        format!(" ({resumed} stage(s) resumed from an earlier attempt)")
+                    } else {
+                        String::new()
+                    },
+                    r.host,
+                    r.model_digest
+                ),
+                (_, Some(r)) => println!(
+                    "shard {k}: already trained for plan {id}; model {}",
+                    r.model_digest
+                ),
+                _ => println!("shard {k}: nothing to train (plan {id} does not retrain it)"),
+            }
+        }
+        out.push(json!({
+            "shard": k,
+            "state": state,
+            "first_stage": result.map(|r| r.first_stage),
+            "model_digest": result.map(|r| &r.model_digest),
+            "machine": result.map(|r| &r.machine),
+            "seconds": result.map(|r| r.seconds),
+        }));
+    }
+    if g.json {
+        print_json(&json!({"run": a.run, "plan": planned.plan.id, "shards": out}));
+    }
+    Ok(0)
+}
+
+fn cmd_publish(a: PublishArgs, g: &Global) -> Result<i32> {
+    use sisa::scale::publish::{publish, Outcome, PublishOptions};
+    let opts = PublishOptions {
+        ledger: a.run.ledger.clone(),
+        wait: a.wait.then(|| std::time::Duration::from_secs(a.timeout)),
+        unlearn: g.options(),
+    };
+    match publish(&a.run.run, &opts)? {
+        Outcome::Published(p) => {
+            if g.json {
+                print_json(&json!({
+                    "run": a.run.run,
+                    "published": true,
+                    "version": p.version,
+                    "shards": p.shards,
+                    "requests": p.requests,
+                    "machine": p.machine,
+                }));
+            } else {
+                println!(
+                    "published version {} of {}: {} shard(s) trained by their tasks on '{}'{}",
+                    p.version,
+                    a.run.run.display(),
+                    p.shards.len(),
+                    p.machine,
+                    if p.requests.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; deletion request(s) {:?} complete, receipts in {}",
+                            p.requests,
+                            a.run.run.join("receipts").display()
+                        )
+                    }
+                );
+            }
+        }
+        Outcome::NothingPending { version } => {
+            if g.json {
+                print_json(&json!({"run": a.run.run, "published": false, "version": version}));
+            } else {
+                println!(
+                    "nothing to publish: version {version} is published and no plan is pending"
+                );
+            }
+        }
+    }
+    Ok(0)
 }

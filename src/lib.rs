@@ -16,6 +16,7 @@
 //! - [`train`]: deterministic, seeded, shard-parallel training with our own optimizers.
 //! - [`checkpoint`]: safetensors checkpoints named and checked by lineage.
 //! - [`run`]: the run directory: layout, `run.json`, manifests, durable atomic writes.
+//! - [`machine`]: the machine kind a model's bits depend on, recorded with every checkpoint.
 //! - [`ensemble`]: aggregation of shard models by posterior mean or majority vote.
 //! - [`metrics`]: what `sisa eval` reports: log-loss, per-class precision, recall and F1,
 //!   macro averages, the confusion matrix.
@@ -24,6 +25,8 @@
 //! - [`unlearn`]: the hash-chained ledger, planning, execution, receipts and recovery.
 //! - [`serve`]: the Open Inference Protocol (v2) server: atomic hot swap of published versions,
 //!   deletion requests over an authenticated endpoint, shards under deletion left out of the vote.
+//! - [`scale`]: scale-out on a shared filesystem: a plan, shard tasks on any machine, one
+//!   publish; the Slurm and Kubernetes job files that run them.
 //! - [`verify`]: the certificate: retrain from scratch and compare bitwise with what is published.
 //! - [`audit`]: membership inference by loss threshold: AUC, TPR at fixed FPR, bootstrap and
 //!   never-seen (null) intervals; tells whether forgotten rows look like rows never trained on.
@@ -38,11 +41,13 @@ pub mod data;
 pub mod ensemble;
 pub mod error;
 pub mod export;
+pub mod machine;
 pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod rng;
 pub mod run;
+pub mod scale;
 pub mod serve;
 pub mod train;
 pub mod unlearn;

@@ -523,6 +523,7 @@ fn a_ledger_entry_naming_a_shard_the_run_lacks_is_refused_and_changes_nothing() 
                     shards: vec![99],
                     buckets: vec![],
                 }),
+                deferred: false,
             },
         )
         .unwrap();

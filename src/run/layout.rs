@@ -7,6 +7,9 @@
 //!   manifest-<version>.json          per shard: data and checkpoint digests, lineages
 //!   secret                           HMAC key for user keys (0600)
 //!   LOCK                             locked by the process recovering or changing the run
+//!   PUBLISH                          created (O_EXCL) by the one process publishing, on any machine
+//!   plan.json                        the version shard tasks are training, when one is pending
+//!   tasks/shard-<k>.json             what shard k's task trained for the pending plan
 //!   ledger.jsonl                     deletion requests (may live elsewhere: --ledger)
 //!   ledger-location.json             where the ledger lives, if elsewhere, and its last head
 //!   data/shard-<k>-<digest>.rows     a shard's rows, named by their digest
@@ -33,6 +36,14 @@ pub enum RunFile<'a> {
     Secret,
     /// `LOCK`: held (flock) by the process that recovers or changes the run.
     Lock,
+    /// `PUBLISH`: created exclusively by the process that publishes (any machine).
+    PublishLock,
+    /// `plan.json`: the version that shard tasks train, while one is pending.
+    Plan,
+    /// `tasks/`.
+    TasksDir,
+    /// `tasks/shard-<k>.json`: the result of shard k's task.
+    TaskResult(usize),
     /// `ledger.jsonl` (the default ledger location).
     Ledger,
     /// `ledger-location.json`: where the ledger lives when it is not `ledger.jsonl`.
@@ -81,6 +92,10 @@ impl RunDir {
             RunFile::Manifest(v) => self.root.join(manifest_name(v)),
             RunFile::Secret => self.root.join("secret"),
             RunFile::Lock => self.root.join("LOCK"),
+            RunFile::PublishLock => self.root.join("PUBLISH"),
+            RunFile::Plan => self.root.join("plan.json"),
+            RunFile::TasksDir => self.root.join("tasks"),
+            RunFile::TaskResult(k) => self.root.join("tasks").join(format!("shard-{k}.json")),
             RunFile::Ledger => self.root.join("ledger.jsonl"),
             RunFile::LedgerLocation => self.root.join("ledger-location.json"),
             RunFile::DataDir => self.root.join("data"),

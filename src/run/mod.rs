@@ -9,11 +9,13 @@ pub mod durable;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod plan;
 
 pub use config::{Aggregation, RunConfig};
 pub use layout::{RunDir, RunFile};
-pub use lock::RunLock;
+pub use lock::{PublishLock, RunLock};
 pub use manifest::{DataRef, Manifest, ShardEntry, StageEntry};
+pub use plan::Plan;
 
 use crate::checkpoint::Checkpoint;
 use crate::data::{Rows, Secret, UserKey};
@@ -70,6 +72,13 @@ impl Run {
         }
         if !dir.path(RunFile::Config).exists() {
             return Err(Error::run(root, "not a sisa run (no run.json)"));
+        }
+        if !dir.path(RunFile::Current).exists() && dir.path(RunFile::Plan).exists() {
+            return Err(Error::run(
+                root,
+                "is planned and not published yet: run its shard tasks (sisa train-shard, or the \
+                 jobs sisa slurm and sisa k8s write), then sisa publish",
+            ));
         }
         let config = RunConfig::load(&dir.path(RunFile::Config))?;
         let secret_path = dir.path(RunFile::Secret);
@@ -133,6 +142,20 @@ impl Run {
             self.current = text;
         }
         Ok(())
+    }
+
+    /// The text of `CURRENT` that named the loaded manifest (empty for a run being built).
+    pub fn current_text(&self) -> &str {
+        &self.current
+    }
+
+    /// This run as it would be with `manifest` published: what a plan's shard tasks read
+    /// their rows and starting checkpoints through (nothing is written).
+    pub fn with_manifest(&self, manifest: Manifest) -> Run {
+        Run {
+            manifest,
+            ..self.clone()
+        }
     }
 
     /// Publish `manifest` ([`Manifest::publish`]) and make it this run's.
@@ -345,6 +368,19 @@ impl Run {
         for (k, t) in m.test.iter().flatten().enumerate() {
             keep_data.insert(name_of(self.dir.path(RunFile::TestData(k, &t.digest))));
         }
+        // A pending plan's files are kept too: its data, and the checkpoints its shard tasks
+        // write (their temp files as well, which a task may be writing right now).
+        let plan = Plan::load(&self.dir)?;
+        if let Some(p) = &plan {
+            for s in &p.manifest.shards {
+                keep_data.insert(name_of(
+                    self.dir.path(RunFile::ShardData(s.shard, &s.data.digest)),
+                ));
+            }
+            for (k, t) in p.manifest.test.iter().flatten().enumerate() {
+                keep_data.insert(name_of(self.dir.path(RunFile::TestData(k, &t.digest))));
+            }
+        }
         let keep_manifest = name_of(self.dir.path(RunFile::Manifest(m.version)));
         let mut out = Vec::new();
         let visit =
@@ -383,14 +419,17 @@ impl Run {
             let Some(entry) = m.shards.get(k) else {
                 continue;
             };
+            let planned = plan.as_ref().and_then(|p| p.manifest.shards.get(k));
             let keep: HashSet<String> = entry
                 .stages
                 .iter()
+                .chain(planned.iter().flat_map(|s| s.stages.iter()))
                 .map(|st| format!("{}.safetensors", st.lineage.to_hex()))
                 .collect();
+            let writing = plan.as_ref().is_some_and(|p| p.pending_of(k).is_some());
             visit(
                 &self.dir.path(RunFile::ShardCheckpoints(k)),
-                &|n| keep.contains(n),
+                &|n| keep.contains(n) || (writing && n.ends_with(".tmp")),
                 &mut out,
             )?;
         }

@@ -148,6 +148,7 @@ mod tests {
                 Event::Accepted {
                     users: vec![key],
                     place: Some(place),
+                    deferred: false,
                 },
             )
             .unwrap();

@@ -5,6 +5,7 @@
 
 pub mod progress;
 pub mod shard;
+pub mod task;
 
 /// The optimizers, kept beside the models whose state they update.
 pub use crate::model::optim;
@@ -543,6 +544,95 @@ fn train_placed(
     opts: &TrainOptions,
     (config, secret, shards, test): Ingested,
 ) -> Result<TrainSummary> {
+    let (manifest, seconds, rows_epochs) = build_beside(opts, |root| {
+        build_run(root, &config, &secret, &shards, test.as_ref(), opts)
+    })?;
+    let run = Run::from_parts(RunDir::new(&opts.out), config, manifest, secret);
+    Ok(TrainSummary {
+        run,
+        seconds,
+        rows_epochs,
+    })
+}
+
+/// What `sisa train --plan-only` did.
+#[derive(Clone, Debug)]
+pub struct PlanSummary {
+    /// The new run's configuration.
+    pub config: RunConfig,
+    /// Its plan: every shard pending from stage 1.
+    pub plan: crate::run::Plan,
+    /// Rows×epochs its shard tasks will train.
+    pub rows_epochs: u64,
+}
+
+/// Ingest and place the data of a new run at `opts.out` and write its plan, training nothing:
+/// shard tasks train the shards (`sisa train-shard`) and `sisa publish` publishes version 1.
+/// Built beside `--out` and renamed into place, as [`train_run`] does.
+pub fn plan_run(opts: &TrainOptions) -> Result<PlanSummary> {
+    let (config, secret, shards, test) = ingest(opts)?;
+    let (plan, rows_epochs) = build_beside(opts, |root| {
+        let dir = RunDir::new(root);
+        let syncs = durable::DirSyncs::new();
+        let (data_refs, test_ref) =
+            write_new_run(root, &config, &secret, &shards, test.as_ref(), opts, &syncs)?;
+        syncs.sync()?;
+        let digest = config.digest();
+        let mut total = 0;
+        let mut entries = Vec::new();
+        for ((k, rows), data) in shards.iter().enumerate().zip(data_refs) {
+            let d = ShardData::new(&config, &digest, k, rows);
+            total += d.cost_from(1);
+            let stage_rows = d.stage_rows();
+            let mut entry = ShardEntry {
+                shard: k,
+                data,
+                slice_rows: Vec::new(),
+                slice_digests: Vec::new(),
+                stages: d
+                    .lineages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| StageEntry {
+                        lineage: *l,
+                        epochs: config.stage_epochs[i],
+                        rows: stage_rows[i],
+                        file_digest: String::new(),
+                    })
+                    .collect(),
+                model_digest: String::new(),
+                machine: String::new(),
+            };
+            entry.set_slices(&d.index);
+            entries.push(entry);
+        }
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT.to_string(),
+            version: 1,
+            config_digest: hex::encode(digest),
+            applied_request: 0,
+            applied_entry: String::new(),
+            test: test_ref,
+            shards: entries,
+            added_batches: Vec::new(),
+        };
+        let mut plan = crate::run::Plan::new(None, manifest);
+        for k in 0..config.shards {
+            plan.mark(k, 1);
+        }
+        plan.write(&dir)?;
+        Ok((plan, total))
+    })?;
+    Ok(PlanSummary {
+        config,
+        plan,
+        rows_epochs,
+    })
+}
+
+/// Build a new run in a temp directory beside `opts.out` with `build`, then rename it into
+/// place, so a failure at any point leaves `--out` as it was.
+fn build_beside<T>(opts: &TrainOptions, build: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let parent = opts
         .out
         .parent()
@@ -561,21 +651,15 @@ fn train_placed(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    let build = PartialBuild::start(tmp)?;
-    let (manifest, seconds, rows_epochs) =
-        build_run(&build.dir, &config, &secret, &shards, test.as_ref(), opts)?;
+    let partial = PartialBuild::start(tmp)?;
+    let out = build(&partial.dir)?;
     if opts.out.exists() {
         // check_out allowed only an empty directory; rename needs it gone.
         std::fs::remove_dir(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     }
-    build.finish(&opts.out)?;
+    partial.finish(&opts.out)?;
     durable::sync_dir(parent)?;
-    let run = Run::from_parts(RunDir::new(&opts.out), config, manifest, secret);
-    Ok(TrainSummary {
-        run,
-        seconds,
-        rows_epochs,
-    })
+    Ok(out)
 }
 
 /// What a run being built is called beside its `--out`: `.<name>.partial-<pid>`.
@@ -664,7 +748,7 @@ fn remove_abandoned_builds(parent: &Path) -> Result<()> {
 }
 
 /// Whether a process with this id exists.
-fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     #[cfg(unix)]
     {
         let Ok(pid) = libc::pid_t::try_from(pid) else {
@@ -681,6 +765,41 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// Write a new run's secret, configuration, ledger location and data files into `root`
+/// (their directory fsyncs left to `syncs`); returns the data files' manifest entries.
+fn write_new_run(
+    root: &Path,
+    config: &RunConfig,
+    secret: &Secret,
+    shards: &[Rows],
+    test: Option<&Vec<Rows>>,
+    opts: &TrainOptions,
+    syncs: &durable::DirSyncs,
+) -> Result<(Vec<crate::run::DataRef>, Option<Vec<crate::run::DataRef>>)> {
+    let dir = RunDir::new(root);
+    durable::write_atomic(&dir.path(RunFile::Secret), secret.as_bytes(), "secret")?;
+    durable::write_atomic(&dir.path(RunFile::Config), &config.to_json(), "config")?;
+    if let Some(ledger) = &opts.ledger {
+        crate::unlearn::location::record(root, &crate::unlearn::Ledger::open(ledger)?)?;
+    }
+    durable::create_dir_all(&dir.path(RunFile::DataDir))?;
+    durable::create_dir_all(&dir.path(RunFile::ReceiptsDir))?;
+    let mut data_refs = Vec::new();
+    for (k, rows) in shards.iter().enumerate() {
+        data_refs.push(Run::store_rows(&dir, RowsFile::Shard(k), rows, syncs)?);
+    }
+    let test_ref = test
+        .map(|buckets| {
+            buckets
+                .iter()
+                .enumerate()
+                .map(|(k, t)| Run::store_rows(&dir, RowsFile::Test(k), t, syncs))
+                .collect::<Result<Vec<_>>>()
+        })
+        .transpose()?;
+    Ok((data_refs, test_ref))
+}
+
 fn build_run(
     root: &Path,
     config: &RunConfig,
@@ -690,30 +809,11 @@ fn build_run(
     opts: &TrainOptions,
 ) -> Result<(Manifest, f64, u64)> {
     let dir = RunDir::new(root);
-    durable::write_atomic(&dir.path(RunFile::Secret), secret.as_bytes(), "secret")?;
-    durable::write_atomic(&dir.path(RunFile::Config), &config.to_json(), "config")?;
-    if let Some(ledger) = &opts.ledger {
-        crate::unlearn::location::record(root, &crate::unlearn::Ledger::open(ledger)?)?;
-    }
-    durable::create_dir_all(&dir.path(RunFile::DataDir))?;
-    durable::create_dir_all(&dir.path(RunFile::ReceiptsDir))?;
     let digest = config.digest();
     // The whole build is made durable by the one fsync of the parent after its rename, and
     // the manifest is written last: one directory fsync per directory is enough.
     let syncs = durable::DirSyncs::new();
-    let mut data_refs = Vec::new();
-    for (k, rows) in shards.iter().enumerate() {
-        data_refs.push(Run::store_rows(&dir, RowsFile::Shard(k), rows, &syncs)?);
-    }
-    let test_ref = test
-        .map(|buckets| {
-            buckets
-                .iter()
-                .enumerate()
-                .map(|(k, t)| Run::store_rows(&dir, RowsFile::Test(k), t, &syncs))
-                .collect::<Result<Vec<_>>>()
-        })
-        .transpose()?;
+    let (data_refs, test_ref) = write_new_run(root, config, secret, shards, test, opts, &syncs)?;
     let datas: Vec<ShardData> = shards
         .iter()
         .enumerate()
@@ -750,6 +850,7 @@ fn build_run(
                 slice_digests: Vec::new(),
                 stages: t.stages,
                 model_digest: t.last.digest(),
+                machine: t.last.machine.clone(),
             };
             entry.set_slices(&index);
             entry

@@ -59,6 +59,18 @@ pub fn add_rows(
     opts: &Options,
 ) -> Result<AddReport> {
     let data = input.path();
+    if let Some(plan) = crate::unlearn::defer::pending_plan(run)? {
+        return Err(Error::run(
+            run.dir.root(),
+            format!(
+                "plan {} is pending ({} shard task(s) to publish): adding rows would change the \
+                 data its tasks train on; run its tasks and sisa publish first",
+                plan.short_id(),
+                plan.pending.len()
+            ),
+        ));
+    }
+    let _publishing = crate::run::PublishLock::acquire(run.dir.root())?;
     if priors.is_some() && run.config.risk_threshold.is_none() {
         return Err(Error::Request(
             "the run was trained without a deletion prior; add its rows without one".into(),

@@ -74,6 +74,10 @@ pub enum Event {
         /// in entries written before sisa recorded it (completing those reads every shard).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         place: Option<Touched>,
+        /// Retraining is left to shard tasks (`sisa unlearn --no-retrain`): the request is
+        /// erased into the run's plan, and `sisa publish` completes it. Absent when false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deferred: bool,
     },
     /// The plan, computed against the published version before the request.
     Planned {
@@ -97,6 +101,14 @@ pub enum Event {
     },
     /// New data files without the users' rows are on disk.
     Erased,
+    /// The request is in the run's plan (`plan.json`): its shards are left to shard tasks,
+    /// and `sisa publish` publishes the version without the users.
+    Deferred {
+        /// The plan's id.
+        plan: String,
+        /// The shards the plan retrains (all of its pending shards, this request's among them).
+        shards: Vec<usize>,
+    },
     /// Affected shards are retrained and their checkpoints on disk.
     Retrained {
         /// Wall time of retraining, seconds.
@@ -141,6 +153,7 @@ impl Event {
             Event::Accepted { .. } => "accepted",
             Event::Planned { .. } => "planned",
             Event::Erased => "erased",
+            Event::Deferred { .. } => "deferred",
             Event::Retrained { .. } => "retrained",
             Event::Published { .. } => "published",
             Event::Cleaned { .. } => "cleaned",
@@ -338,6 +351,13 @@ impl Ledger {
         })
     }
 
+    /// True when request `r` was accepted with its retraining left to shard tasks.
+    pub fn is_deferred(&self, r: RequestId) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.request == r && matches!(e.event, Event::Accepted { deferred: true, .. }))
+    }
+
     /// Every user key in any accepted request, with the request.
     pub fn deleted_users(&self) -> Vec<(UserKey, RequestId)> {
         self.entries
@@ -433,6 +453,7 @@ mod tests {
             Event::Accepted {
                 users: vec![UserKey([3; 32])],
                 place: None,
+                deferred: false,
             },
         )
         .unwrap();
@@ -466,6 +487,7 @@ mod tests {
             Event::Accepted {
                 users: vec![UserKey([1; 32])],
                 place: None,
+                deferred: false,
             },
         )
         .unwrap();
@@ -476,6 +498,7 @@ mod tests {
             Event::Accepted {
                 users: vec![UserKey([2; 32])],
                 place: None,
+                deferred: false,
             },
         )
         .unwrap();
@@ -530,6 +553,7 @@ mod tests {
                 Event::Accepted {
                     users: vec![key],
                     place: None,
+                    deferred: false,
                 },
             )
             .unwrap();

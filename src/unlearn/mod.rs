@@ -9,6 +9,7 @@
 //! opens a run does first ([`open`]).
 
 pub mod add;
+pub mod defer;
 pub mod ledger;
 pub mod location;
 pub mod plan;
@@ -26,7 +27,7 @@ use crate::checkpoint::Checkpoint;
 use crate::data::UserKey;
 use crate::error::{Error, Result};
 use crate::run::durable::{self, failpoint, DirSyncs, Io};
-use crate::run::{RowsFile, Run, RunFile};
+use crate::run::{Plan, PublishLock, RowsFile, Run, RunFile};
 use crate::train::{self, Job, Progress, ShardData};
 use ledger::ShardBefore;
 use serde::Serialize;
@@ -69,6 +70,9 @@ pub struct Recovery {
     pub completed: Vec<RequestId>,
     /// Unreferenced files removed.
     pub removed_files: Vec<PathBuf>,
+    /// Requests left to shard tasks: deferred (`--no-retrain`) into the pending plan, which
+    /// `sisa publish` completes.
+    pub pending: Vec<RequestId>,
 }
 
 /// Open a run for use: lock it, read the ledger, complete unfinished requests, re-apply any
@@ -109,13 +113,62 @@ pub fn recover(run: &mut Run, ledger: &mut Ledger, opts: &Options) -> Result<Rec
         }
     }
     let mut report = Recovery::default();
-    for r in requests {
-        if r > applied || !ledger.is_done(r) {
-            complete(run, ledger, r, opts)?;
-            report.completed.push(r);
+    let root = run.dir.root().to_path_buf();
+    // The publish lock, taken (across machines) only once something is to change.
+    let mut lock: Option<PublishLock> = None;
+    let take = |lock: &mut Option<PublishLock>| -> Result<()> {
+        if lock.is_none() {
+            *lock = Some(PublishLock::acquire(&root)?);
+        }
+        Ok(())
+    };
+    if Plan::load(&run.dir)?.is_some_and(|p| !p.builds_on(Some(run.current_text()))) {
+        take(&mut lock)?;
+        run.reload()?;
+        if Plan::load(&run.dir)?.is_some_and(|p| !p.builds_on(Some(run.current_text()))) {
+            // Published by a process that stopped before removing it (its requests complete
+            // below), or made on a version since replaced (its requests are planned again).
+            eprintln!("sisa: removing a plan that no longer builds on the published version");
+            Plan::remove(&run.dir)?;
         }
     }
-    report.removed_files = run.collect_garbage()?;
+    let plan = defer::pending_plan(run)?;
+    let (mut joined, mut here) = (false, false);
+    for r in requests {
+        if r <= applied && ledger.is_done(r) {
+            continue;
+        }
+        if r > applied && (ledger.is_deferred(r) || joined) {
+            // Left to shard tasks; a request after a deferred one joins the plan too, and one
+            // that asked to be retrained here has the plan trained here.
+            joined = true;
+            here |= !ledger.is_deferred(r);
+            let recorded = plan.as_ref().is_some_and(|p| p.requests.contains(&r))
+                && ledger.find(r, "deferred").is_some();
+            if !recorded {
+                take(&mut lock)?;
+                defer::defer(run, ledger, r, None)?;
+            }
+            report.pending.push(r);
+            continue;
+        }
+        take(&mut lock)?;
+        complete(run, ledger, r, opts)?;
+        report.completed.push(r);
+    }
+    if here {
+        take(&mut lock)?;
+        defer::run_plan_here(run, ledger, opts)?;
+        report.completed.append(&mut report.pending);
+    }
+    // Garbage is collected only while no process, on any machine, is publishing: one that is
+    // may have written files that the manifest read here does not name yet.
+    if lock.is_none() {
+        lock = PublishLock::try_acquire(&root)?;
+    }
+    if lock.is_some() {
+        report.removed_files = run.collect_garbage()?;
+    }
     Ok(report)
 }
 
@@ -124,15 +177,23 @@ pub fn accept(
     ledger: &mut Ledger,
     users: Vec<UserKey>,
     place: Option<Touched>,
+    deferred: bool,
 ) -> Result<RequestId> {
     let r = ledger.next_request();
     failpoint("unlearn.accept");
-    ledger.append(r, Event::Accepted { users, place })?;
+    ledger.append(
+        r,
+        Event::Accepted {
+            users,
+            place,
+            deferred,
+        },
+    )?;
     failpoint("unlearn.accepted");
     Ok(r)
 }
 
-fn append_once(ledger: &mut Ledger, r: RequestId, event: Event) -> Result<()> {
+pub(crate) fn append_once(ledger: &mut Ledger, r: RequestId, event: Event) -> Result<()> {
     if ledger.find(r, event.name()).is_none() {
         ledger.append(r, event)?;
     }
@@ -186,6 +247,15 @@ pub(crate) fn complete_fresh(
             append_once(ledger, r, Event::Published { version })?;
         }
         failpoint("unlearn.published");
+    } else if run.manifest.applied_request > r && ledger.find(r, "published").is_none() {
+        // Published together with later requests (a plan's), by a process that stopped
+        // before the ledger said so.
+        ledger.append(
+            r,
+            Event::Published {
+                version: run.manifest.version,
+            },
+        )?;
     } else if run.manifest.applied_request == r {
         // Published, but the process stopped before the ledger said so.
         let recorded = ledger
@@ -260,6 +330,56 @@ pub(crate) fn complete_fresh(
     Ok(receipt)
 }
 
+/// The ledger's record of `plan`, made before anything changes.
+pub(crate) fn planned_event(plan: &UnlearnPlan) -> Event {
+    Event::Planned {
+        version_before: plan.version_before,
+        shards: plan
+            .shards
+            .iter()
+            .map(|p| ShardBefore {
+                shard: p.shard,
+                rows_removed: p.rows_removed,
+                first_stage: p.first_stage,
+                lineage_before: p.lineage_before.clone(),
+                model_digest_before: p.model_digest_before.clone(),
+            })
+            .collect(),
+        test_rows_removed: plan.test_rows_removed,
+        retrain_rows_epochs: plan.retrain_rows_epochs,
+        full_retrain_rows_epochs: plan.full_retrain_rows_epochs,
+        ensemble_retrain_rows_epochs: plan.ensemble_retrain_rows_epochs,
+        expected_rows_epochs: Some(plan.expected_rows_epochs.round() as u64),
+    }
+}
+
+/// Write the touched shards (`kept`) and held-out buckets without `users`' rows, and point
+/// `manifest` at the new files. One fsync of data/ makes every rename durable before the
+/// caller records the erasure.
+pub(crate) fn erase_into(
+    run: &Run,
+    manifest: &mut crate::run::Manifest,
+    users: &[UserKey],
+    kept: &[plan::Kept],
+    loaded: &Loaded,
+) -> Result<()> {
+    let set: HashSet<UserKey> = users.iter().copied().collect();
+    let syncs = DirSyncs::new();
+    for k in kept {
+        manifest.shards[k.shard].data =
+            Run::store_rows(&run.dir, RowsFile::Shard(k.shard), &k.rows, &syncs)?;
+    }
+    for (b, rows) in &loaded.buckets {
+        if rows.count_of(&set) > 0 {
+            let entry = Run::store_rows(&run.dir, RowsFile::Test(*b), &rows.without(&set), &syncs)?;
+            if let Some(buckets) = manifest.test.as_mut() {
+                buckets[*b] = entry;
+            }
+        }
+    }
+    syncs.sync()
+}
+
 /// Erase, retrain and publish request `r` against the published version; returns the new
 /// version number.
 fn apply(
@@ -273,49 +393,12 @@ fn apply(
 ) -> Result<u64> {
     let erase = Instant::now();
     let (plan, kept) = plan::prepare(run, users, &loaded);
-    append_once(
-        ledger,
-        r,
-        Event::Planned {
-            version_before: plan.version_before,
-            shards: plan
-                .shards
-                .iter()
-                .map(|p| ShardBefore {
-                    shard: p.shard,
-                    rows_removed: p.rows_removed,
-                    first_stage: p.first_stage,
-                    lineage_before: p.lineage_before.clone(),
-                    model_digest_before: p.model_digest_before.clone(),
-                })
-                .collect(),
-            test_rows_removed: plan.test_rows_removed,
-            retrain_rows_epochs: plan.retrain_rows_epochs,
-            full_retrain_rows_epochs: plan.full_retrain_rows_epochs,
-            ensemble_retrain_rows_epochs: plan.ensemble_retrain_rows_epochs,
-            expected_rows_epochs: Some(plan.expected_rows_epochs.round() as u64),
-        },
-    )?;
+    append_once(ledger, r, planned_event(&plan))?;
     failpoint("unlearn.planned");
 
-    // Erase: write the touched shards and held-out buckets without the users' rows. One fsync
-    // of data/ makes every rename durable before the ledger says so.
-    let set: HashSet<UserKey> = users.iter().copied().collect();
+    // Erase: write the touched shards and held-out buckets without the users' rows.
     let mut manifest = run.manifest.clone();
-    let syncs = DirSyncs::new();
-    for k in &kept {
-        manifest.shards[k.shard].data =
-            Run::store_rows(&run.dir, RowsFile::Shard(k.shard), &k.rows, &syncs)?;
-    }
-    for (b, rows) in &loaded.buckets {
-        if rows.count_of(&set) > 0 {
-            let entry = Run::store_rows(&run.dir, RowsFile::Test(*b), &rows.without(&set), &syncs)?;
-            if let Some(buckets) = manifest.test.as_mut() {
-                buckets[*b] = entry;
-            }
-        }
-    }
-    syncs.sync()?;
+    erase_into(run, &mut manifest, users, &kept, &loaded)?;
     append_once(ledger, r, Event::Erased)?;
     failpoint("unlearn.erased");
     phases.erase = erase.elapsed().as_secs_f64();
@@ -341,6 +424,16 @@ fn apply(
     let started = Instant::now();
     retrain_into(run, &mut manifest, jobs, "unlearning", opts)?;
     phases.retrain = started.elapsed().as_secs_f64();
+    let kinds = train::task::machine_kinds(&manifest);
+    if kinds.len() > 1 {
+        // A deletion is never held back for it, but the claim is per kind: say so.
+        eprintln!(
+            "sisa: warning: the version's shards are now of {} machine kinds ({}); `sisa verify` \
+             re-derives each shard bitwise only on its own kind",
+            kinds.len(),
+            train::task::describe_kinds(&kinds)
+        );
+    }
     append_once(
         ledger,
         r,
@@ -363,34 +456,7 @@ fn apply(
     Ok(run.manifest.version)
 }
 
-/// Where shard `k` resumes to retrain from stage `first`: the checkpoint of stage `first - 1`
-/// and `first`, or, when that checkpoint is missing or damaged, the latest earlier one that
-/// reads back (from scratch if none does). Training is deterministic, so retraining more
-/// stages gives the same bits; a deletion already acknowledged is never stopped by a damaged
-/// checkpoint the deletion would not even keep.
-pub(crate) fn start_checkpoint(run: &Run, k: usize, first: usize) -> (usize, Option<Checkpoint>) {
-    if first <= 1 || first > run.config.slices {
-        return (first, None);
-    }
-    for stage in (1..first).rev() {
-        match run.checkpoint(k, stage) {
-            Ok(ck) => {
-                if stage + 1 < first {
-                    eprintln!(
-                        "sisa: shard {k}: retraining from stage {} instead of {first}",
-                        stage + 1
-                    );
-                }
-                return (stage + 1, Some(ck));
-            }
-            Err(e) => {
-                eprintln!("sisa: warning: shard {k}, stage {stage}: {e}; trying an earlier one")
-            }
-        }
-    }
-    eprintln!("sisa: shard {k}: retraining from scratch instead of from stage {first}");
-    (1, None)
-}
+pub(crate) use crate::train::task::start_checkpoint;
 
 /// Retrain `jobs`, storing each stage's checkpoint in the run, and splice the new stages and
 /// model digests into `manifest`.
@@ -420,6 +486,7 @@ pub(crate) fn retrain_into(
         entry.stages.truncate(first);
         entry.stages.extend(t.stages);
         entry.model_digest = t.last.digest();
+        entry.machine = t.last.machine.clone();
     }
     Ok(())
 }

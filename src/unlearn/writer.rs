@@ -2,10 +2,10 @@
 
 use crate::data::UserKey;
 use crate::error::{Error, Result};
-use crate::run::{Run, RunLock};
+use crate::run::{Plan, PublishLock, Run, RunLock};
 use crate::unlearn::{
-    accept, complete_fresh, open, plan_unlearning, resolve_users, Fresh, Ledger, Options, Receipt,
-    Recovery, RequestId, Resolved, UnlearnPlan,
+    accept, complete_fresh, defer, open, plan_unlearning, receipt, resolve_users, Fresh, Ledger,
+    Options, Receipt, Recovery, RequestId, Resolved, UnlearnPlan,
 };
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -23,6 +23,7 @@ pub struct Unlearner {
     run: Run,
     ledger: Ledger,
     lock: RunLock,
+    publish_lock: Option<PublishLock>,
     opts: Options,
     recovery: Recovery,
     fresh: HashMap<RequestId, Fresh>,
@@ -36,6 +37,7 @@ impl Unlearner {
             run,
             ledger,
             lock,
+            publish_lock: None,
             opts: opts.clone(),
             recovery,
             fresh: HashMap::new(),
@@ -75,6 +77,25 @@ impl Unlearner {
     /// Accept `resolved` as one request: fsync'd to the ledger, the acknowledgement. Its rows
     /// are kept for [`Unlearner::complete`], which then reads nothing again.
     pub fn accept(&mut self, resolved: Resolved) -> Result<RequestId> {
+        self.accept_as(resolved, false)
+    }
+
+    /// [`Unlearner::accept`] for a request whose retraining is left to shard tasks: complete
+    /// it with [`Unlearner::defer`] (`sisa unlearn --no-retrain`).
+    pub fn accept_deferred(&mut self, resolved: Resolved) -> Result<RequestId> {
+        self.accept_as(resolved, true)
+    }
+
+    /// Take the run's publish lock (across machines) for the change about to be made.
+    fn hold_publish_lock(&mut self) -> Result<()> {
+        if self.publish_lock.is_none() {
+            self.publish_lock = Some(PublishLock::acquire(self.run.dir.root())?);
+        }
+        Ok(())
+    }
+
+    fn accept_as(&mut self, resolved: Resolved, deferred: bool) -> Result<RequestId> {
+        self.hold_publish_lock()?;
         let Resolved {
             keys,
             touched,
@@ -82,7 +103,7 @@ impl Unlearner {
             started,
             io_before,
         } = resolved;
-        let r = accept(&mut self.ledger, keys, Some(touched))?;
+        let r = accept(&mut self.ledger, keys, Some(touched), deferred)?;
         self.fresh.insert(
             r,
             Fresh {
@@ -115,10 +136,31 @@ impl Unlearner {
         self.accept(all)
     }
 
-    /// Carry request `r` through to its receipt ([`crate::unlearn::complete`]).
+    /// Carry request `r` through to its receipt ([`crate::unlearn::complete`]). While a plan
+    /// is pending the request joins it, and this process trains the plan's remaining shards
+    /// and publishes it ([`crate::unlearn::defer`]).
     pub fn complete(&mut self, r: RequestId) -> Result<Receipt> {
+        self.hold_publish_lock()?;
         let fresh = self.fresh.remove(&r);
-        complete_fresh(&mut self.run, &mut self.ledger, r, &self.opts, fresh)
+        let out = if defer::pending_plan(&self.run)?.is_some() {
+            defer::defer(&self.run, &mut self.ledger, r, fresh.map(|f| f.loaded))
+                .and_then(|_| defer::run_plan_here(&mut self.run, &mut self.ledger, &self.opts))
+                .and_then(|()| receipt::build(&self.run, &self.ledger, r))
+        } else {
+            complete_fresh(&mut self.run, &mut self.ledger, r, &self.opts, fresh)
+        };
+        self.publish_lock = None;
+        out
+    }
+
+    /// Erase accepted request `r` into the run's plan, leaving its retraining to shard tasks
+    /// and its completion to `sisa publish` ([`crate::unlearn::defer`]); returns the plan.
+    pub fn defer(&mut self, r: RequestId) -> Result<Plan> {
+        self.hold_publish_lock()?;
+        let fresh = self.fresh.remove(&r);
+        let out = defer::defer(&self.run, &mut self.ledger, r, fresh.map(|f| f.loaded));
+        self.publish_lock = None;
+        out
     }
 
     /// Resolve, accept and complete in one call.
