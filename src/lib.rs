@@ -24,6 +24,9 @@
 //! - [`unlearn`]: the hash-chained ledger, planning, execution, receipts and recovery.
 //! - [`serve`]: the Open Inference Protocol (v2) server: atomic hot swap of published versions,
 //!   deletion requests over an authenticated endpoint, shards under deletion left out of the vote.
+//! - [`scale`]: job files for cluster schedulers: a Slurm `sbatch` script (a job array, one
+//!   shard per task, then a dependent publish job) and Kubernetes manifests (an Indexed Job and
+//!   a publish Job that waits for it), and the shard lists their tasks are given.
 //! - [`verify`]: the certificate: retrain from scratch and compare bitwise with what is published.
 //! - [`audit`]: membership inference by loss threshold: AUC, TPR at fixed FPR, bootstrap and
 //!   never-seen (null) intervals; tells whether forgotten rows look like rows never trained on.
@@ -43,6 +46,7 @@ pub mod model;
 pub mod plan;
 pub mod rng;
 pub mod run;
+pub mod scale;
 pub mod serve;
 pub mod train;
 pub mod unlearn;
