@@ -25,8 +25,10 @@
 //! - [`unlearn`]: the hash-chained ledger, planning, execution, receipts and recovery.
 //! - [`serve`]: the Open Inference Protocol (v2) server: atomic hot swap of published versions,
 //!   deletion requests over an authenticated endpoint, shards under deletion left out of the vote.
-//! - [`scale`]: scale-out on a shared filesystem: a plan, shard tasks on any machine, one
-//!   publish; the Slurm and Kubernetes job files that run them.
+//! - [`scale`]: scale-out on a shared filesystem: `sisa publish` of a plan whose shards tasks
+//!   trained on any machine, and the job files that run those tasks: a Slurm `sbatch` script
+//!   (a job array, one shard per task, then a dependent publish job) and Kubernetes manifests
+//!   (an Indexed Job and a publish Job that waits for it).
 //! - [`verify`]: the certificate: retrain from scratch and compare bitwise with what is published.
 //! - [`audit`]: membership inference by loss threshold: AUC, TPR at fixed FPR, bootstrap and
 //!   never-seen (null) intervals; tells whether forgotten rows look like rows never trained on.
