@@ -88,6 +88,10 @@ enum Command {
     TrainShard(TrainShardArgs),
     /// Check every shard task's result against the plan and publish the version atomically.
     Publish(PublishArgs),
+    /// Write an sbatch script: a job array over the plan's shards, then a dependent publish.
+    Slurm(SlurmArgs),
+    /// Write Kubernetes manifests: an Indexed Job over the plan's shards and a publish Job.
+    K8s(K8sArgs),
     /// Complete interrupted requests and bring the run in line with its ledger; nothing else.
     Recover(RunArgs),
     /// Add rows to a run; rows of forgotten users are refused and counted.
@@ -388,6 +392,117 @@ struct TrainShardArgs {
     shard_from_env: bool,
 }
 
+/// Which of the plan's shards a generated job trains.
+#[derive(Args, Debug)]
+struct JobShards {
+    /// The run directory, as every node sees it (its absolute path is written into the job).
+    #[arg(long)]
+    run: PathBuf,
+    /// Only the plan's shards whose task has not finished yet (after a failed array, or
+    /// after `sisa unlearn --no-retrain` with some tasks already run). Default: every shard
+    /// the plan trains.
+    #[arg(long)]
+    pending: bool,
+}
+
+#[derive(Args, Debug)]
+struct SlurmArgs {
+    #[command(flatten)]
+    shards: JobShards,
+    /// --partition of the tasks and the publish job. Default: the cluster's default.
+    #[arg(long)]
+    partition: Option<String>,
+    /// --time limit of each task and of the publish job (`4:00:00`). Default: the partition's.
+    #[arg(long)]
+    time: Option<String>,
+    /// --cpus-per-task of each task (a task trains one shard on one thread).
+    #[arg(long, default_value_t = 1)]
+    cpus_per_task: usize,
+    /// --mem of each task (`4G`). Default: the cluster's.
+    #[arg(long)]
+    mem: Option<String>,
+    /// --account of the tasks and the publish job.
+    #[arg(long)]
+    account: Option<String>,
+    /// --qos of the tasks and the publish job.
+    #[arg(long)]
+    qos: Option<String>,
+    /// --gres of each task (`gpu:1`).
+    #[arg(long)]
+    gres: Option<String>,
+    /// --constraint of each task: a node feature that pins the machine kind, so every shard is
+    /// trained on one kind (publish refuses a mix).
+    #[arg(long)]
+    constraint: Option<String>,
+    /// --job-name of the array; the publish job adds `-publish`. Default: sisa-<run name>.
+    #[arg(long)]
+    job_name: Option<String>,
+    /// Most tasks running at once (the array's %N throttle). Default: no limit.
+    #[arg(long, value_name = "N")]
+    max_parallel: Option<usize>,
+    /// --output pattern of each task's log (`logs/%x-%A_%a.out`). Default: Slurm's.
+    #[arg(long)]
+    output: Option<String>,
+    /// One more #SBATCH line, given without the prefix (`--exclusive`); repeat for more.
+    #[arg(long = "sbatch", value_name = "OPTION", allow_hyphen_values = true)]
+    extra: Vec<String>,
+    /// The cluster's MaxArraySize (`scontrol show config | grep MaxArraySize`).
+    #[arg(long, default_value_t = sisa::scale::slurm::SLURM_DEFAULT_MAX_ARRAY_SIZE)]
+    max_array_size: usize,
+    /// The sisa binary every node runs, an absolute path on the shared filesystem.
+    /// Default: this binary.
+    #[arg(long, value_name = "PATH")]
+    sisa: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct K8sArgs {
+    #[command(flatten)]
+    shards: JobShards,
+    /// The container image that holds sisa.
+    #[arg(long)]
+    image: String,
+    /// The PersistentVolumeClaim (ReadWriteMany) that holds the run.
+    #[arg(long)]
+    pvc: String,
+    /// Where the claim is mounted in every pod.
+    #[arg(long, default_value = "/runs")]
+    mount_path: String,
+    /// The run's directory inside the pods. Default: MOUNT_PATH/<the run directory's name>.
+    #[arg(long)]
+    run_path: Option<String>,
+    /// Namespace of both Jobs. Default: kubectl's current one.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Name of the shard Job; the publish Job adds `-publish`. Default: sisa-<run name>.
+    #[arg(long)]
+    name: Option<String>,
+    /// Most shard pods at once. Default: every task at once.
+    #[arg(long, value_name = "N")]
+    parallelism: Option<usize>,
+    /// CPU request of each shard pod.
+    #[arg(long, default_value = "1")]
+    cpu: String,
+    /// Memory request and limit of each shard pod (`4Gi`). Default: none.
+    #[arg(long)]
+    memory: Option<String>,
+    /// backoffLimit of both Jobs.
+    #[arg(long, default_value_t = 6)]
+    backoff_limit: u32,
+    /// Seconds the publish Job waits for the shard tasks.
+    #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
+    publish_timeout: u64,
+    /// imagePullPolicy of the containers: Always, IfNotPresent or Never.
+    #[arg(long)]
+    image_pull_policy: Option<String>,
+    /// serviceAccountName of the pods.
+    #[arg(long)]
+    service_account: Option<String>,
+    /// The sisa command inside the image.
+    #[arg(long, default_value = "sisa", value_name = "COMMAND")]
+    sisa: String,
+}
+
 #[derive(Args, Debug)]
 struct PublishArgs {
     #[command(flatten)]
@@ -592,6 +707,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Recover(a) => cmd_recover(a, &g),
         Command::TrainShard(a) => cmd_train_shard(a, &g),
         Command::Publish(a) => cmd_publish(a, &g),
+        Command::Slurm(a) => cmd_slurm(a),
+        Command::K8s(a) => cmd_k8s(a),
         Command::Serve(a) => {
             let mut opts = a.serve.options(a.run.run, a.run.ledger, g.options())?;
             opts.announce_json = g.json;
@@ -2119,5 +2236,79 @@ fn cmd_publish(a: PublishArgs, g: &Global) -> Result<i32> {
             }
         }
     }
+    Ok(0)
+}
+
+/// The tasks a generated job runs: the plan's shards (those still without a result, with
+/// `--pending`), the run's absolute path, the plan's id and the run's name.
+fn task_list(a: &JobShards, sisa: String) -> Result<sisa::scale::shards::TaskList> {
+    let planned = sisa::train::task::Planned::open(&a.run)?;
+    let dir = sisa::run::RunDir::new(&a.run);
+    let shards: Vec<usize> = planned
+        .plan
+        .shards()
+        .into_iter()
+        .filter(|&k| !a.pending || planned.plan.result_of(&dir, k).is_err())
+        .collect();
+    if shards.is_empty() {
+        bail!(
+            "{}: every shard task of plan {} has finished; run sisa publish --run {}",
+            a.run.display(),
+            planned.plan.short_id(),
+            a.run.display()
+        );
+    }
+    let run = std::fs::canonicalize(&a.run).with_context(|| a.run.display().to_string())?;
+    Ok(sisa::scale::shards::TaskList {
+        run,
+        sisa,
+        shards,
+        plan: planned.plan.id.clone(),
+        name: planned.run.config.name.clone(),
+    })
+}
+
+fn cmd_slurm(a: SlurmArgs) -> Result<i32> {
+    let sisa_path = match &a.sisa {
+        Some(p) => std::path::absolute(p).with_context(|| p.display().to_string())?,
+        None => std::env::current_exe().context("the path of this sisa binary")?,
+    };
+    let tasks = task_list(&a.shards, sisa_path.to_string_lossy().into_owned())?;
+    let opts = sisa::scale::slurm::SlurmOptions {
+        partition: a.partition,
+        time: a.time,
+        cpus_per_task: a.cpus_per_task,
+        mem: a.mem,
+        account: a.account,
+        qos: a.qos,
+        gres: a.gres,
+        constraint: a.constraint,
+        job_name: a.job_name,
+        max_parallel: a.max_parallel,
+        output: a.output,
+        extra: a.extra,
+        max_array_size: a.max_array_size,
+    };
+    let script = sisa::scale::slurm::sbatch_script(&tasks, &opts).map_err(sisa::Error::Usage)?;
+    print!("{script}");
+    Ok(0)
+}
+
+fn cmd_k8s(a: K8sArgs) -> Result<i32> {
+    let tasks = task_list(&a.shards, a.sisa.clone())?;
+    let mut opts = sisa::scale::k8s::K8sOptions::new(a.image, a.pvc);
+    opts.mount_path = a.mount_path;
+    opts.run_path = a.run_path;
+    opts.namespace = a.namespace;
+    opts.name = a.name;
+    opts.parallelism = a.parallelism;
+    opts.cpu = a.cpu;
+    opts.memory = a.memory;
+    opts.backoff_limit = a.backoff_limit;
+    opts.publish_timeout = a.publish_timeout;
+    opts.image_pull_policy = a.image_pull_policy;
+    opts.service_account = a.service_account;
+    let yaml = sisa::scale::k8s::manifests(&tasks, &opts).map_err(sisa::Error::Usage)?;
+    print!("{yaml}");
     Ok(0)
 }

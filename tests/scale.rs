@@ -19,25 +19,7 @@ fn s(p: &Path) -> &str {
 
 /// `sisa train` on the bundled digits with the shape every test here uses, plus `extra`.
 fn train(run: &Path, extra: &[&str]) -> String {
-    let (train_csv, test_csv) = digits();
-    let mut args = vec![
-        "train",
-        "--data",
-        s(&train_csv),
-        "--test",
-        s(&test_csv),
-        "--model",
-        "mlp",
-        "--shards",
-        "4",
-        "--slices",
-        "3",
-        "--out",
-        s(run),
-        "-q",
-    ];
-    args.extend(extra);
-    sisa_ok(&args)
+    train_digits(run, SHARDS, 3, extra)
 }
 
 /// Run one `train-shard` task the way a job array runs it: its own process, with `env` set.
@@ -439,4 +421,110 @@ fn train_shard_says_what_is_wrong_with_its_flags() {
     train(&one, &[]);
     let out = task(&one, &["--shard", "0"], &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no plan pending"));
+}
+
+/// Whether `python3 -m kubernetes_validate` runs here; when not, the test says why and
+/// passes, unless `CI` is set, where it fails (CI installs it).
+fn kubernetes_validate_present() -> bool {
+    let ok = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set and kubernetes-validate is missing: python3 -m pip install kubernetes-validate==1.37.0"
+        );
+        println!("skipped the schema check: python3 -m pip install kubernetes-validate==1.37.0 to run it");
+    }
+    ok
+}
+
+/// The container commands of a manifest: each `command:` line is a JSON array.
+fn commands(yaml: &str) -> Vec<Vec<String>> {
+    yaml.lines()
+        .filter_map(|l| l.trim().strip_prefix("command: "))
+        .map(|c| serde_json::from_str(c).expect("a command is one JSON array"))
+        .collect()
+}
+
+#[test]
+fn the_kubernetes_command_run_once_per_index_equals_one_process_bitwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one = tmp.path().join("one");
+    train(&one, &[]);
+    let run = plan_only(tmp.path());
+    // The volume is mounted where the run's parent is, so the pods' paths are this machine's;
+    // the image's sisa is this binary.
+    let yaml = sisa_ok(&[
+        "k8s",
+        "--run",
+        s(&run),
+        "--image",
+        "registry.example/sisa:1",
+        "--pvc",
+        "runs",
+        "--mount-path",
+        s(tmp.path()),
+        "--sisa",
+        env!("CARGO_BIN_EXE_sisa"),
+        "--parallelism",
+        "2",
+    ]);
+    assert!(yaml.contains("completionMode: \"Indexed\"") && yaml.contains("completions: 4"));
+    if kubernetes_validate_present() {
+        let file = tmp.path().join("train-job.yaml");
+        std::fs::write(&file, &yaml).unwrap();
+        let out = Command::new("python3")
+            .args(["-m", "kubernetes_validate", "--strict", "-k", "1.30.0"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let cmds = commands(&yaml);
+    assert_eq!(cmds.len(), 2, "a shard Job and a publish Job");
+    let (train_cmd, publish_cmd) = (&cmds[0], &cmds[1]);
+    assert!(train_cmd.contains(&"--shard-from-env".to_string()));
+    assert!(publish_cmd.contains(&"--wait".to_string()));
+    // The publish Job starts beside the shard pods and waits for them.
+    let publish = Command::new(&publish_cmd[0])
+        .args(&publish_cmd[1..])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for index in 0..SHARDS {
+        let out = Command::new(&train_cmd[0])
+            .args(&train_cmd[1..])
+            .env("JOB_COMPLETION_INDEX", index.to_string())
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let published = publish.wait_with_output().unwrap();
+    assert!(published.status.success());
+    assert!(String::from_utf8_lossy(&published.stdout).contains("published version 1"));
+    assert_eq!(digests(&run), digests(&one));
+    // With --pending and nothing pending, there is no job to write.
+    let out = sisa(&[
+        "k8s",
+        "--run",
+        s(&run),
+        "--image",
+        "i",
+        "--pvc",
+        "p",
+        "--pending",
+    ]);
+    assert!(!out.status.success());
 }

@@ -70,8 +70,8 @@ impl RunLock {
 /// their own process.
 ///
 /// A holder that died leaves the file behind. On the same host its process id shows it is
-/// gone, and the lock is taken over under a local `flock` on `PUBLISH.takeover`, so that two
-/// processes taking over at once cannot both win; a holder on another host cannot be checked
+/// gone, and the lock is taken over under a `flock` on a file of this host's temporary
+/// directory named after the run, so that two processes taking over at once cannot both win; a holder on another host cannot be checked
 /// from here, and the message says how to clear it.
 #[derive(Debug)]
 pub struct PublishLock {
@@ -180,7 +180,12 @@ impl PublishLock {
 
     /// Remove the lock `path` of a dead process on this host, if it still reads `stale`.
     fn take_over(base: &Path, path: &Path, stale: &str, pid: u32) -> Result<()> {
-        let guard_path = base.join("PUBLISH.takeover");
+        // Only processes of this host take over (the holder's process id is checked here),
+        // so the guard is a file of this host's, outside the run: a run's directory holds
+        // only the run.
+        use sha2::{Digest, Sha256};
+        let id = hex::encode(Sha256::digest(base.as_os_str().as_encoded_bytes()));
+        let guard_path = std::env::temp_dir().join(format!("sisa-publish-takeover-{}", &id[..16]));
         let guard = crate::run::durable::private_options()
             .create(true)
             .truncate(false)

@@ -119,6 +119,24 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Version 1 of a new run trained under the configuration of `config_digest`.
+    pub fn first(
+        config_digest: &[u8; 32],
+        test: Option<Vec<DataRef>>,
+        shards: Vec<ShardEntry>,
+    ) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT.to_string(),
+            version: 1,
+            config_digest: hex::encode(config_digest),
+            applied_request: 0,
+            applied_entry: String::new(),
+            test,
+            shards,
+            added_batches: Vec::new(),
+        }
+    }
+
     /// Held-out rows and users over every bucket, if the run has held-out rows.
     pub fn test_totals(&self) -> Option<(u64, u64)> {
         self.test.as_ref().map(|buckets| {

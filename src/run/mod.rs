@@ -80,16 +80,7 @@ impl Run {
                  jobs sisa slurm and sisa k8s write), then sisa publish",
             ));
         }
-        let config = RunConfig::load(&dir.path(RunFile::Config))?;
-        let secret_path = dir.path(RunFile::Secret);
-        let secret = Secret::load(&secret_path)?;
-        if secret.check_value() != config.secret_check {
-            return Err(Error::corrupt(
-                &secret_path,
-                "does not give the check value in run.json: the secret was changed or damaged, \
-                 and under another secret no user (forgotten or not) would be recognised",
-            ));
-        }
+        let (config, secret) = Run::config_and_secret(&dir)?;
         let (manifest, current) =
             Manifest::load_current_unless(&dir, None)?.expect("loaded when nothing is known");
         let config_digest = config.digest();
@@ -119,6 +110,21 @@ impl Run {
             current,
             secret,
         })
+    }
+
+    /// The run's `run.json` and secret, the secret checked against the configuration.
+    pub fn config_and_secret(dir: &RunDir) -> Result<(RunConfig, Secret)> {
+        let config = RunConfig::load(&dir.path(RunFile::Config))?;
+        let secret_path = dir.path(RunFile::Secret);
+        let secret = Secret::load(&secret_path)?;
+        if secret.check_value() != config.secret_check {
+            return Err(Error::corrupt(
+                &secret_path,
+                "does not give the check value in run.json: the secret was changed or damaged, \
+                 and under another secret no user (forgotten or not) would be recognised",
+            ));
+        }
+        Ok((config, secret))
     }
 
     /// Assemble a run from parts (used while a run is being created).

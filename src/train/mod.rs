@@ -24,7 +24,6 @@ use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use crate::plan::{self, Rules, ShardBy, SliceBy};
 use crate::run::config::{cpu_model, RUN_FORMAT};
-use crate::run::manifest::MANIFEST_FORMAT;
 use crate::run::{
     durable, Aggregation, Manifest, RowsFile, Run, RunConfig, RunDir, RunFile, RunLock, ShardEntry,
     StageEntry,
@@ -606,16 +605,7 @@ pub fn plan_run(opts: &TrainOptions) -> Result<PlanSummary> {
             entry.set_slices(&d.index);
             entries.push(entry);
         }
-        let manifest = Manifest {
-            format: MANIFEST_FORMAT.to_string(),
-            version: 1,
-            config_digest: hex::encode(digest),
-            applied_request: 0,
-            applied_entry: String::new(),
-            test: test_ref,
-            shards: entries,
-            added_batches: Vec::new(),
-        };
+        let manifest = Manifest::first(&digest, test_ref, entries);
         let mut plan = crate::run::Plan::new(None, manifest);
         for k in 0..config.shards {
             plan.mark(k, 1);
@@ -856,16 +846,7 @@ fn build_run(
             entry
         })
         .collect();
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT.to_string(),
-        version: 1,
-        config_digest: hex::encode(digest),
-        applied_request: 0,
-        applied_entry: String::new(),
-        test: test_ref,
-        shards,
-        added_batches: Vec::new(),
-    };
+    let manifest = Manifest::first(&digest, test_ref, shards);
     manifest.publish(&dir)?;
     Ok((manifest, seconds, total))
 }

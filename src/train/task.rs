@@ -10,11 +10,10 @@
 //! ends with the bits an uninterrupted run has.
 
 use crate::checkpoint::Checkpoint;
-use crate::data::Secret;
 use crate::error::{Error, Result};
 use crate::run::durable::{self, failpoint, DirSyncs};
 use crate::run::plan::{self, NotReady, TaskResult};
-use crate::run::{Plan, Run, RunConfig, RunDir, RunFile, StageEntry};
+use crate::run::{Plan, Run, RunDir, RunFile, StageEntry};
 use crate::train::{train_jobs, Job, Progress, ShardData};
 use std::path::Path;
 use std::time::Instant;
@@ -37,15 +36,7 @@ impl Planned {
         if !dir.path(RunFile::Config).exists() {
             return Err(Error::run(root, "not a sisa run (no run.json)"));
         }
-        let config = RunConfig::load(&dir.path(RunFile::Config))?;
-        let secret_path = dir.path(RunFile::Secret);
-        let secret = Secret::load(&secret_path)?;
-        if secret.check_value() != config.secret_check {
-            return Err(Error::corrupt(
-                &secret_path,
-                "does not give the check value in run.json",
-            ));
-        }
+        let (config, secret) = Run::config_and_secret(&dir)?;
         let Some(plan) = Plan::load(&dir)? else {
             return Err(Error::run(
                 root,

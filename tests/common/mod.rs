@@ -192,3 +192,29 @@ pub fn cnn_preset(dir: &Path) -> PathBuf {
     std::fs::write(&p, CNN_8X8).unwrap();
     p
 }
+
+/// `sisa train` on the bundled digits (training and held-out files) with the MLP preset,
+/// `shards` × `slices`, into `run`, plus `extra` flags; returns stdout.
+#[track_caller]
+pub fn train_digits(run: &Path, shards: usize, slices: usize, extra: &[&str]) -> String {
+    let (train_csv, test_csv) = digits();
+    let (shards, slices) = (shards.to_string(), slices.to_string());
+    let mut args = vec![
+        "train",
+        "--data",
+        train_csv.to_str().unwrap(),
+        "--test",
+        test_csv.to_str().unwrap(),
+        "--model",
+        "mlp",
+        "--shards",
+        &shards,
+        "--slices",
+        &slices,
+        "--out",
+        run.to_str().unwrap(),
+        "-q",
+    ];
+    args.extend(extra);
+    sisa_ok(&args)
+}
