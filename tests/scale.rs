@@ -528,3 +528,58 @@ fn the_kubernetes_command_run_once_per_index_equals_one_process_bitwise() {
     ]);
     assert!(!out.status.success());
 }
+
+/// Run `sisa args` with the failpoint `point` armed: the process aborts there.
+#[track_caller]
+fn crash_at(point: &str, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sisa"))
+        .args(args)
+        .env("SISA_FAILPOINT", point)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains(&format!("failpoint {point}")),
+        "{point}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_publish_or_a_deferral_killed_midway_is_finished_by_the_next_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one = tmp.path().join("one");
+    train(&one, &[]);
+    // A new run's publish, killed after CURRENT names version 1, before the plan is removed.
+    let run = plan_only(tmp.path());
+    task_ok(&run, &["--shards", "0-3"], &[]);
+    crash_at("publish.published:1", &["publish", "--run", s(&run), "-q"]);
+    assert!(run.join("CURRENT").exists() && run.join("plan.json").exists());
+    let again = sisa_json(&["publish", "--run", s(&run)]);
+    assert_eq!(again["published"], false, "{again}");
+    assert!(!run.join("plan.json").exists() && !run.join("PUBLISH").exists());
+    assert_eq!(digests(&run), digests(&one));
+    // A deferral killed after erasing, before the plan is written: the next command that
+    // opens the run plans it again; the request stays acknowledged and pending.
+    let by = users_by_shard();
+    crash_at(
+        "defer.erased:1",
+        &["unlearn", "--run", s(&run), "--user", &by[1][0], "--no-retrain", "-q"],
+    );
+    assert!(!run.join("plan.json").exists());
+    let recovered = sisa_json(&["recover", "--run", s(&run)]);
+    assert_eq!(recovered["pending_requests"], serde_json::json!([1]));
+    assert!(run.join("plan.json").exists());
+    // The deferred publish, killed after CURRENT: status finishes the request's receipt.
+    task_ok(&run, &["--shard", "1"], &[]);
+    crash_at("publish.published:1", &["publish", "--run", s(&run), "-q"]);
+    assert!(!run.join("receipts/000001.json").exists());
+    let status = sisa_json(&["status", "--run", s(&run)]);
+    assert_eq!(status["version"], 2);
+    assert!(status["plan"].is_null());
+    assert!(run.join("receipts/000001.json").exists());
+    let ledger = sisa_ok(&["ledger", "verify", "--run", s(&run)]);
+    assert!(ledger.contains("1 request(s) (1 done)"), "{ledger}");
+    sisa_ok(&["unlearn", "--run", s(&one), "--user", &by[1][0], "-q"]);
+    assert_eq!(digests(&run), digests(&one));
+}
