@@ -317,3 +317,135 @@ fn sigkill_at_twenty_random_moments_recovers() {
     );
     println!("SIGKILL test: uncrashed unlearn took {span:?}; {killed} of 20 runs killed mid-way at {moments:?}; all recovered");
 }
+
+/// The steps of a deferred deletion on a cluster: accept and erase (`--no-retrain`), the shard
+/// tasks of the plan, and publish.
+fn deferred_steps(run: &str, users: &[String], pending: &str) -> Vec<Vec<String>> {
+    let mut unlearn: Vec<String> = unlearn_args(run, users)
+        .into_iter()
+        .map(String::from)
+        .collect();
+    unlearn.push("--no-retrain".into());
+    vec![
+        unlearn,
+        ["train-shard", "--run", run, "-q", "--shards", pending]
+            .map(String::from)
+            .to_vec(),
+        ["publish", "--run", run, "-q"].map(String::from).to_vec(),
+    ]
+}
+
+/// Finish a deferred deletion after a crash the way an operator does: open the run
+/// (`recover`), ask again if the request was never acknowledged, run the plan's remaining
+/// tasks, publish.
+fn finish_deferred(f: &Fixture, run: &Path, what: &str) {
+    let r = run.to_str().unwrap();
+    let out = sisa(&["recover", "--run", r, "-q"]);
+    assert!(
+        out.status.success(),
+        "{what}: recover failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ledger = sisa::unlearn::Ledger::open(&run.join("ledger.jsonl")).unwrap();
+    if ledger.requests().is_empty() {
+        let mut args = unlearn_args(r, &f.users);
+        args.push("--no-retrain");
+        sisa_ok(&args);
+    }
+    let status = sisa_json(&["status", "--run", r]);
+    if let Some(shards) = status["plan"]["shards"].as_array() {
+        let list: Vec<String> = shards.iter().map(|s| s["shard"].to_string()).collect();
+        if !list.is_empty() {
+            sisa_ok(&["train-shard", "--run", r, "-q", "--shards", &list.join(",")]);
+        }
+        sisa_ok(&["publish", "--run", r, "-q"]);
+    }
+}
+
+#[test]
+fn every_fault_point_of_a_deferred_unlearn_its_shard_tasks_and_publish_recovers() {
+    let f = fixture("4", false);
+    let probe = f.dir.join("probe");
+    copy_dir(&f.base, &probe);
+    // The plan's shards, from an uncrashed deferral of the fixture's users.
+    let mut args = unlearn_args(probe.to_str().unwrap(), &f.users);
+    args.push("--no-retrain");
+    args.push("--json");
+    let deferred: serde_json::Value = serde_json::from_str(&sisa_ok(&args)).unwrap();
+    let pending: Vec<String> = deferred["pending_shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    let pending = pending.join(",");
+    std::fs::remove_dir_all(&probe).unwrap();
+    // The fault points each step passes through, uncrashed.
+    copy_dir(&f.base, &probe);
+    let mut points: Vec<(usize, String)> = Vec::new();
+    for (i, step) in deferred_steps(probe.to_str().unwrap(), &f.users, &pending)
+        .iter()
+        .enumerate()
+    {
+        let log = f.dir.join(format!("points-{i}.log"));
+        let out = Command::new(env!("CARGO_BIN_EXE_sisa"))
+            .args(step)
+            .env("SISA_FAILPOINT_LOG", &log)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{step:?}");
+        points.extend(
+            std::fs::read_to_string(&log)
+                .unwrap()
+                .lines()
+                .map(|p| (i, p.to_string())),
+        );
+    }
+    assert_recovered(&f, &probe, "uncrashed");
+    assert!(points.len() > 40, "{points:?}");
+    println!("{} fault points over the three steps", points.len());
+    let names: BTreeSet<&str> = points
+        .iter()
+        .map(|(_, p)| p.rsplit_once(':').unwrap().0)
+        .collect();
+    for needed in [
+        "ledger.accepted.write",
+        "defer.erased",
+        "plan.rename",
+        "ledger.deferred.write",
+        "task.checkpoint",
+        "task.result",
+        "publish.current.rename",
+        "publish.published",
+        "receipt.rename",
+        "ledger.done.done",
+    ] {
+        assert!(
+            names.contains(needed),
+            "fault point {needed} is passed: {names:?}"
+        );
+    }
+    for (n, (i, point)) in points.iter().enumerate() {
+        let run = f.dir.join(format!("crash-{n}"));
+        copy_dir(&f.base, &run);
+        let steps = deferred_steps(run.to_str().unwrap(), &f.users, &pending);
+        for step in &steps[..*i] {
+            let out = sisa(&step.iter().map(String::as_str).collect::<Vec<_>>());
+            assert!(out.status.success(), "{point}: {step:?} before the crash");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_sisa"))
+            .args(&steps[*i])
+            .env("SISA_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert!(
+            crashed(&out),
+            "{point}: the process was aborted there: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let what = format!("{:?} at {point}", steps[*i][0]);
+        finish_deferred(&f, &run, &what);
+        assert_recovered(&f, &run, &what);
+        std::fs::remove_dir_all(&run).unwrap();
+    }
+}

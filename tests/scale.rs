@@ -564,7 +564,15 @@ fn a_publish_or_a_deferral_killed_midway_is_finished_by_the_next_command() {
     let by = users_by_shard();
     crash_at(
         "defer.erased:1",
-        &["unlearn", "--run", s(&run), "--user", &by[1][0], "--no-retrain", "-q"],
+        &[
+            "unlearn",
+            "--run",
+            s(&run),
+            "--user",
+            &by[1][0],
+            "--no-retrain",
+            "-q",
+        ],
     );
     assert!(!run.join("plan.json").exists());
     let recovered = sisa_json(&["recover", "--run", s(&run)]);
