@@ -765,6 +765,18 @@ fn print_json(value: &serde_json::Value) {
     );
 }
 
+/// The published ensemble as commands that predict use it: without the shards of deletion
+/// requests still waiting for their shard tasks (said on stderr), as the server serves it.
+fn answering_ensemble(run: &Run, ledger: &Ledger) -> Result<Ensemble> {
+    let (requests, shards) = unlearn::pending_shards(run, ledger);
+    if !shards.is_empty() {
+        eprintln!(
+            "sisa: shard(s) {shards:?} are left out: deletion request(s) {requests:?} wait for their shard tasks and sisa publish"
+        );
+    }
+    Ok(Ensemble::load_excluding(run, &shards)?)
+}
+
 /// Open a run: lock, replay the ledger, report any recovery on stderr.
 fn open(args: &RunArgs, g: &Global) -> Result<(Run, Ledger, unlearn::RunLock)> {
     Ok(open_unlearner(args, g)?.into_parts())
@@ -1155,8 +1167,8 @@ fn cmd_eval(a: EvalArgs, g: &Global) -> Result<i32> {
         )
         .into());
     }
-    let (run, _ledger, lock) = open(&a.run, g)?;
-    let ensemble = Ensemble::load(&run)?;
+    let (run, ledger, lock) = open(&a.run, g)?;
+    let ensemble = answering_ensemble(&run, &ledger)?;
     drop(lock);
     let data = a
         .data
@@ -1258,8 +1270,8 @@ fn print_metrics(m: &sisa::metrics::Metrics, names: Option<&[String]>) {
 }
 
 fn cmd_predict(a: PredictArgs, g: &Global) -> Result<i32> {
-    let (run, _ledger, lock) = open(&a.run, g)?;
-    let ensemble = Ensemble::load(&run)?;
+    let (run, ledger, lock) = open(&a.run, g)?;
+    let ensemble = answering_ensemble(&run, &ledger)?;
     drop(lock);
     let spec = a.input.spec(&a.data, None)?;
     // Labels are not read: a prediction needs only the features.
@@ -1312,7 +1324,14 @@ fn cmd_export(a: ExportArgs, g: &Global) -> Result<i32> {
         }
     };
     export::require_published(&a.run.run)?;
-    let (run, _ledger, lock) = open(&a.run, g)?;
+    let (run, ledger, lock) = open(&a.run, g)?;
+    let (requests, shards) = unlearn::pending_shards(&run, &ledger);
+    if !requests.is_empty() {
+        bail!(
+            "{}: deletion request(s) {requests:?} wait for their shard tasks (shard(s) {shards:?}), and the published version still holds their users: run the tasks and sisa publish, then export",
+            a.run.run.display()
+        );
+    }
     let ensemble = Ensemble::load(&run)?;
     let agg = a.aggregate.unwrap_or(run.config.aggregation);
     let exported = EnsembleExport::new(&run, &ensemble, agg)?;
@@ -1809,7 +1828,14 @@ fn dataset_name(p: &Path) -> String {
 }
 
 fn cmd_audit(a: AuditArgs, g: &Global) -> Result<i32> {
-    let (run, _ledger, lock) = open(&a.run, g)?;
+    let (run, ledger, lock) = open(&a.run, g)?;
+    let (requests, _) = unlearn::pending_shards(&run, &ledger);
+    if !requests.is_empty() {
+        bail!(
+            "{}: deletion request(s) {requests:?} wait for their shard tasks, and the published version still holds their users: publish, then audit",
+            a.run.run.display()
+        );
+    }
     let opts = sisa::audit::AuditOptions {
         bootstrap: a.bootstrap,
         null_draws: a.bootstrap,

@@ -50,9 +50,15 @@ pub struct Prediction {
 impl Ensemble {
     /// Load and check every non-empty shard's published model.
     pub fn load(run: &Run) -> Result<Ensemble> {
+        Ensemble::load_excluding(run, &[])
+    }
+
+    /// [`Ensemble::load`] without the shards in `excluded` (those of deletion requests not yet
+    /// published, which a published model may still hold).
+    pub fn load_excluding(run: &Run, excluded: &[usize]) -> Result<Ensemble> {
         let mut members = Vec::new();
         for s in &run.manifest.shards {
-            if s.data.rows > 0 {
+            if s.data.rows > 0 && !excluded.contains(&s.shard) {
                 let ck = run.model(s.shard)?;
                 members.push(Member {
                     shard: s.shard,
@@ -65,7 +71,12 @@ impl Ensemble {
         if members.is_empty() {
             return Err(Error::run(
                 run.dir.root(),
-                "no shard holds any rows: nothing to predict with",
+                if excluded.is_empty() {
+                    "no shard holds any rows: nothing to predict with"
+                } else {
+                    "every shard with rows waits for a deletion request to be published: nothing \
+                     may predict until it is (run the plan's shard tasks and sisa publish)"
+                },
             ));
         }
         Ok(Ensemble {

@@ -163,6 +163,23 @@ fn deferred_unlearning_then_tasks_equals_unlearning_in_one_process() {
     let recovered = sisa_json(&["recover", "--run", s(&run)]);
     assert_eq!(recovered["pending_requests"], serde_json::json!([1, 2]));
     assert!(!run.join("receipts/000001.json").exists());
+    // Until publish, the published models of shards 1 and 3 may still hold the users: eval
+    // and predict leave them out, as the server does, and export refuses.
+    let out = sisa(&["eval", "--run", s(&run), "--json"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shard(s) [1, 3] are left out"));
+    let ev: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let members: Vec<u64> = ev["per_shard"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["shard"].as_u64().unwrap())
+        .collect();
+    assert_eq!(members, [0, 2]);
+    let onnx = tmp.path().join("m.onnx");
+    let out = sisa(&["export", "--run", s(&run), "--out", s(&onnx)]);
+    assert!(!out.status.success() && !onnx.exists());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("still holds their users"));
     for k in [1, 3] {
         task_ok(&run, &["--shard", &k.to_string()], &[]);
     }
@@ -179,6 +196,13 @@ fn deferred_unlearning_then_tasks_equals_unlearning_in_one_process() {
     assert_eq!(receipt["version_before"], 1);
     let ledger = sisa_ok(&["ledger", "verify", "--run", s(&run)]);
     assert!(ledger.contains("2 request(s) (2 done)"), "{ledger}");
+    // Each deferred request's receipt proves it, as a receipt of one process does.
+    for r in ["000001", "000002"] {
+        let file = run.join(format!("receipts/{r}.json"));
+        sisa_ok(&["receipt", "verify", "--run", s(&run), s(&file)]);
+    }
+    let file = run.join("receipts/000002.json");
+    sisa_ok(&["receipt", "verify", "--run", s(&run), s(&file), "--user", c]);
     assert_eq!(sisa_json(&["verify", "--run", s(&run)])["identical"], true);
     // Nothing of the forgotten users is left behind: one data file per shard and bucket.
     let data = std::fs::read_dir(run.join("data")).unwrap().count();
@@ -555,6 +579,13 @@ fn a_publish_or_a_deferral_killed_midway_is_finished_by_the_next_command() {
     task_ok(&run, &["--shards", "0-3"], &[]);
     crash_at("publish.published:1", &["publish", "--run", s(&run), "-q"]);
     assert!(run.join("CURRENT").exists() && run.join("plan.json").exists());
+    // The plan no longer builds on what is published: a task of it is refused.
+    let out = task(&run, &["--shard", "0"], &[]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("stale"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let again = sisa_json(&["publish", "--run", s(&run)]);
     assert_eq!(again["published"], false, "{again}");
     assert!(!run.join("plan.json").exists() && !run.join("PUBLISH").exists());

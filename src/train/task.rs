@@ -148,7 +148,8 @@ pub fn train_shards(
     }
     let mut outcomes: Vec<(usize, Option<Outcome>)> = Vec::new();
     let mut todo = Vec::new();
-    for &k in shards {
+    let mut seen = std::collections::HashSet::new();
+    for &k in shards.iter().filter(|&&k| seen.insert(k)) {
         let outcome = match planned.plan.pending_of(k) {
             None => Some(Outcome::NotPending),
             Some(_) => planned.checked_result(k).ok().map(Outcome::AlreadyDone),

@@ -172,6 +172,26 @@ pub fn recover(run: &mut Run, ledger: &mut Ledger, opts: &Options) -> Result<Rec
     Ok(report)
 }
 
+/// The requests of `ledger` not yet done and the shards they touch (every shard of `run`
+/// for a request recorded without its place): what a published model may still hold. After
+/// [`open`], these are the deferred requests waiting for `sisa publish`; a caller that
+/// predicts with the published version leaves their shards out, as the server does.
+pub fn pending_shards(run: &Run, ledger: &Ledger) -> (Vec<RequestId>, Vec<usize>) {
+    let mut requests = Vec::new();
+    let mut shards = std::collections::BTreeSet::new();
+    for r in ledger.requests() {
+        if ledger.is_done(r) {
+            continue;
+        }
+        requests.push(r);
+        match ledger.touched(r) {
+            Some(t) => shards.extend(t.shards.iter().copied()),
+            None => shards.extend(0..run.config.shards),
+        }
+    }
+    (requests, shards.into_iter().collect())
+}
+
 /// Record a request in the ledger (fsync'd: the acknowledgement); returns its number.
 pub fn accept(
     ledger: &mut Ledger,
