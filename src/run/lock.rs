@@ -269,3 +269,49 @@ impl Drop for PublishLock {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_publish_lock_is_exclusive_reentrant_and_taken_over_from_the_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let path = RunDir::new(root).path(RunFile::PublishLock);
+        {
+            let outer = PublishLock::acquire(root).unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let holder = Holder::parse(&text).unwrap();
+            assert_eq!(holder.pid, std::process::id());
+            assert_eq!(holder.host, crate::machine::host());
+            // Re-entrant within this process: the inner guard leaves the file in place.
+            drop(PublishLock::acquire(root).unwrap());
+            assert!(path.exists());
+            drop(outer);
+        }
+        assert!(!path.exists(), "the last guard removes the lock");
+        // A live holder on another host is refused, and named.
+        std::fs::write(&path, "elsewhere 1 1700000000\n").unwrap();
+        let err = PublishLock::acquire(root).unwrap_err().to_string();
+        assert!(err.contains("process 1 on elsewhere"), "{err}");
+        assert!(PublishLock::try_acquire(root).unwrap().is_none());
+        // A holder on this host whose process is gone is taken over.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        std::fs::write(
+            &path,
+            format!("{} {dead} 1700000000\n", crate::machine::host()),
+        )
+        .unwrap();
+        let lock = PublishLock::acquire(root).unwrap();
+        let holder = Holder::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(holder.pid, std::process::id());
+        drop(lock);
+        // A lock that names nobody is refused rather than guessed about.
+        std::fs::write(&path, "").unwrap();
+        let err = PublishLock::acquire(root).unwrap_err().to_string();
+        assert!(err.contains("does not say by whom"), "{err}");
+    }
+}

@@ -311,3 +311,64 @@ pub fn file_digest(path: &std::path::Path) -> Result<String> {
     durable::Io::count_read(bytes.len() as u64, 0, 0);
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::manifest::MANIFEST_FORMAT;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT.to_string(),
+            version: 2,
+            config_digest: "00".into(),
+            applied_request: 0,
+            applied_entry: String::new(),
+            test: None,
+            shards: Vec::new(),
+            added_batches: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_plan_is_named_by_its_content_and_refused_when_edited() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        assert!(Plan::load(&run).unwrap().is_none());
+        let base = Base {
+            version: 1,
+            current: "manifest-000001.json ab\n".into(),
+        };
+        let mut plan = Plan::new(Some(base.clone()), manifest());
+        plan.mark(3, 4);
+        plan.mark(1, 2);
+        plan.mark(3, 2);
+        assert_eq!(plan.shards(), [1, 3]);
+        assert_eq!(
+            plan.pending_of(3).unwrap().first_stage,
+            2,
+            "the earlier stage wins"
+        );
+        plan.write(&run).unwrap();
+        let back = Plan::load(&run).unwrap().unwrap();
+        assert_eq!(back, plan);
+        assert!(back.builds_on(Some(&base.current)));
+        assert!(!back.builds_on(None));
+        // Another plan has another id; an edited one is refused.
+        let mut other = plan.clone();
+        other.mark(5, 1);
+        other.write(&run).unwrap();
+        assert_ne!(other.id, plan.id);
+        let path = run.path(RunFile::Plan);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("\"first_stage\": 1", "\"first_stage\": 3"),
+        )
+        .unwrap();
+        let err = Plan::load(&run).unwrap_err().to_string();
+        assert!(err.contains("does not match its id"), "{err}");
+        Plan::remove(&run).unwrap();
+        assert!(Plan::load(&run).unwrap().is_none());
+    }
+}
