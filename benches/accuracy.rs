@@ -164,6 +164,7 @@ fn train_one(
         aggregation: Aggregation::Mean,
         ledger: None,
         backend: Default::default(),
+        device: Default::default(),
     };
     let summary = sisa::train::train_run(&opts)?;
     let figures = measure(&summary.run, summary.rows_epochs)?;

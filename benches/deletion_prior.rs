@@ -127,6 +127,7 @@ fn train_options(
         aggregation: Aggregation::Mean,
         ledger: None,
         backend: sisa::model::Backend::Dense,
+        device: Default::default(),
     }
 }
 

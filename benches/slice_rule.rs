@@ -61,6 +61,7 @@ fn main() -> anyhow::Result<()> {
             progress: false,
             aggregation: Aggregation::Mean,
             backend: sisa::model::Backend::Dense,
+            device: Default::default(),
             ledger: None,
         };
         eprintln!("slice_rule: training {} sliced by {rule:?}", standard.name);

@@ -129,6 +129,7 @@ fn config(case: &Case, batch: usize, shards: usize) -> RunConfig {
         classes: case.classes,
         class_names: None,
         backend: sisa::model::Backend::Dense,
+        device: Default::default(),
         user_column: "user_id".into(),
         label_column: "label".into(),
         prior_column: None,

@@ -172,6 +172,7 @@ fn train_options(model: &ModelSpec, shards: usize, slices: usize, out: PathBuf) 
         aggregation: Aggregation::Mean,
         ledger: None,
         backend: sisa::model::Backend::Dense,
+        device: Default::default(),
     }
 }
 

@@ -31,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         Err(_) => sisa::train::default_threads(),
     };
     let opts = sisa::bench::BenchOptions {
+        device: Default::default(),
         data: standard.data,
         test: Some(standard.test),
         labels: None,

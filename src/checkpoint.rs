@@ -243,6 +243,7 @@ mod tests {
             batch_size: 8,
             init_seed: 1,
             dropout_seed: 2,
+            device: Default::default(),
         }
     }
 

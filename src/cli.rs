@@ -7,6 +7,7 @@ use serde_json::json;
 use sisa::data::csv::{self, Columns, Need};
 use sisa::data::{source, InputSpec, Priors, Users};
 use sisa::ensemble::Ensemble;
+use sisa::model::device::DeviceSpec;
 use sisa::model::{ModelSpec, OptimizerKind};
 use sisa::plan::{ShardBy, SliceBy};
 use sisa::run::{Aggregation, Run};
@@ -93,7 +94,7 @@ enum Command {
     /// Write Kubernetes manifests: an Indexed Job over the plan's shards and a publish Job.
     K8s(K8sArgs),
     /// Complete interrupted requests and bring the run in line with its ledger; nothing else.
-    Recover(RunArgs),
+    Recover(RecoverArgs),
     /// Add rows to a run; rows of forgotten users are refused and counted.
     Add(AddArgs),
     /// Serve the ensemble over the Open Inference Protocol (v2), swapping in each new version.
@@ -202,6 +203,8 @@ fn spec_for(
 struct AddArgs {
     #[command(flatten)]
     run: RunArgs,
+    #[command(flatten)]
+    device: DeviceArg,
     /// New rows, with the run's features (by name, in any order) and its user and label
     /// columns; any format train reads, `-` for standard input.
     #[arg(long)]
@@ -232,6 +235,48 @@ struct RunArgs {
     /// The deletion ledger. Default: RUN/ledger.jsonl.
     #[arg(long)]
     ledger: Option<PathBuf>,
+}
+
+/// `--device` of the commands that use a run's models: they retrain and run them on the
+/// device the run records, and only an inference command may pick another.
+#[derive(Args, Debug, Clone, Copy, Default)]
+struct DeviceArg {
+    /// cpu, cuda or cuda:N. Retraining (unlearn, add, recover, verify, serve) is on the device
+    /// the run was trained on, for bitwise results, and any other is refused; eval and predict
+    /// may run the models elsewhere. Default: the run's device.
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<DeviceSpec>,
+}
+
+impl DeviceArg {
+    /// Refuse a `--device` other than the one the run at `run` records (a retraining command).
+    fn require_recorded(&self, run: &Path) -> Result<()> {
+        let Some(want) = self.device else {
+            return Ok(());
+        };
+        let path = sisa::run::RunDir::new(run).path(sisa::run::RunFile::Config);
+        if !path.exists() {
+            return Ok(());
+        }
+        let recorded = sisa::run::RunConfig::load(&path)?.device;
+        if want != recorded {
+            return Err(sisa::Error::Usage(format!(
+                "--device {want}: {} was trained on {recorded}, and retraining is on the device the run records, \
+                 so that its models stay bitwise what training from scratch gives; pass --device {recorded} or none",
+                run.display()
+            ))
+            .into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args, Debug)]
+struct RecoverArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 #[derive(Args, Debug)]
@@ -371,6 +416,10 @@ struct TrainArgs {
     /// machine that mounts the run, and sisa publish publishes version 1.
     #[arg(long)]
     plan_only: bool,
+    /// The device the shard models train on, and every later retraining: cpu, cuda or
+    /// cuda:N (a GPU needs --backend candle and a build with --features cuda).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    device: DeviceSpec,
 }
 
 #[derive(Args, Debug)]
@@ -531,6 +580,8 @@ struct StatusArgs {
 struct EvalArgs {
     #[command(flatten)]
     run: RunArgs,
+    #[command(flatten)]
+    device: DeviceArg,
     /// Labelled rows to evaluate on (the run's features by name, in any order; any format
     /// train reads, `-` for standard input). Default: the run's held-out rows.
     #[arg(long)]
@@ -546,6 +597,8 @@ struct EvalArgs {
 struct PredictArgs {
     #[command(flatten)]
     run: RunArgs,
+    #[command(flatten)]
+    device: DeviceArg,
     /// Rows to predict: the run's feature columns by name, in any order (other columns are
     /// ignored); any format train reads, `-` for standard input.
     #[arg(long)]
@@ -581,6 +634,8 @@ struct ExportArgs {
 struct UnlearnArgs {
     #[command(flatten)]
     run: RunArgs,
+    #[command(flatten)]
+    device: DeviceArg,
     /// A user id to forget; repeat for more.
     #[arg(long = "user")]
     users: Vec<String>,
@@ -602,6 +657,8 @@ struct ServeArgs {
     #[command(flatten)]
     run: RunArgs,
     #[command(flatten)]
+    device: DeviceArg,
+    #[command(flatten)]
     serve: sisa::serve::ServeFlags,
 }
 
@@ -609,6 +666,8 @@ struct ServeArgs {
 struct VerifyArgs {
     #[command(flatten)]
     run: RunArgs,
+    #[command(flatten)]
+    device: DeviceArg,
     /// Verify only this shard; repeat for more. Default: every shard.
     #[arg(long)]
     shard: Vec<usize>,
@@ -620,6 +679,10 @@ struct BenchArgs {
     /// dataset-fashion-mnist if installed, else the bundled datasets/mnist-5k.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// The device every run trains on: cpu (the dense backend) or cuda[:N] (the candle
+    /// backend; a build with --features cuda). The membership audit stays on the CPU.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
+    device: DeviceSpec,
     /// Held-out data. Default: the default data's test file.
     #[arg(long)]
     test: Option<PathBuf>,
@@ -704,12 +767,16 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Export(a) => cmd_export(a, &g),
         Command::Unlearn(a) => cmd_unlearn(a, &g),
         Command::Verify(a) => cmd_verify(a, &g),
-        Command::Recover(a) => cmd_recover(a, &g),
+        Command::Recover(a) => {
+            a.device.require_recorded(&a.run.run)?;
+            cmd_recover(a.run, &g)
+        }
         Command::TrainShard(a) => cmd_train_shard(a, &g),
         Command::Publish(a) => cmd_publish(a, &g),
         Command::Slurm(a) => cmd_slurm(a),
         Command::K8s(a) => cmd_k8s(a),
         Command::Serve(a) => {
+            a.device.require_recorded(&a.run.run)?;
             let mut opts = a.serve.options(a.run.run, a.run.ledger, g.options())?;
             opts.announce_json = g.json;
             sisa::serve::serve(opts)?;
@@ -889,7 +956,13 @@ fn train_options(a: &TrainArgs, g: &Global) -> Result<TrainOptions> {
         progress: !g.quiet,
         aggregation: a.aggregate,
         ledger: a.ledger.clone(),
-        backend: a.backend.unwrap_or_default(),
+        // A GPU is candle's: --device cuda picks the candle backend unless one is named.
+        backend: a.backend.unwrap_or(if a.device.is_cpu() {
+            sisa::model::Backend::default()
+        } else {
+            sisa::model::Backend::Candle
+        }),
+        device: a.device,
     })
 }
 
@@ -1167,7 +1240,10 @@ fn cmd_eval(a: EvalArgs, g: &Global) -> Result<i32> {
         )
         .into());
     }
-    let (run, ledger, lock) = open(&a.run, g)?;
+    let (mut run, ledger, lock) = open(&a.run, g)?;
+    if let Some(d) = a.device.device {
+        run.config.device = d;
+    }
     let ensemble = answering_ensemble(&run, &ledger)?;
     drop(lock);
     let data = a
@@ -1270,7 +1346,10 @@ fn print_metrics(m: &sisa::metrics::Metrics, names: Option<&[String]>) {
 }
 
 fn cmd_predict(a: PredictArgs, g: &Global) -> Result<i32> {
-    let (run, ledger, lock) = open(&a.run, g)?;
+    let (mut run, ledger, lock) = open(&a.run, g)?;
+    if let Some(d) = a.device.device {
+        run.config.device = d;
+    }
     let ensemble = answering_ensemble(&run, &ledger)?;
     drop(lock);
     let spec = a.input.spec(&a.data, None)?;
@@ -1359,6 +1438,7 @@ fn cmd_unlearn(a: UnlearnArgs, g: &Global) -> Result<i32> {
     if let Some(f) = &a.users_file {
         ids.extend(csv::read_user_list(f)?);
     }
+    a.device.require_recorded(&a.run.run)?;
     let mut unlearner = open_unlearner(&a.run, g)?;
     let resolved = unlearner.resolve(&ids)?;
     let run = unlearner.run().clone();
@@ -1472,6 +1552,7 @@ fn cmd_unlearn(a: UnlearnArgs, g: &Global) -> Result<i32> {
 }
 
 fn cmd_verify(a: VerifyArgs, g: &Global) -> Result<i32> {
+    a.device.require_recorded(&a.run.run)?;
     let (run, _ledger, _lock) = open(&a.run, g)?;
     let shards = (!a.shard.is_empty()).then_some(a.shard.as_slice());
     let verdicts = sisa::verify::verify(&run, shards, g.threads(), !g.quiet)?;
@@ -1497,7 +1578,7 @@ fn cmd_verify(a: VerifyArgs, g: &Global) -> Result<i32> {
                     format!(
                         "; trained on another machine kind ('{}'; this one is '{}'), so its bits are compared across kinds",
                         v.trained_on,
-                        sisa::machine::kind()
+                        sisa::machine::kind_for(run.config.device).unwrap_or_default()
                     )
                 }
             );
@@ -1553,6 +1634,7 @@ fn cmd_recover(a: RunArgs, g: &Global) -> Result<i32> {
 fn cmd_add(a: AddArgs, g: &Global) -> Result<i32> {
     let opts = g.options();
     let data = a.input.spec(&a.data, None)?;
+    a.device.require_recorded(&a.run.run)?;
     let (mut run, ledger, _lock) = open(&a.run, g)?;
     let c = &run.config;
     let priors = match (&a.deletion_prior, c.risk_threshold, &c.prior_column) {
@@ -1718,6 +1800,7 @@ fn cmd_bench(a: BenchArgs, g: &Global) -> Result<i32> {
     let preset_epochs = model.epochs;
     model.epochs = a.epochs.unwrap_or(model.epochs);
     let opts = sisa::bench::BenchOptions {
+        device: a.device,
         data,
         test,
         labels: a.labels,
@@ -1987,6 +2070,7 @@ fn quickstart(a: QuickstartArgs, g: &Global) -> Result<i32> {
         aggregate: Aggregation::Mean,
         ledger: None,
         plan_only: false,
+        device: DeviceSpec::Cpu,
         backend: None,
     };
     let summary = train::train_run(&train_options(&targs, g)?)?;

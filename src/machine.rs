@@ -68,6 +68,68 @@ pub fn kind() -> &'static str {
     })
 }
 
+/// The kind of `device` on this machine: [`kind`] for the CPU; for a CUDA GPU its model,
+/// compute capability and SM count, and the driver and cuBLAS versions (cuBLAS is bitwise
+/// reproducible on GPUs of one architecture and SM count within one version). Computed once
+/// per device and process.
+pub fn kind_for(device: crate::model::device::DeviceSpec) -> crate::Result<String> {
+    match device {
+        crate::model::device::DeviceSpec::Cpu => Ok(kind().to_string()),
+        crate::model::device::DeviceSpec::Cuda(n) => {
+            static KINDS: std::sync::Mutex<Vec<(usize, String)>> =
+                std::sync::Mutex::new(Vec::new());
+            if let Some((_, k)) = KINDS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|(d, _)| *d == n)
+            {
+                return Ok(k.clone());
+            }
+            let k = cuda_kind(device)?;
+            KINDS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((n, k.clone()));
+            Ok(k)
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_kind(device: crate::model::device::DeviceSpec) -> crate::Result<String> {
+    use candle_core::cuda_backend::cudarc;
+    let candle_core::Device::Cuda(gpu) = device.candle()? else {
+        unreachable!("a CUDA device spec gives a CUDA device")
+    };
+    let err = |e: cudarc::driver::DriverError| crate::Error::Usage(format!("{device}: {e}"));
+    let stream = gpu.cuda_stream();
+    let ctx = stream.context();
+    let name = ctx.name().map_err(err)?;
+    let (major, minor) = ctx.compute_capability().map_err(err)?;
+    let sms = ctx
+        .attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )
+        .map_err(err)?;
+    let mut driver = 0;
+    // SAFETY: writes one int; the driver is loaded (a context exists).
+    unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) };
+    let mut blas = 0;
+    // SAFETY: the handle is the device's live cuBLAS handle; writes one int.
+    unsafe { cudarc::cublas::sys::cublasGetVersion_v2(*gpu.cublas_handle().handle(), &mut blas) };
+    Ok(format!(
+        "cuda | {name} | sm_{major}{minor} {sms} SMs | driver {driver} cuBLAS {blas}"
+    ))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_kind(device: crate::model::device::DeviceSpec) -> crate::Result<String> {
+    device
+        .candle()
+        .map(|_| unreachable!("a build without cuda has no CUDA device"))
+}
+
 /// This machine's host name, for the records of who trained or published what.
 pub fn host() -> String {
     #[cfg(unix)]

@@ -106,7 +106,8 @@ pub fn verify(
                 stages_matching,
                 stages: entry.stages.len(),
                 same_machine_kind: entry.machine.is_empty()
-                    || entry.machine == crate::machine::kind(),
+                    || crate::machine::kind_for(run.config.device)
+                        .is_ok_and(|k| k == entry.machine),
                 trained_on: entry.machine.clone(),
             }
         })

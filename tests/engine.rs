@@ -516,6 +516,7 @@ fn streamed_ingest_places_the_rows_that_reading_the_whole_file_places() {
             aggregation: sisa::run::Aggregation::Mean,
             ledger: None,
             backend: sisa::model::Backend::Dense,
+            device: Default::default(),
         };
         let (config, _, shards, test_rows) = sisa::train::ingest(&opts).unwrap();
         let all = sisa::data::Features::All;

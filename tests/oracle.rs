@@ -99,6 +99,7 @@ fn options(data: &Path, out: &Path, c: Config<'_>, seed: u64, users: &[String]) 
         aggregation: Aggregation::Mean,
         ledger: None,
         backend: c.backend,
+        device: Default::default(),
     }
 }
 

@@ -229,6 +229,7 @@ pub fn run(
         aggregation: Aggregation::Mean,
         ledger: None,
         backend: crate::model::Backend::Dense,
+        device: Default::default(),
     };
     let trained = train::train_tables(&topts, &train_rows, None)?;
     let (_, train_accuracy) = losses(&trained.run, &train_rows)?;

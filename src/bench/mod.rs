@@ -45,6 +45,9 @@ pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 pub struct BenchOptions {
     /// Training data (any format `sisa train` reads).
     pub data: PathBuf,
+    /// The device every run trains on: the CPU (with the dense backend) or a CUDA GPU (with
+    /// the candle backend). Default: the CPU.
+    pub device: crate::model::device::DeviceSpec,
     /// Held-out data.
     pub test: Option<PathBuf>,
     /// Labels of IDX training data. Default: found by name.
@@ -94,6 +97,15 @@ pub struct BenchOptions {
 }
 
 impl BenchOptions {
+    /// The backend the runs train with: the dense one on the CPU, candle on a GPU.
+    pub fn backend(&self) -> crate::model::Backend {
+        if self.device.is_cpu() {
+            crate::model::Backend::Dense
+        } else {
+            crate::model::Backend::Candle
+        }
+    }
+
     /// The training and held-out inputs the options name (any format `sisa train` reads).
     pub fn inputs(&self) -> (crate::data::InputSpec, Option<crate::data::InputSpec>) {
         use crate::data::{InputSpec, Users};
@@ -327,7 +339,8 @@ impl Context<'_> {
             progress: false,
             aggregation: Aggregation::Mean,
             ledger: None,
-            backend: crate::model::Backend::Dense,
+            backend: o.backend(),
+            device: o.device,
         }
     }
 
@@ -710,7 +723,8 @@ pub fn run(opts: &BenchOptions) -> Result<(Report, Written)> {
         progress: false,
         aggregation: Aggregation::Mean,
         ledger: None,
-        backend: crate::model::Backend::Dense,
+        backend: opts.backend(),
+        device: opts.device,
     };
     let (train_table, test_table) = train::read_tables(&template)?;
     let ids = train_table

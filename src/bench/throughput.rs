@@ -221,6 +221,7 @@ pub fn measure_preset(
         classes,
         class_names: None,
         backend: crate::model::Backend::Dense,
+        device: Default::default(),
         user_column: "user_id".into(),
         label_column: "label".into(),
         prior_column: None,

@@ -584,6 +584,7 @@ mod tests {
             batch_size: 8,
             init_seed: 5,
             dropout_seed: 6,
+            device: Default::default(),
         }
     }
 

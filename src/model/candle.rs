@@ -805,6 +805,7 @@ mod tests {
             batch_size: 16,
             init_seed: 5,
             dropout_seed: 9,
+            device: Default::default(),
         }
     }
 

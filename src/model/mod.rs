@@ -13,6 +13,7 @@
 //! - `candle` ([`candle`]): the same layers on candle tensors, CPU (and CUDA where built).
 
 pub mod candle;
+pub mod device;
 pub mod net;
 pub mod optim;
 pub mod presets;
@@ -82,6 +83,8 @@ pub struct ModelConfig {
     pub init_seed: u64,
     /// Seed of the dropout masks.
     pub dropout_seed: u64,
+    /// Where the model's tensors live (the candle backend; the dense backend is CPU-only).
+    pub device: device::DeviceSpec,
 }
 
 impl ModelConfig {
@@ -98,6 +101,7 @@ impl ModelConfig {
             batch_size: 64,
             init_seed: seed,
             dropout_seed: seed ^ 1,
+            device: Default::default(),
         }
     }
 }
@@ -155,8 +159,15 @@ pub fn same_model(a: &dyn ShardModel, b: &dyn ShardModel) -> bool {
 /// A fresh, seeded model for `config` on its backend.
 pub fn build(config: &ModelConfig) -> Result<Box<dyn ShardModel>> {
     match config.backend {
+        Backend::Dense if !config.device.is_cpu() => Err(crate::Error::Usage(format!(
+            "--device {}: the dense backend runs on the CPU only; train with --backend candle to use a GPU",
+            config.device
+        ))),
         Backend::Dense => Ok(Box::new(net::DenseModel::new(config))),
-        Backend::Candle => Ok(Box::new(candle::CandleModel::new(config)?)),
+        Backend::Candle => Ok(Box::new(candle::CandleModel::on_device(
+            config,
+            &config.device.candle()?,
+        )?)),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `run.json`: everything that determined the run's models, fixed at train time.
 
 use crate::error::{Error, IoContext, Result};
+use crate::model::device::DeviceSpec;
 use crate::model::{
     Architecture, Augment, Backend, LayerSpec, ModelConfig, ModelSpec, Standardize,
 };
@@ -84,6 +85,10 @@ pub struct RunConfig {
     pub class_names: Option<Vec<String>>,
     /// The backend that trains and runs the shard models.
     pub backend: Backend,
+    /// The device they train on (`cpu`, absent from `run.json`, or `cuda:N`): part of the
+    /// digest when not the CPU, and the device every later retraining uses.
+    #[serde(default, skip_serializing_if = "DeviceSpec::is_cpu")]
+    pub device: DeviceSpec,
     /// User id column of the input files.
     pub user_column: String,
     /// Label column of the input files.
@@ -110,6 +115,8 @@ pub struct RunConfig {
 struct TrainingIdentity<'a> {
     format: &'a str,
     backend: Backend,
+    #[serde(skip_serializing_if = "DeviceSpec::is_cpu")]
+    device: DeviceSpec,
     input: Option<[usize; 3]>,
     layers: Vec<LayerSpec>,
     optimizer: crate::model::OptimizerKind,
@@ -161,6 +168,7 @@ impl RunConfig {
             // The rows hold class indices; the names only say what each index is called.
             class_names: _,
             backend,
+            device,
             user_column: _,
             label_column: _,
             // Placement is in the rows themselves (their shards and slices).
@@ -194,6 +202,7 @@ impl RunConfig {
         let id = TrainingIdentity {
             format: RUN_FORMAT,
             backend: *backend,
+            device: *device,
             input: *input,
             layers: model.hidden_layers(),
             optimizer: *optimizer,
@@ -270,6 +279,7 @@ impl RunConfig {
             batch_size: m.batch_size,
             init_seed: crate::plan::derive_seed(self.seed, shard, 0, 0, "init"),
             dropout_seed: crate::plan::derive_seed(self.seed, shard, 0, 0, "dropout"),
+            device: self.device,
         })
     }
 
@@ -415,6 +425,7 @@ mod tests {
             classes: 10,
             class_names: None,
             backend: Backend::Dense,
+            device: DeviceSpec::Cpu,
             user_column: "user_id".into(),
             label_column: "label".into(),
             prior_column: None,

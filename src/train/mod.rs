@@ -174,6 +174,8 @@ pub struct TrainOptions {
     pub aggregation: Aggregation,
     /// The backend that trains the shard models.
     pub backend: crate::model::Backend,
+    /// The device they train on (a GPU needs the candle backend and a `cuda` build).
+    pub device: crate::model::device::DeviceSpec,
     /// A deletion ledger outside the run (recorded in the run, so that a restored backup
     /// cannot be opened without it). Default: `RUN/ledger.jsonl`. Must be new or empty.
     pub ledger: Option<PathBuf>,
@@ -205,6 +207,16 @@ fn check_counts(opts: &TrainOptions) -> Result<()> {
                 "the held-out file is read with the training file's column names".into(),
             ));
         }
+    }
+    if !opts.device.is_cpu() {
+        if opts.backend != crate::model::Backend::Candle {
+            return Err(Error::Usage(format!(
+                "--device {}: the dense backend runs on the CPU only; add --backend candle to train on a GPU",
+                opts.device
+            )));
+        }
+        // Refused before any data is read when this build or machine has no such device.
+        opts.device.candle()?;
     }
     Error::check_range("shards", opts.shards, 1..=MAX_SHARDS)?;
     Error::check_range("slices", opts.slices, 1..=MAX_SLICES)?;
@@ -452,6 +464,7 @@ fn new_config(
         classes,
         class_names,
         backend: opts.backend,
+        device: opts.device,
         user_column: opts.data.columns().user.clone(),
         label_column: opts.data.columns().label.clone(),
         prior_column: opts.data.columns().ignore.clone(),

@@ -115,7 +115,7 @@ impl<'a> ShardData<'a> {
             lineage: self.root,
             shard: self.shard,
             stage: 0,
-            machine: crate::machine::kind().to_string(),
+            machine: crate::machine::kind_for(c.device)?,
         })
     }
 
@@ -148,7 +148,7 @@ impl<'a> ShardData<'a> {
             }
             // The stages trained from here on are this machine's.
             Checkpoint {
-                machine: crate::machine::kind().to_string(),
+                machine: crate::machine::kind_for(c.device)?,
                 ..ck
             }
         };
