@@ -50,9 +50,13 @@ fn cuda_device(n: usize) -> Result<candle_core::Device> {
     cb::set_gemm_reduced_precision_f16(false);
     cb::set_gemm_reduced_precision_bf16(false);
     candle_core::Device::new_cuda(n).map_err(|e| {
+        // candle's error carries a backtrace when RUST_BACKTRACE is set: the cause is its
+        // first line.
+        let text = e.to_string();
+        let cause = text.lines().next().unwrap_or_default();
         Error::Usage(format!(
-            "--device cuda:{n}: no usable CUDA GPU {n} here ({e}); is the NVIDIA driver installed \
-             and does `nvidia-smi -L` list the GPU?"
+            "--device cuda:{n}: no usable CUDA GPU {n} here ({cause}); is the NVIDIA driver \
+             installed, and does `nvidia-smi -L` list the GPU?"
         ))
     })
 }
