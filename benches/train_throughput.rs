@@ -130,6 +130,7 @@ fn config(case: &Case, batch: usize, shards: usize) -> RunConfig {
         class_names: None,
         backend: sisa::model::Backend::Dense,
         device: Default::default(),
+        gpu: None,
         user_column: "user_id".into(),
         label_column: "label".into(),
         prior_column: None,

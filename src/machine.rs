@@ -69,9 +69,9 @@ pub fn kind() -> &'static str {
 }
 
 /// The kind of `device` on this machine: [`kind`] for the CPU; for a CUDA GPU its model,
-/// compute capability and SM count, and the driver and cuBLAS versions (cuBLAS is bitwise
-/// reproducible on GPUs of one architecture and SM count within one version). Computed once
-/// per device and process.
+/// compute capability and SM count, the CUDA version its driver provides and the cuBLAS
+/// version (cuBLAS is bitwise reproducible on GPUs of one architecture and SM count within one
+/// version). Computed once per device and process.
 pub fn kind_for(device: crate::model::device::DeviceSpec) -> crate::Result<String> {
     match device {
         crate::model::device::DeviceSpec::Cpu => Ok(kind().to_string()),
@@ -118,8 +118,14 @@ fn cuda_kind(device: crate::model::device::DeviceSpec) -> crate::Result<String> 
     let mut blas = 0;
     // SAFETY: the handle is the device's live cuBLAS handle; writes one int.
     unsafe { cudarc::cublas::sys::cublasGetVersion_v2(*gpu.cublas_handle().handle(), &mut blas) };
+    // Both as the libraries encode them: CUDA 13.0 is 13000, cuBLAS 13.1.0 is 130100.
     Ok(format!(
-        "cuda | {name} | sm_{major}{minor} {sms} SMs | driver {driver} cuBLAS {blas}"
+        "cuda | {name} | sm_{major}{minor} {sms} SMs | driver CUDA {}.{} | cuBLAS {}.{}.{}",
+        driver / 1000,
+        driver % 1000 / 10,
+        blas / 10000,
+        blas % 10000 / 100,
+        blas % 100
     ))
 }
 
@@ -147,6 +153,36 @@ pub fn host() -> String {
         }
     }
     "unknown-host".to_string()
+}
+
+/// Refuse to retrain the shards of `manifest` on this machine's `device` when they were trained
+/// on another kind of GPU: on CUDA the bits are the GPU kind's, and a version mixing kinds is
+/// not what training from scratch on any one GPU gives. (On the CPU the kinds are reported, by
+/// `verify` and a warning, not refused: a deletion is not held back for a CPU model.)
+pub fn require_gpu_kind(
+    device: crate::model::device::DeviceSpec,
+    manifest: &crate::run::Manifest,
+    what: &str,
+) -> crate::Result<()> {
+    if device.is_cpu() {
+        return Ok(());
+    }
+    let here = kind_for(device)?;
+    let other: Vec<&crate::run::ShardEntry> = manifest
+        .shards
+        .iter()
+        .filter(|s| !s.machine.is_empty() && s.machine != here)
+        .collect();
+    match other.first() {
+        None => Ok(()),
+        Some(s) => Err(crate::Error::Usage(format!(
+            "{what} on {device}: {} shard(s) (shard {} first) were trained on '{}', and this GPU is \
+             '{here}'; on CUDA the bits hold within one kind of GPU and toolkit: run it on a machine of that kind",
+            other.len(),
+            s.shard,
+            s.machine
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ pub fn verify(
             )));
         }
     }
+    // On a GPU the comparison means something only on the kind that trained the shards.
+    crate::machine::require_gpu_kind(run.config.device, &run.manifest, "verify")?;
     // Every stored checkpoint must be intact and of its lineage before it is compared.
     for &k in wanted {
         for stage in 1..=run.config.slices {

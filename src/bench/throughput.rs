@@ -222,6 +222,7 @@ pub fn measure_preset(
         class_names: None,
         backend: crate::model::Backend::Dense,
         device: Default::default(),
+        gpu: None,
         user_column: "user_id".into(),
         label_column: "label".into(),
         prior_column: None,

@@ -89,6 +89,11 @@ pub struct RunConfig {
     /// digest when not the CPU, and the device every later retraining uses.
     #[serde(default, skip_serializing_if = "DeviceSpec::is_cpu")]
     pub device: DeviceSpec,
+    /// The kind of GPU the run was trained on, when `device` is one (model, compute capability
+    /// and SMs, the driver's CUDA and the cuBLAS versions; [`crate::machine::kind_for`]).
+    /// Outside the digest, like `cpu`: every checkpoint records its own kind too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
     /// User id column of the input files.
     pub user_column: String,
     /// Label column of the input files.
@@ -169,6 +174,7 @@ impl RunConfig {
             class_names: _,
             backend,
             device,
+            gpu: _,
             user_column: _,
             label_column: _,
             // Placement is in the rows themselves (their shards and slices).
@@ -426,6 +432,7 @@ mod tests {
             class_names: None,
             backend: Backend::Dense,
             device: DeviceSpec::Cpu,
+            gpu: None,
             user_column: "user_id".into(),
             label_column: "label".into(),
             prior_column: None,

@@ -465,6 +465,11 @@ fn new_config(
         class_names,
         backend: opts.backend,
         device: opts.device,
+        gpu: if opts.device.is_cpu() {
+            None
+        } else {
+            Some(crate::machine::kind_for(opts.device)?)
+        },
         user_column: opts.data.columns().user.clone(),
         label_column: opts.data.columns().label.clone(),
         prior_column: opts.data.columns().ignore.clone(),

@@ -70,6 +70,7 @@ pub fn add_rows(
             ),
         ));
     }
+    crate::machine::require_gpu_kind(run.config.device, &run.manifest, "add")?;
     let _publishing = crate::run::PublishLock::acquire(run.dir.root())?;
     if priors.is_some() && run.config.risk_threshold.is_none() {
         return Err(Error::Request(

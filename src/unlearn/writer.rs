@@ -95,6 +95,15 @@ impl Unlearner {
     }
 
     fn accept_as(&mut self, resolved: Resolved, deferred: bool) -> Result<RequestId> {
+        // Refused before it is acknowledged: a GPU run retrains on its kind of GPU (shard
+        // tasks of a deferred request may run elsewhere, and publish checks their kinds).
+        if !deferred {
+            crate::machine::require_gpu_kind(
+                self.run.config.device,
+                &self.run.manifest,
+                "unlearn",
+            )?;
+        }
         self.hold_publish_lock()?;
         let Resolved {
             keys,
