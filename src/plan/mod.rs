@@ -310,6 +310,26 @@ pub mod expected {
     }
 }
 
+/// Shards as the shortest list of numbers and ranges (`3,7,12-15`): runs of two or more
+/// consecutive shards become ranges. `shards` must be ascending without repeats.
+pub fn shard_ranges(shards: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < shards.len() {
+        let mut j = i;
+        while j + 1 < shards.len() && shards[j + 1] == shards[j] + 1 {
+            j += 1;
+        }
+        out.push(if j == i {
+            shards[i].to_string()
+        } else {
+            format!("{}-{}", shards[i], shards[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

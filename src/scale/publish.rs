@@ -86,8 +86,8 @@ pub fn publish(root: &Path, opts: &PublishOptions) -> Result<Outcome> {
         published.seconds,
         &opts.unlearn,
     )?;
-    run.reload()?;
-    run.collect_garbage()?;
+    // The plan's shards may hold temp files of interrupted tasks, kept while it was pending.
+    run.collect_garbage_in(Some(&published.shards))?;
     location::record(root, &ledger)?;
     Ok(Outcome::Published(published))
 }
@@ -124,7 +124,7 @@ pub fn wait_for_tasks(root: &Path, limit: Duration) -> Result<()> {
                     planned.plan.short_id(),
                     missing.len(),
                     planned.plan.pending.len(),
-                    crate::train::task::shard_ranges(&missing)
+                    crate::plan::shard_ranges(&missing)
                 ),
             ));
         }

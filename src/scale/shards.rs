@@ -82,26 +82,7 @@ pub fn format_shard_list(shards: &[usize]) -> Result<String, String> {
         return Err("shards: the list is empty".to_string());
     }
     check_order(shards)?;
-    let mut out = String::new();
-    let mut i = 0;
-    while i < shards.len() {
-        let start = shards[i];
-        let mut end = start;
-        while i + 1 < shards.len() && shards[i + 1] == end + 1 {
-            i += 1;
-            end = shards[i];
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if end == start {
-            out.push_str(&start.to_string());
-        } else {
-            out.push_str(&format!("{start}-{end}"));
-        }
-        i += 1;
-    }
-    Ok(out)
+    Ok(crate::plan::shard_ranges(shards))
 }
 
 /// Refuses shards that are not strictly ascending or not below [`MAX_SHARDS`].

@@ -114,7 +114,8 @@ pub fn sbatch_script(tasks: &TaskList, opts: &SlurmOptions) -> Result<String, St
             "run: `{run}` is not an absolute path; every node must see the run at the same path"
         ));
     }
-    let values = [
+    // Each optional value is an sbatch option of the same name on every task.
+    let per_task = [
         ("partition", &opts.partition),
         ("time", &opts.time),
         ("mem", &opts.mem),
@@ -122,10 +123,9 @@ pub fn sbatch_script(tasks: &TaskList, opts: &SlurmOptions) -> Result<String, St
         ("qos", &opts.qos),
         ("gres", &opts.gres),
         ("constraint", &opts.constraint),
-        ("job_name", &opts.job_name),
         ("output", &opts.output),
     ];
-    for (field, value) in values {
+    for (field, value) in per_task.iter().chain([&("job_name", &opts.job_name)]) {
         if let Some(v) = value {
             plain_text(field, v)?;
         }
@@ -178,16 +178,6 @@ pub fn sbatch_script(tasks: &TaskList, opts: &SlurmOptions) -> Result<String, St
     }
     sbatch("array", &array);
     sbatch("cpus-per-task", &opts.cpus_per_task.to_string());
-    let per_task = [
-        ("partition", &opts.partition),
-        ("time", &opts.time),
-        ("mem", &opts.mem),
-        ("account", &opts.account),
-        ("qos", &opts.qos),
-        ("gres", &opts.gres),
-        ("constraint", &opts.constraint),
-        ("output", &opts.output),
-    ];
     for (option, value) in per_task {
         if let Some(v) = value {
             sbatch(option, v);

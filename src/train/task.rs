@@ -11,7 +11,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::run::durable::{self, failpoint, DirSyncs};
+use crate::run::durable::{failpoint, DirSyncs};
 use crate::run::plan::{self, NotReady, TaskResult};
 use crate::run::{Plan, Run, RunDir, RunFile, StageEntry};
 use crate::train::{train_jobs, Job, Progress, ShardData};
@@ -147,7 +147,8 @@ pub fn train_shards(
         }
     }
     let mut outcomes: Vec<(usize, Option<Outcome>)> = Vec::new();
-    let mut todo = Vec::new();
+    // Shards to train: their place in `outcomes` and their number.
+    let mut todo: Vec<(usize, usize)> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for &k in shards.iter().filter(|&&k| seen.insert(k)) {
         let outcome = match planned.plan.pending_of(k) {
@@ -155,18 +156,17 @@ pub fn train_shards(
             Some(_) => planned.checked_result(k).ok().map(Outcome::AlreadyDone),
         };
         if outcome.is_none() {
-            todo.push(k);
+            todo.push((outcomes.len(), k));
         }
         outcomes.push((k, outcome));
     }
     let rows = todo
         .iter()
-        .map(|&k| run.shard_rows(k))
+        .map(|&(_, k)| run.shard_rows(k))
         .collect::<Result<Vec<_>>>()?;
+    let mut prepared = Vec::new();
     let mut jobs = Vec::new();
-    // Per shard: the stage the result starts at, stages resumed from disk, and their entries.
-    let mut starts: Vec<(usize, usize, Vec<StageEntry>)> = Vec::new();
-    for (&k, rows) in todo.iter().zip(&rows) {
+    for (&(slot, k), rows) in todo.iter().zip(&rows) {
         let data = ShardData::new(&run.config, &run.config_digest, k, rows);
         let expected = &run.manifest.shards[k].stages;
         if data
@@ -183,11 +183,12 @@ pub fn train_shards(
         }
         let planned_first = planned.plan.pending_of(k).map_or(1, |p| p.first_stage);
         let (first, start, resumed) = resume_point(run, &data, planned_first)?;
+        // The stages an earlier attempt left on disk, as the result records them.
         let stage_rows = data.stage_rows();
-        let mut entries = Vec::new();
+        let mut on_disk = Vec::new();
         for stage in planned_first..first {
             let lineage = data.lineages[stage - 1];
-            entries.push(StageEntry {
+            on_disk.push(StageEntry {
                 lineage,
                 epochs: run.config.stage_epochs[stage - 1],
                 rows: stage_rows[stage - 1],
@@ -200,10 +201,25 @@ pub fn train_shards(
                 first - 1
             );
         }
-        starts.push((first.min(planned_first), resumed, entries));
-        jobs.push((data, first, start));
+        // A shard whose every stage is on disk trains nothing: its last checkpoint is the model.
+        let finished = if first > slices {
+            start
+        } else {
+            jobs.push(Job { data, first, start });
+            None
+        };
+        prepared.push(Prepared {
+            slot,
+            shard: k,
+            // Earlier than the plan's first stage when a damaged checkpoint made it start
+            // further back.
+            first_stage: first.min(planned_first),
+            resumed,
+            on_disk,
+            finished,
+        });
     }
-    let total: u64 = jobs.iter().map(|(d, f, _)| d.cost_from(*f)).sum();
+    let total: u64 = jobs.iter().map(|j| j.data.cost_from(j.first)).sum();
     let bar = Progress::new("training shards", total, progress);
     let syncs = DirSyncs::new();
     let dir = run.dir.clone();
@@ -212,47 +228,31 @@ pub fn train_shards(
         Run::store_checkpoint(&dir, ck, epochs, rows, &syncs)
     };
     let started = Instant::now();
-    // Shards whose every stage is on disk train nothing; their final checkpoint is read back.
-    let mut finished_on_disk = Vec::new();
-    let mut train = Vec::new();
-    for (i, (data, first, start)) in jobs.into_iter().enumerate() {
-        if first > slices {
-            let ck = start.expect("a shard resumed past its last stage has its last checkpoint");
-            finished_on_disk.push((i, ck));
-        } else {
-            train.push(Job { data, first, start });
-        }
-    }
-    let trained = train_jobs(train, threads, &bar, &sink)?;
+    let mut trained: std::collections::HashMap<usize, crate::train::Trained> =
+        train_jobs(jobs, threads, &bar, &sink)?
+            .into_iter()
+            .map(|t| (t.shard, t))
+            .collect();
     syncs.sync()?;
     bar.finish();
     let seconds = started.elapsed().as_secs_f64();
-    let mut by_shard: std::collections::HashMap<usize, (Vec<StageEntry>, Checkpoint)> = trained
-        .into_iter()
-        .map(|t| (t.shard, (t.stages, t.last)))
-        .collect();
-    for (i, ck) in finished_on_disk {
-        by_shard.insert(todo[i], (Vec::new(), ck));
-    }
-    for (i, &k) in todo.iter().enumerate() {
-        let (first, resumed, mut entries) = std::mem::take(&mut starts[i]);
-        let (stages, last) = by_shard
-            .remove(&k)
-            .expect("every shard to train was trained or found finished");
-        // A task that had to start before the plan's first stage (a damaged checkpoint)
-        // trained those stages too: they are in `stages`, before `entries` would start.
-        let mut all = stages;
-        if !entries.is_empty() {
-            entries.extend(all);
-            all = entries;
-        }
-        debug_assert_eq!(all.len(), slices + 1 - first);
+    for p in prepared {
+        let mut stages = p.on_disk;
+        let last = match (p.finished, trained.remove(&p.shard)) {
+            (Some(ck), _) => ck,
+            (None, Some(t)) => {
+                stages.extend(t.stages);
+                t.last
+            }
+            (None, None) => unreachable!("every shard with stages to train was trained"),
+        };
+        debug_assert_eq!(stages.len(), slices + 1 - p.first_stage);
         let result = TaskResult {
             format: plan::TASK_FORMAT.to_string(),
             plan: planned.plan.id.clone(),
-            shard: k,
-            first_stage: first,
-            stages: all,
+            shard: p.shard,
+            first_stage: p.first_stage,
+            stages,
             model_digest: last.digest(),
             machine: last.machine.clone(),
             host: crate::machine::host(),
@@ -260,17 +260,27 @@ pub fn train_shards(
         };
         failpoint("task.result");
         result.write(&run.dir)?;
-        let slot = outcomes
-            .iter_mut()
-            .find(|(s, o)| *s == k && o.is_none())
-            .expect("the shard is in the outcomes");
-        slot.1 = Some(Outcome::Trained { result, resumed });
+        outcomes[p.slot].1 = Some(Outcome::Trained {
+            result,
+            resumed: p.resumed,
+        });
     }
-    durable::sync_dir(run.dir.root())?;
     Ok(outcomes
         .into_iter()
         .map(|(k, o)| (k, o.expect("every shard has an outcome")))
         .collect())
+}
+
+/// A shard about to train: where its outcome goes, and what its result will record besides
+/// the stages it trains.
+struct Prepared {
+    slot: usize,
+    shard: usize,
+    first_stage: usize,
+    resumed: usize,
+    on_disk: Vec<StageEntry>,
+    /// Its final checkpoint, when an earlier attempt left every stage on disk.
+    finished: Option<Checkpoint>,
 }
 
 /// Where shard `data` resumes to train from the plan's stage `first`: after the last stage
@@ -429,7 +439,7 @@ pub fn machine_kinds(manifest: &crate::run::Manifest) -> Vec<(String, Vec<usize>
 pub fn describe_kinds(kinds: &[(String, Vec<usize>)]) -> String {
     kinds
         .iter()
-        .map(|(m, s)| format!("shard(s) {} on '{m}'", shard_ranges(s)))
+        .map(|(m, s)| format!("shard(s) {} on '{m}'", crate::plan::shard_ranges(s)))
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -453,23 +463,4 @@ pub fn one_machine_kind(root: &Path, manifest: &crate::run::Manifest) -> Result<
             ),
         )),
     }
-}
-
-/// `0-3,5`: a sorted shard list as ranges, for messages.
-pub(crate) fn shard_ranges(shards: &[usize]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < shards.len() {
-        let mut j = i;
-        while j + 1 < shards.len() && shards[j + 1] == shards[j] + 1 {
-            j += 1;
-        }
-        out.push(if j == i {
-            shards[i].to_string()
-        } else {
-            format!("{}-{}", shards[i], shards[j])
-        });
-        i = j + 1;
-    }
-    out.join(",")
 }
