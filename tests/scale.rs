@@ -287,6 +287,32 @@ fn publish_refuses_a_missing_shard_and_leaves_the_run_as_it_was() {
     );
     assert_eq!(tree_digest(&run), before);
     assert!(!run.join("CURRENT").exists());
+    // A damaged result, and a result whose checkpoint was damaged, are refused by name.
+    task_ok(&run, &["--shard", "3"], &[]);
+    std::fs::write(run.join("tasks/shard-0.json"), b"{ not json").unwrap();
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("tasks/shard-1.json")).unwrap()).unwrap();
+    let lineage = result["stages"][2]["lineage"].as_str().unwrap();
+    let ck = run.join(format!("checkpoints/shard-1/{lineage}.safetensors"));
+    let mut bytes = std::fs::read(&ck).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x40;
+    std::fs::write(&ck, bytes).unwrap();
+    let err = publish_refused(&run);
+    assert!(
+        err.contains("shard 0:")
+            && err.contains("tasks/shard-0.json")
+            && err.contains("not a valid task result"),
+        "{err}"
+    );
+    assert!(err.contains("shard 1: the checkpoint of stage 3"), "{err}");
+    assert!(!run.join("CURRENT").exists());
+    // Run again, the tasks replace what was damaged.
+    std::fs::remove_file(run.join("tasks/shard-0.json")).unwrap();
+    std::fs::remove_file(&ck).unwrap();
+    std::fs::remove_file(run.join("tasks/shard-1.json")).unwrap();
+    task_ok(&run, &["--shards", "0-1"], &[]);
+    sisa_ok(&["publish", "--run", s(&run), "-q"]);
 }
 
 #[test]
